@@ -1,0 +1,845 @@
+// herald::Broker against the brokers a C++ user would otherwise pick, in one process and one run:
+// the "reference design" of DESIGN.md (bench/reference_broker.hpp: mutex-guarded topic map,
+// mutex + condvar queue per subscriber, wildcards by scanning every pattern) and ZeroMQ inproc
+// PUB/SUB (one PUB socket, one SUB socket per subscriber thread).
+//
+// A custom harness rather than Google Benchmark cases: repetitions are interleaved round-robin
+// over the contenders (so a burst of background load hits everybody alike) and medians reported.
+// Payload: a 32-byte struct on topic "market.eu.quote"; every subscriber has a queue of 1024
+// (ZeroMQ: SNDHWM = RCVHWM = 1024). Workloads:
+//   fan-out, block   1 publisher thread, N = 1/8/64 subscribers each drained by its own thread;
+//                    nothing may be lost (herald: Overflow::block; reference: waits on its
+//                    condvar). Deliveries/s = messages received by all subscribers / wall time
+//                    until the last one got everything. ZeroMQ PUB drops at the high-water mark,
+//                    so it is measured on what arrived and its loss is shown; a second ZeroMQ row
+//                    sets ZMQ_XPUB_NODROP (the publisher waits instead: lossless, comparable).
+//   fan-out, drop    the same with a dropping policy (herald: drop_incoming): publisher-side
+//                    ns/publish while the consumers drain as fast as they can, and the loss.
+//   wildcard         single thread: CPU ns/publish to a topic matched by 3 wildcard subscriptions
+//                    while 100 / 1k / 10k non-matching wildcard subscriptions exist (the reference
+//                    scans them all; herald's cost must stay flat). Timed in batches of 256, the
+//                    3 queues drained between batches, outside the clock.
+//
+//   bench_broker [--reps=N] [--only=block|drop|wildcard] [--deliveries=N] [--budget-ms=N]
+//                [--fanout=N] [--nonmatching=N] [--peer=substring]   (the last three narrow a
+//                run down, e.g. for profiling)
+//   HERALD_BENCH_SMOKE=1        tiny sizes, fan-out 1 and 8 only, one repetition
+//   HERALD_BENCH_MARKDOWN=path  also write the tables as Markdown to `path`
+// Google Benchmark flags (bench/run.sh passes some) are accepted and ignored.
+#include <herald/broker.hpp>
+
+#include <fmt/core.h>
+#include <fmt/format.h>
+#include <sys/resource.h>
+
+#include "reference_broker.hpp"
+
+#if defined(HERALD_HAVE_ZMQ)
+#include <zmq.h>
+#endif
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <latch>
+#include <limits>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// The payload: a small market-data quote.
+struct Tick {
+  std::uint64_t seq;
+  std::uint64_t instrument;
+  double bid;
+  double ask;
+};
+static_assert(sizeof(Tick) == 32);
+
+Tick make_tick(std::uint64_t seq) {
+  return Tick{seq, seq * 7, 100.0 + static_cast<double>(seq & 1023), 100.5};
+}
+
+constexpr std::string_view kTopic = "market.eu.quote";
+constexpr std::size_t kCapacity = 1024;
+
+std::atomic<bool> g_failed{false};
+
+void fail(std::string_view who, std::string_view what) {
+  fmt::print(stderr, "FAILED {}: {}\n", who, what);
+  g_failed = true;
+}
+
+enum class Mode { block, drop };
+
+/// A fan-out run stops publishing after this long even if it has not sent all its messages (the
+/// machine's load varies a lot, and the slowest contender must not stretch a run to minutes).
+std::chrono::nanoseconds g_run_budget = std::chrono::milliseconds(800);
+
+/// One measurement: the metric (deliveries/s for block, ns/publish for drop) and the fraction of
+/// offered deliveries that never reached a consumer.
+struct Outcome {
+  double value = 0;
+  double loss = 0;
+  double cpu_ns = 0;  ///< process CPU time (user + system, all threads) per message received
+  double csw = 0;     ///< context switches (voluntary + involuntary) per 1000 messages received
+};
+
+/// Process-wide CPU time and context switches, for the diagnostic columns.
+struct Usage {
+  double cpu_ns = 0;
+  double switches = 0;
+  static Usage now() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const auto ns = [](const timeval& tv) {
+      return static_cast<double>(tv.tv_sec) * 1e9 + static_cast<double>(tv.tv_usec) * 1e3;
+    };
+    return {ns(ru.ru_utime) + ns(ru.ru_stime), static_cast<double>(ru.ru_nvcsw + ru.ru_nivcsw)};
+  }
+};
+
+/// The consumer threads of one run: a start latch, and what each got and when it finished.
+struct Consumers {
+  explicit Consumers(unsigned n) : ready(n), finish(n), received(n) {}
+  std::latch ready;
+  std::vector<Clock::time_point> finish;
+  std::vector<std::uint64_t> received;
+  std::vector<std::thread> threads;
+  Usage before;
+  /// How many messages each consumer must get: lowered when the publisher stops early.
+  std::atomic<std::uint64_t> target{std::numeric_limits<std::uint64_t>::max()};
+
+  /// Whether a lossless consumer that got `got` messages has everything.
+  bool complete(std::uint64_t got) const { return got >= target.load(std::memory_order_relaxed); }
+
+  /// Publishes messages 1..`messages` with `publish(seq)`, stopping early once the run's time
+  /// budget is spent; returns how many were published.
+  template <class Publish>
+  std::uint64_t publish_all(std::uint64_t messages, Clock::time_point t0, Publish&& publish) {
+    target.store(messages, std::memory_order_relaxed);
+    const auto deadline = t0 + g_run_budget;
+    std::uint64_t sent = 0;
+    while (sent < messages) {
+      if ((sent & 255) == 255 && Clock::now() > deadline) break;
+      publish(++sent);
+    }
+    target.store(sent, std::memory_order_relaxed);
+    return sent;
+  }
+
+  /// Called when the consumers are ready: the start of the measured interval.
+  Clock::time_point start() {
+    before = Usage::now();
+    return Clock::now();
+  }
+
+  void done(unsigned i, std::uint64_t got) {
+    finish[i] = Clock::now();
+    received[i] = got;
+  }
+
+  Outcome outcome(Mode mode, Clock::time_point t0, Clock::time_point published,
+                  std::uint64_t messages) {
+    for (auto& t : threads)
+      t.join();
+    const Usage after = Usage::now();
+    std::uint64_t total = 0;
+    for (std::uint64_t r : received)
+      total += r;
+    const double offered = static_cast<double>(messages) * static_cast<double>(received.size());
+    Outcome o;
+    o.loss = 1.0 - static_cast<double>(total) / offered;
+    // Per message received when nothing should be lost (useful work), per offer when dropping
+    // (most of the publisher's work is then refusing).
+    const double got = mode == Mode::block ? std::max(1.0, static_cast<double>(total)) : offered;
+    o.cpu_ns = (after.cpu_ns - before.cpu_ns) / got;
+    o.csw = (after.switches - before.switches) * 1000.0 / got;
+    if (mode == Mode::block) {
+      const auto last = *std::max_element(finish.begin(), finish.end());
+      o.value = static_cast<double>(total) / std::chrono::duration<double>(last - t0).count();
+    } else {
+      o.value = std::chrono::duration<double, std::nano>(published - t0).count() /
+                static_cast<double>(messages);
+    }
+    return o;
+  }
+};
+
+/// Per-subscriber oracle: sequence numbers strictly increase (and, when nothing may be lost, are
+/// exactly 1, 2, 3, ...).
+struct SeqCheck {
+  std::uint64_t last = 0;
+  bool ok = true;
+  void operator()(std::uint64_t seq, bool lossless) {
+    ok = ok && (lossless ? seq == last + 1 : seq > last);
+    last = seq;
+  }
+};
+
+// ---- contenders of the fan-out workloads ----
+
+template <bool Prepared>
+Outcome fanout_herald(unsigned n, std::uint64_t messages, Mode mode) {
+  const std::string_view who = Prepared ? "herald Publisher" : "herald publish";
+  herald::Broker<Tick> broker;
+  const herald::SubscribeOptions options{
+      .capacity = kCapacity,
+      .overflow = mode == Mode::block ? herald::Overflow::block : herald::Overflow::drop_incoming};
+  std::vector<herald::Subscription<Tick>> subs;
+  for (unsigned i = 0; i < n; ++i)
+    subs.push_back(broker.subscribe(kTopic, options));
+  Consumers c(n);
+  for (unsigned i = 0; i < n; ++i) {
+    c.threads.emplace_back([&, i] {
+      c.ready.count_down();
+      SeqCheck check;
+      std::uint64_t got = 0;
+      while (auto m = subs[i].receive()) {
+        check(m->value().seq, mode == Mode::block);
+        if (mode == Mode::block && c.complete(++got)) break;
+        if (mode == Mode::drop) ++got;
+      }
+      c.done(i, got);
+      if (!check.ok) fail(who, "a subscriber saw sequence numbers out of order");
+    });
+  }
+  auto publisher = broker.publisher(kTopic);
+  c.ready.wait();
+  const auto t0 = c.start();
+  const std::uint64_t sent = c.publish_all(messages, t0, [&](std::uint64_t s) {
+    if constexpr (Prepared) {
+      publisher.publish(make_tick(s));
+    } else {
+      broker.publish(kTopic, make_tick(s));
+    }
+  });
+  const auto published = Clock::now();
+  broker.close();  // consumers drain what is queued, then stop
+  const Outcome o = c.outcome(mode, t0, published, sent);
+  std::uint64_t dropped = 0;
+  for (const auto& s : subs)
+    dropped += s.stats().dropped;
+  const auto expected_drops =
+      static_cast<std::uint64_t>(o.loss * static_cast<double>(sent) * static_cast<double>(n) + 0.5);
+  if (dropped != expected_drops) fail(who, "dropped counter disagrees with what arrived");
+  if (mode == Mode::block && o.loss != 0) fail(who, "lost messages under Overflow::block");
+  return o;
+}
+
+Outcome fanout_reference(unsigned n, std::uint64_t messages, Mode mode) {
+  herald_bench::ReferenceBroker<Tick> broker;
+  const auto policy =
+      mode == Mode::block ? herald_bench::RefPolicy::block : herald_bench::RefPolicy::drop;
+  std::vector<herald_bench::ReferenceBroker<Tick>::QueuePtr> queues;
+  for (unsigned i = 0; i < n; ++i)
+    queues.push_back(broker.subscribe(kTopic, kCapacity, policy));
+  Consumers c(n);
+  for (unsigned i = 0; i < n; ++i) {
+    c.threads.emplace_back([&, i] {
+      c.ready.count_down();
+      SeqCheck check;
+      std::uint64_t got = 0;
+      while (auto m = queues[i]->pop()) {
+        check(m->value.seq, mode == Mode::block);
+        if (mode == Mode::block && c.complete(++got)) break;
+        if (mode == Mode::drop) ++got;
+      }
+      c.done(i, got);
+      if (!check.ok) fail("reference", "a subscriber saw sequence numbers out of order");
+    });
+  }
+  c.ready.wait();
+  const auto t0 = c.start();
+  const std::uint64_t sent =
+      c.publish_all(messages, t0, [&](std::uint64_t s) { broker.publish(kTopic, make_tick(s)); });
+  const auto published = Clock::now();
+  broker.close();
+  const Outcome o = c.outcome(mode, t0, published, sent);
+  if (mode == Mode::block && o.loss != 0) fail("reference", "lost messages while blocking");
+  return o;
+}
+
+#if defined(HERALD_HAVE_ZMQ)
+// On the wire: the topic (SUB sockets filter on it as a prefix), then the Tick.
+constexpr std::size_t kWire = kTopic.size() + sizeof(Tick);
+constexpr std::uint64_t kWarmup = std::numeric_limits<std::uint64_t>::max();
+constexpr std::uint64_t kEnd = kWarmup - 1;
+
+void wire(char* buf, std::uint64_t seq) {
+  const Tick t = make_tick(seq);
+  std::memcpy(buf, kTopic.data(), kTopic.size());
+  std::memcpy(buf + kTopic.size(), &t, sizeof t);
+}
+
+void check_zmq(int rc, std::string_view what) {
+  if (rc != 0) fail("ZeroMQ", fmt::format("{}: {}", what, zmq_strerror(zmq_errno())));
+}
+
+template <bool NoDrop>
+Outcome fanout_zmq(unsigned n, std::uint64_t messages, Mode mode) {
+  static std::atomic<unsigned> endpoints{0};
+  const std::string endpoint = fmt::format("inproc://herald-fanout-{}", endpoints++);
+  const int hwm = static_cast<int>(kCapacity);
+  const int zero = 0;
+  void* ctx = zmq_ctx_new();
+  void* pub = zmq_socket(ctx, ZMQ_PUB);
+  check_zmq(zmq_setsockopt(pub, ZMQ_SNDHWM, &hwm, sizeof hwm), "SNDHWM");
+  check_zmq(zmq_setsockopt(pub, ZMQ_LINGER, &zero, sizeof zero), "LINGER");
+  if constexpr (NoDrop) {
+    // The PUB then refuses (blocking send: waits) instead of dropping at the high-water mark.
+    const int one = 1;
+    check_zmq(zmq_setsockopt(pub, ZMQ_XPUB_NODROP, &one, sizeof one), "XPUB_NODROP");
+  }
+  check_zmq(zmq_bind(pub, endpoint.c_str()), "bind");
+
+  std::atomic<unsigned> joined{0};
+  std::atomic<unsigned> finished{0};
+  Consumers c(n);
+  for (unsigned i = 0; i < n; ++i) {
+    c.threads.emplace_back([&, i] {
+      void* sub = zmq_socket(ctx, ZMQ_SUB);
+      check_zmq(zmq_setsockopt(sub, ZMQ_RCVHWM, &hwm, sizeof hwm), "RCVHWM");
+      check_zmq(zmq_setsockopt(sub, ZMQ_LINGER, &zero, sizeof zero), "LINGER");
+      check_zmq(zmq_connect(sub, endpoint.c_str()), "connect");
+      check_zmq(zmq_setsockopt(sub, ZMQ_SUBSCRIBE, kTopic.data(), kTopic.size()), "SUBSCRIBE");
+      c.ready.count_down();
+      SeqCheck check;
+      std::uint64_t got = 0;
+      bool warm = false;
+      char buf[kWire + 8];
+      for (;;) {
+        const int len = zmq_recv(sub, buf, sizeof buf, 0);
+        if (len < 0 && zmq_errno() == EINTR) continue;
+        if (len != static_cast<int>(kWire)) {
+          fail("ZeroMQ", "unexpected message size");
+          break;
+        }
+        Tick t;
+        std::memcpy(&t, buf + kTopic.size(), sizeof t);
+        if (t.seq == kWarmup) {
+          if (!warm) joined.fetch_add(1);
+          warm = true;
+          continue;
+        }
+        if (t.seq == kEnd) break;
+        check(t.seq, NoDrop);
+        if (mode == Mode::block && c.complete(++got)) break;
+        if (mode == Mode::drop) ++got;
+      }
+      c.done(i, got);
+      finished.fetch_add(1);
+      if (!check.ok) fail("ZeroMQ", "a subscriber saw sequence numbers out of order");
+      zmq_close(sub);
+    });
+  }
+  c.ready.wait();
+  // Slow joiners: a SUB's subscription reaches the PUB asynchronously, and until it has, the PUB
+  // silently sends it nothing. Warm-up messages go out until every SUB has received one.
+  char buf[kWire];
+  wire(buf, kWarmup);
+  while (joined.load() < n) {
+    zmq_send(pub, buf, kWire, ZMQ_DONTWAIT);
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  const auto t0 = c.start();
+  const std::uint64_t sent = c.publish_all(messages, t0, [&](std::uint64_t s) {
+    wire(buf, s);
+    while (zmq_send(pub, buf, kWire, 0) < 0 && zmq_errno() == EINTR) {
+    }
+  });
+  const auto published = Clock::now();
+  // End markers, until every SUB that lost something has seen one (they can be dropped too).
+  wire(buf, kEnd);
+  while (finished.load() < n) {
+    zmq_send(pub, buf, kWire, ZMQ_DONTWAIT);
+    std::this_thread::yield();
+  }
+  const Outcome o = c.outcome(mode, t0, published, sent);
+  zmq_close(pub);
+  zmq_ctx_term(ctx);
+  if (NoDrop && o.loss != 0) fail("ZeroMQ", "lost messages with ZMQ_XPUB_NODROP");
+  return o;
+}
+#endif
+
+struct FanoutContender {
+  std::string name;
+  Outcome (*run)(unsigned, std::uint64_t, Mode);
+  bool block_only = false;  // no dropping variant of its own
+};
+
+// ---- the wildcard workload ----
+
+constexpr std::size_t kBatch = 256;
+constexpr std::array<std::string_view, 3> kMatching = {"market.*.quote", "market.>", "*.*.quote"};
+
+// Non-matching patterns of several shapes, some sharing a prefix with the published topic.
+std::string nonmatching_pattern(std::size_t i) {
+  switch (i % 4) {
+    case 0:
+      return fmt::format("dev{}.>", i);
+    case 1:
+      return fmt::format("dev.{}.*", i);
+    case 2:
+      return fmt::format("market.x{}.*", i);
+    default:
+      return fmt::format("market.*.q{}", i);
+  }
+}
+
+// Distinct topics, all matched by the 3 wildcard subscriptions: more than herald's route cache
+// holds (4096), so every publish resolves its route in the trie.
+const std::vector<std::string>& rotating_topics() {
+  static const std::vector<std::string> topics = [] {
+    std::vector<std::string> t;
+    for (int k = 0; k < 8192; ++k)
+      t.push_back(fmt::format("market.u{}.quote", k));
+    return t;
+  }();
+  return topics;
+}
+
+/// CPU time of the calling thread: the wildcard workload is single-threaded, and on a loaded
+/// machine its CPU time is far steadier than wall time (preemption by other processes is excluded).
+std::chrono::nanoseconds thread_cpu_time() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+/// Times batches of kBatch publishes (thread CPU time) until `budget` of it is spent; `drain`
+/// runs between batches, outside the measurement.
+template <class Publish, class Drain>
+double time_batches(std::chrono::nanoseconds budget, Publish&& publish, Drain&& drain) {
+  std::chrono::nanoseconds total{0};
+  std::uint64_t count = 0;
+  std::uint64_t i = 0;
+  while (total < budget || count == 0) {
+    const auto t = thread_cpu_time();
+    for (std::size_t k = 0; k < kBatch; ++k)
+      publish(i++);
+    total += thread_cpu_time() - t;
+    count += kBatch;
+    drain();
+  }
+  return static_cast<double>(total.count()) / static_cast<double>(count);
+}
+
+enum class HeraldWild { cached, rotating, prepared };
+
+template <HeraldWild Variant>
+double wildcard_herald(std::size_t nonmatching, std::chrono::nanoseconds budget) {
+  herald::Broker<Tick> broker;
+  std::vector<herald::Subscription<Tick>> others;
+  others.reserve(nonmatching);
+  for (std::size_t i = 0; i < nonmatching; ++i)
+    others.push_back(broker.subscribe(nonmatching_pattern(i), {.capacity = 1}));
+  std::vector<herald::Subscription<Tick>> matching;
+  for (std::string_view p : kMatching)
+    matching.push_back(broker.subscribe(p, {.capacity = 2 * kBatch}));
+  auto publisher = broker.publisher(kTopic);
+  const auto& topics = rotating_topics();
+  bool ok = true;
+  const double ns = time_batches(
+      budget,
+      [&](std::uint64_t i) {
+        herald::PublishResult r;
+        if constexpr (Variant == HeraldWild::cached) {
+          r = broker.publish(kTopic, make_tick(i));
+        } else if constexpr (Variant == HeraldWild::rotating) {
+          r = broker.publish(topics[i % topics.size()], make_tick(i));
+        } else {
+          r = publisher.publish(make_tick(i));
+        }
+        ok = ok && r.delivered == kMatching.size();
+      },
+      [&] {
+        for (auto& s : matching) {
+          std::size_t got = 0;
+          while (s.try_receive())
+            ++got;
+          ok = ok && got == kBatch;
+        }
+      });
+  if (!ok) fail("herald wildcard", "a publish did not reach exactly the 3 matching subscribers");
+  return ns;
+}
+
+double wildcard_reference(std::size_t nonmatching, std::chrono::nanoseconds budget) {
+  herald_bench::ReferenceBroker<Tick> broker;
+  for (std::size_t i = 0; i < nonmatching; ++i)
+    broker.subscribe(nonmatching_pattern(i), 1, herald_bench::RefPolicy::drop);
+  std::vector<herald_bench::ReferenceBroker<Tick>::QueuePtr> matching;
+  for (std::string_view p : kMatching)
+    matching.push_back(broker.subscribe(p, 2 * kBatch, herald_bench::RefPolicy::drop));
+  bool ok = true;
+  const double ns = time_batches(
+      budget,
+      [&](std::uint64_t i) { ok = broker.publish(kTopic, make_tick(i)) == kMatching.size() && ok; },
+      [&] {
+        for (auto& q : matching) {
+          for (std::size_t k = 0; k < kBatch; ++k)
+            ok = q->pop() != nullptr && ok;
+        }
+      });
+  if (!ok) fail("reference wildcard", "a publish did not reach exactly the 3 matching subscribers");
+  return ns;
+}
+
+struct WildContender {
+  std::string name;
+  double (*run)(std::size_t, std::chrono::nanoseconds);
+};
+
+// ---- reporting ----
+
+struct Stat {
+  double median = 0, min = 0, max = 0;
+};
+
+Stat stat(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return {n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2, v.front(), v.back()};
+}
+
+struct Table {
+  std::string title;
+  std::vector<std::string> header;
+  std::vector<std::vector<std::string>> rows;
+  std::string note;
+};
+
+void print_text(const Table& t) {
+  std::vector<std::size_t> w(t.header.size());
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    w[i] = t.header[i].size();
+    for (const auto& r : t.rows)
+      w[i] = std::max(w[i], r[i].size());
+  }
+  const auto line = [&](const std::vector<std::string>& cells) {
+    std::string s;
+    for (std::size_t i = 0; i < cells.size(); ++i) {
+      s += i < 2 ? fmt::format("{:<{}}", cells[i], w[i]) : fmt::format("{:>{}}", cells[i], w[i]);
+      s += "  ";
+    }
+    fmt::print("  {}\n", s);
+  };
+  fmt::print("{}\n", t.title);
+  line(t.header);
+  for (const auto& r : t.rows)
+    line(r);
+  if (!t.note.empty()) fmt::print("  ({})\n", t.note);
+  fmt::print("\n");
+}
+
+std::string markdown(const Table& t) {
+  std::string s = fmt::format("#### {}\n\n|", t.title);
+  for (const auto& h : t.header)
+    s += fmt::format(" {} |", h);
+  s += "\n|";
+  for (std::size_t i = 0; i < t.header.size(); ++i)
+    s += i < 2 ? "---|" : "---:|";
+  s += "\n";
+  for (const auto& r : t.rows) {
+    s += "|";
+    for (const auto& c : r)
+      s += fmt::format(" {} |", c);
+    s += "\n";
+  }
+  if (!t.note.empty()) s += fmt::format("\n{}\n", t.note);
+  return s + "\n";
+}
+
+std::string first_line(const char* path, std::string_view key) {
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(key, 0) == 0) {
+      const auto colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  }
+  return "unknown";
+}
+
+std::string fixed(double x, int digits) {
+  return fmt::format("{:.{}f}", x, digits);
+}
+
+// Ratios involving a contender that did not run (filtered out) print as n/a.
+std::string ratio(double x) {
+  return std::isfinite(x) && x > 0 ? fmt::format("{:.2f}x", x) : "n/a";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* smoke_env = std::getenv("HERALD_BENCH_SMOKE");
+  const bool smoke = smoke_env != nullptr && std::string_view(smoke_env) == "1";
+  int reps = smoke ? 1 : 5;
+  if (smoke) g_run_budget = std::chrono::milliseconds(200);
+  std::string only;
+  std::string peer;
+  unsigned fanout_only = 0;
+  std::size_t nonmatching_only = 0;
+  std::uint64_t deliveries = smoke ? 20'000 : 2'000'000;  // per fan-out run, over all subscribers
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a.rfind("--reps=", 0) == 0) reps = std::max(1, std::atoi(argv[i] + 7));
+    if (a.rfind("--only=", 0) == 0) only = std::string(a.substr(7));
+    if (a.rfind("--peer=", 0) == 0) peer = std::string(a.substr(7));
+    if (a.rfind("--budget-ms=", 0) == 0) {
+      g_run_budget = std::chrono::milliseconds(std::max(1, std::atoi(argv[i] + 12)));
+    }
+    if (a.rfind("--nonmatching=", 0) == 0) {
+      nonmatching_only = std::strtoull(argv[i] + 14, nullptr, 10);
+    }
+    if (a.rfind("--fanout=", 0) == 0) fanout_only = static_cast<unsigned>(std::atoi(argv[i] + 9));
+    if (a.rfind("--deliveries=", 0) == 0) {
+      deliveries = std::max<std::uint64_t>(1000, std::strtoull(argv[i] + 13, nullptr, 10));
+    }
+  }
+  const auto wanted = [&](std::string_view section) {
+    return only.empty() || section.find(only) != std::string_view::npos;
+  };
+  std::vector<unsigned> fanouts = smoke ? std::vector<unsigned>{1, 8} : std::vector{1u, 8u, 64u};
+  if (fanout_only != 0) fanouts = {fanout_only};
+  const auto chosen = [&](std::string_view name) {
+    return peer.empty() || name.find(peer) != std::string_view::npos;
+  };
+  std::vector<std::size_t> sizes = {100, 1'000, 10'000};
+  if (nonmatching_only != 0) sizes = {nonmatching_only};
+  const auto budget = smoke ? std::chrono::nanoseconds(std::chrono::milliseconds(2))
+                            : std::chrono::milliseconds(60);
+  const auto messages_for = [&](unsigned n) {
+    return std::max<std::uint64_t>(deliveries / n, 100);
+  };
+
+  std::vector<FanoutContender> fan = {
+    {"herald publish", &fanout_herald<false>},
+    {"herald Publisher", &fanout_herald<true>},
+    {"reference design", &fanout_reference},
+#if defined(HERALD_HAVE_ZMQ)
+    {"ZeroMQ inproc PUB/SUB", &fanout_zmq<false>},
+    {"ZeroMQ inproc, XPUB_NODROP", &fanout_zmq<true>, true},
+#endif
+  };
+  constexpr std::size_t kHeraldPublish = 0, kHeraldPublisher = 1, kReference = 2, kZmq = 3,
+                        kZmqNoDrop = 4;
+  const std::vector<WildContender> wild = {
+      {"herald publish (route cached)", &wildcard_herald<HeraldWild::cached>},
+      {"herald publish (8192 topics, uncached)", &wildcard_herald<HeraldWild::rotating>},
+      {"herald Publisher", &wildcard_herald<HeraldWild::prepared>},
+      {"reference design", &wildcard_reference},
+  };
+
+  std::string zmq_ver = "not built";
+#if defined(HERALD_HAVE_ZMQ)
+  {
+    int major = 0, minor = 0, patch = 0;
+    zmq_version(&major, &minor, &patch);
+    zmq_ver = fmt::format("{}.{}.{}", major, minor, patch);
+  }
+#endif
+  const std::string header = fmt::format(
+      "bench_broker: {} | {} cores | {} Release (-O3) | libzmq {} | {} repetitions "
+      "interleaved round-robin, medians | load average at start {}{}",
+      first_line("/proc/cpuinfo", "model name"), std::thread::hardware_concurrency(),
+#if defined(__clang__)
+      "clang++ " __clang_version__,
+#else
+      "g++ " __VERSION__,
+#endif
+      zmq_ver, reps, first_line("/proc/loadavg", ""), smoke ? " | SMOKE sizes" : "");
+  const std::string setup = fmt::format(
+      "32-byte payload on one topic, queue capacity {} per subscriber (ZeroMQ SNDHWM = RCVHWM = "
+      "{}); a fan-out run publishes {} / subscribers messages, or fewer if its {} ms budget runs "
+      "out; one consumer thread per subscriber",
+      kCapacity, kCapacity, deliveries,
+      std::chrono::duration_cast<std::chrono::milliseconds>(g_run_budget).count());
+  fmt::print("{}\n{}\n\n", header, setup);
+
+  // samples[mode][fanout index][contender]
+  std::vector<std::vector<std::vector<std::vector<Outcome>>>> samples(
+      2, std::vector<std::vector<std::vector<Outcome>>>(
+             fanouts.size(), std::vector<std::vector<Outcome>>(fan.size())));
+  std::vector<std::vector<std::vector<double>>> wild_samples(
+      sizes.size(), std::vector<std::vector<double>>(wild.size()));
+  const std::array<Mode, 2> modes = {Mode::block, Mode::drop};
+  const std::array<std::string_view, 2> mode_names = {"block", "drop"};
+
+  for (int rep = 0; rep < reps; ++rep) {
+    for (std::size_t mi = 0; mi < modes.size(); ++mi) {
+      if (!wanted(mode_names[mi])) continue;
+      for (std::size_t f = 0; f < fanouts.size(); ++f) {
+        for (std::size_t k = 0; k < fan.size(); ++k) {
+          const std::size_t i = (k + static_cast<std::size_t>(rep)) % fan.size();  // rotate
+          if ((modes[mi] == Mode::drop && fan[i].block_only) || !chosen(fan[i].name)) continue;
+          samples[mi][f][i].push_back(fan[i].run(fanouts[f], messages_for(fanouts[f]), modes[mi]));
+        }
+      }
+    }
+    // Wildcard samples are cheap and single-threaded: three per repetition.
+    for (int w = 0; w < 3 && wanted("wildcard"); ++w) {
+      for (std::size_t s = 0; s < sizes.size(); ++s) {
+        for (std::size_t k = 0; k < wild.size(); ++k) {
+          const std::size_t i = (k + static_cast<std::size_t>(3 * rep + w)) % wild.size();
+          if (!chosen(wild[i].name)) continue;
+          wild_samples[s][i].push_back(wild[i].run(sizes[s], budget));
+        }
+      }
+    }
+  }
+
+  std::vector<Table> tables;
+  std::vector<std::string> targets;
+  const auto verdict = [](bool ok) { return ok ? "met" : "MISSED"; };
+
+  // Fan-out tables.
+  for (std::size_t mi = 0; mi < modes.size(); ++mi) {
+    if (!wanted(mode_names[mi])) continue;
+    const bool block = modes[mi] == Mode::block;
+    Table t;
+    t.title = block ? "Fan-out, lossless (herald Overflow::block): M deliveries/s, higher is better"
+                    : "Fan-out, dropping (herald Overflow::drop_incoming): publisher ns/publish, "
+                      "lower is better";
+    t.header = {"subs",
+                "contender",
+                block ? "M deliv/s" : "ns/publish",
+                "min",
+                "max",
+                block ? "lost" : "dropped",
+                "CPU ns/msg",
+                "csw/1k msgs",
+                "herald publish vs it",
+                "herald Publisher vs it"};
+    t.note = block ? "vs it = herald's deliveries/s / its deliveries/s (> 1: herald faster); "
+                     "ZeroMQ PUB drops at its high-water mark: its rate counts what arrived; CPU "
+                     "ns/msg and csw/1k msgs = process CPU time and context switches per message "
+                     "received (medians; diagnostics, no target)"
+                   : "vs it = its ns/publish / herald's (> 1: herald faster); dropped = share of "
+                     "deliveries refused because a queue was full (ZeroMQ: lost at its high-water "
+                     "mark); CPU ns/msg and csw/1k msgs = per delivery offered (published x "
+                     "subscribers)";
+    for (std::size_t f = 0; f < fanouts.size(); ++f) {
+      std::vector<Stat> st(fan.size());
+      std::vector<double> loss(fan.size()), cpu(fan.size()), csw(fan.size());
+      for (std::size_t i = 0; i < fan.size(); ++i) {
+        if (samples[mi][f][i].empty()) continue;
+        std::vector<double> v, l, u, w;
+        for (const Outcome& o : samples[mi][f][i]) {
+          v.push_back(block ? o.value / 1e6 : o.value);
+          l.push_back(o.loss);
+          u.push_back(o.cpu_ns);
+          w.push_back(o.csw);
+        }
+        st[i] = stat(v);
+        loss[i] = stat(l).median;
+        cpu[i] = stat(u).median;
+        csw[i] = stat(w).median;
+      }
+      const auto vs = [&](std::size_t h, std::size_t i) {
+        return block ? st[h].median / st[i].median : st[i].median / st[h].median;
+      };
+      for (std::size_t i = 0; i < fan.size(); ++i) {
+        if (samples[mi][f][i].empty()) continue;
+        t.rows.push_back({std::to_string(fanouts[f]), fan[i].name,
+                          fixed(st[i].median, block ? 3 : 1), fixed(st[i].min, block ? 3 : 1),
+                          fixed(st[i].max, block ? 3 : 1), fmt::format("{:.1f}%", 100 * loss[i]),
+                          fixed(cpu[i], 0), fixed(csw[i], 1), ratio(vs(kHeraldPublish, i)),
+                          ratio(vs(kHeraldPublisher, i))});
+      }
+      const auto ran = [&](std::size_t i) { return !samples[mi][f][i].empty(); };
+      if (block && ran(kHeraldPublish) && ran(kHeraldPublisher) && ran(kReference) &&
+          (fan.size() <= kZmq || (ran(kZmq) && ran(kZmqNoDrop)))) {
+        for (std::size_t h : {kHeraldPublish, kHeraldPublisher}) {
+          std::string line =
+              fmt::format("fan-out {:>2}: {} / reference = {:.2f}x (>= 3: {})", fanouts[f],
+                          fan[h].name, vs(h, kReference), verdict(vs(h, kReference) >= 3));
+#if defined(HERALD_HAVE_ZMQ)
+          line += fmt::format(
+              "; / ZeroMQ = {:.2f}x (>= 1: {}); / ZeroMQ NODROP = {:.2f}x (>= 1: {})", vs(h, kZmq),
+              verdict(vs(h, kZmq) >= 1), vs(h, kZmqNoDrop), verdict(vs(h, kZmqNoDrop) >= 1));
+#endif
+          targets.push_back(line);
+        }
+      }
+    }
+    tables.push_back(std::move(t));
+  }
+
+  // Wildcard table.
+  if (wanted("wildcard")) {
+    Table t;
+    t.title =
+        "Wildcard publish, 3 matching wildcard subscriptions among many non-matching ones: "
+        "thread CPU ns/publish, lower is better";
+    t.header = {"non-matching", "contender",       "ns/publish", "min",
+                "max",          "reference vs it", "vs own 100"};
+    t.note =
+        "reference vs it = reference ns / its ns (> 1: faster than the reference); vs own 100 "
+        "= its ns / its ns at 100 non-matching subscriptions (flat: about 1); 3 samples per "
+        "repetition; the uncached row publishes to 8192 distinct topics (more than herald's "
+        "4096-route cache), so every publish matches in the trie";
+    std::vector<std::vector<Stat>> st(sizes.size(), std::vector<Stat>(wild.size()));
+    for (std::size_t s = 0; s < sizes.size(); ++s)
+      for (std::size_t i = 0; i < wild.size(); ++i)
+        if (!wild_samples[s][i].empty()) st[s][i] = stat(wild_samples[s][i]);
+    const std::size_t ref = wild.size() - 1;
+    for (std::size_t s = 0; s < sizes.size(); ++s) {
+      for (std::size_t i = 0; i < wild.size(); ++i) {
+        if (wild_samples[s][i].empty()) continue;
+        t.rows.push_back(
+            {std::to_string(sizes[s]), wild[i].name, fmt::format("{:.1f}", st[s][i].median),
+             fmt::format("{:.1f}", st[s][i].min), fmt::format("{:.1f}", st[s][i].max),
+             ratio(st[s][ref].median / st[s][i].median), ratio(st[s][i].median / st[0][i].median)});
+      }
+    }
+    for (std::size_t i = 0; i + 1 < wild.size() && sizes.size() > 1; ++i) {
+      if (wild_samples.front()[i].empty() || wild_samples.front()[ref].empty()) continue;
+      const double growth = st.back()[i].median / st.front()[i].median;
+      targets.push_back(
+          fmt::format("wildcard: {} ns/publish at {} / at {} non-matching = "
+                      "{:.2f} (flat, <= 1.5: {}); reference grows {:.1f}x",
+                      wild[i].name, sizes.back(), sizes.front(), growth, verdict(growth <= 1.5),
+                      st.back()[ref].median / st.front()[ref].median));
+    }
+    tables.push_back(std::move(t));
+  }
+
+  for (const Table& t : tables)
+    print_text(t);
+  fmt::print("load average at end: {}\n", first_line("/proc/loadavg", ""));
+  fmt::print("targets (DESIGN.md; ratios within this run):\n");
+  for (const auto& line : targets)
+    fmt::print("  {}\n", line);
+
+  if (const char* path = std::getenv("HERALD_BENCH_MARKDOWN"); path && *path) {
+    std::ofstream out(path);
+    out << "### bench_broker\n\n" << header << "\n\n" << setup << "\n\n";
+    for (const Table& t : tables)
+      out << markdown(t);
+    out << "Targets (DESIGN.md; ratios within this run):\n\n";
+    for (const auto& line : targets)
+      out << "- " << line << "\n";
+    fmt::print("\nMarkdown written to {}\n", path);
+  }
+  if (g_failed) fmt::print(stderr, "a contender delivered wrong results\n");
+  return g_failed ? 1 : 0;
+}

@@ -1,0 +1,464 @@
+// Broker<T>: typed publish/subscribe with NATS-style wildcard topics, fan-out to per-subscriber
+// bounded queues, per-subscriber overflow policies, queue groups and exact counters.
+#pragma once
+
+#include <herald/detail/sharded_counters.hpp>
+#include <herald/detail/subscription_state.hpp>
+#include <herald/message.hpp>
+#include <herald/policy.hpp>
+#include <herald/subscription.hpp>
+#include <herald/topic.hpp>
+#include <herald/topic_index.hpp>
+
+#include <atomic>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace herald {
+
+/// What one publish did.
+struct PublishResult {
+  std::size_t matched = 0;    ///< open subscriptions (a queue group counts once) it was offered to
+  std::size_t delivered = 0;  ///< of those, how many queued it
+  std::size_t dropped = 0;    ///< of those, how many refused it (full, or block timeout)
+  std::size_t evicted = 0;    ///< drop_oldest subscribers that evicted an older message for it
+  bool closed = false;        ///< the broker was closed: nothing was offered to anyone
+
+  /// True when at least one subscriber queued the message.
+  explicit operator bool() const noexcept { return delivered != 0; }
+};
+
+/// Broker totals. `delivered + dropped` is the number of offers made.
+struct BrokerStats {
+  std::uint64_t published = 0;      ///< publish calls on an open broker
+  std::uint64_t delivered = 0;      ///< messages queued, summed over subscribers
+  std::uint64_t dropped = 0;        ///< offers refused (full, block timeout)
+  std::uint64_t evicted = 0;        ///< queued messages evicted by drop_oldest
+  std::uint64_t no_subscriber = 0;  ///< publishes that matched no subscription
+  std::size_t subscriptions = 0;    ///< live subscriptions now
+};
+
+/// Tags a publish with where it came from, so that a bridge can recognise and skip what it
+/// imported itself. Local publishes have origin 0.
+struct Origin {
+  std::uint64_t id = 0;
+};
+
+namespace detail {
+
+/// A string hash usable with std::string_view lookups (no temporary std::string).
+struct TopicHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept {
+    return std::hash<std::string_view>{}(s);
+  }
+};
+
+/// The routing state shared by a Broker, its subscriptions (weakly) and its Publishers.
+template <class T>
+class BrokerCore final : public Registry<T> {
+ public:
+  using State = SubscriptionState<T>;
+  using StatePtr = std::shared_ptr<State>;
+
+  /// The members of one queue group that match a topic, and the group's round-robin cursor.
+  struct GroupRoute {
+    std::vector<StatePtr> members;
+    std::shared_ptr<std::atomic<std::uint32_t>> cursor;
+  };
+
+  /// Everything a publish to one topic delivers to: resolved once, then shared by publishers
+  /// until the subscription set changes (the generation tells).
+  struct Route {
+    std::vector<StatePtr> plain;
+    std::vector<GroupRoute> groups;
+    std::uint64_t generation = 0;
+    [[nodiscard]] bool empty() const noexcept { return plain.empty() && groups.empty(); }
+  };
+
+  enum Counter : std::size_t { published, delivered, dropped, evicted, no_subscriber, kCounters };
+
+  /// Registers a subscription. The caller has validated the pattern.
+  void add(const StatePtr& s) {
+    std::unique_lock lock(mutex_);
+    if (closed_.load(std::memory_order_relaxed)) {
+      lock.unlock();
+      s->close(CloseReason::broker_closed);
+      return;
+    }
+    live_.emplace(s.get(), s);
+    if (!s->options().queue_group.empty()) {
+      GroupInfo& g = groups_[group_key(*s)];
+      if (!g.cursor) g.cursor = std::make_shared<std::atomic<std::uint32_t>>(0);
+      ++g.members;
+    }
+    index_.insert(s->pattern(), s.get());
+    changed();
+  }
+
+  void remove(State& s) noexcept override {
+    std::unique_lock lock(mutex_);
+    const auto it = live_.find(&s);
+    if (it == live_.end()) return;
+    index_.erase(s.pattern(), &s);
+    if (!s.options().queue_group.empty()) {
+      const auto g = groups_.find(group_key(s));
+      if (g != groups_.end() && --g->second.members == 0) groups_.erase(g);
+    }
+    // Destroy our reference after unlocking: the last owner may run a push subscription's
+    // teardown, which must not happen under the registry lock.
+    StatePtr last = std::move(it->second);
+    live_.erase(it);
+    changed();
+    lock.unlock();
+  }
+
+  /// The current route for a (valid) topic: from the cache, or resolved and cached.
+  std::shared_ptr<const Route> route(std::string_view topic) {
+    {
+      std::shared_lock lock(mutex_);
+      const auto it = cache_.find(topic);
+      if (it != cache_.end()) return it->second;
+    }
+    std::unique_lock lock(mutex_);
+    const auto it = cache_.find(topic);
+    if (it != cache_.end()) return it->second;
+    auto r = std::make_shared<Route>();
+    r->generation = generation_.load(std::memory_order_relaxed);
+    std::vector<std::pair<const std::string*, std::size_t>> group_slots;  // key -> index in groups
+    index_.match(topic, [&](State* s) {
+      const StatePtr& owner = live_.at(s);
+      if (s->options().queue_group.empty()) {
+        r->plain.push_back(owner);
+        return;
+      }
+      const auto g = groups_.find(group_key(*s));
+      for (auto& [key, slot] : group_slots) {
+        if (*key == g->first) {
+          r->groups[slot].members.push_back(owner);
+          return;
+        }
+      }
+      group_slots.emplace_back(&g->first, r->groups.size());
+      r->groups.push_back(GroupRoute{{owner}, g->second.cursor});
+    });
+    // Topics are unbounded; the cache is not. Starting over is cheap and rare.
+    if (cache_.size() >= kMaxCachedRoutes) cache_.clear();
+    cache_.emplace(std::string(topic), r);
+    return r;
+  }
+
+  [[nodiscard]] std::uint64_t generation() const noexcept {
+    return generation_.load(std::memory_order_acquire);
+  }
+  [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+
+  /// Offers one message to everything on the route, applying each subscriber's policy.
+  template <class... Args>
+  PublishResult deliver(const Route& route, std::string_view topic, std::uint64_t origin,
+                        Args&&... args) {
+    PublishResult r;
+    if (route.empty()) {
+      counters_.add(published, 1);
+      counters_.add(no_subscriber, 1);
+      return r;
+    }
+    const auto m = Message<T>::make(topic, sequence_.fetch_add(1, std::memory_order_relaxed) + 1,
+                                    origin, std::forward<Args>(args)...);
+    for (const StatePtr& s : route.plain)
+      tally(r, s->offer(m, *this));
+    for (const GroupRoute& g : route.groups)
+      offer_to_group(r, g, m);
+    counters_.add(published, 1);
+    if (r.delivered) counters_.add(delivered, r.delivered);
+    if (r.dropped) counters_.add(dropped, r.dropped);
+    if (r.evicted) counters_.add(evicted, r.evicted);
+    if (r.matched == 0) counters_.add(no_subscriber, 1);
+    return r;
+  }
+
+  /// Closes every subscription with CloseReason::broker_closed and refuses new ones.
+  void close() noexcept {
+    std::vector<StatePtr> all;
+    {
+      std::unique_lock lock(mutex_);
+      if (closed_.exchange(true, std::memory_order_acq_rel)) return;
+      all.reserve(live_.size());
+      for (auto& [raw, owner] : live_)
+        all.push_back(std::move(owner));
+      live_.clear();
+      groups_.clear();
+      index_.clear();
+      changed();
+    }
+    for (const StatePtr& s : all)
+      s->close(CloseReason::broker_closed);
+  }
+
+  [[nodiscard]] BrokerStats stats() const {
+    BrokerStats s;
+    s.published = counters_.sum(published);
+    s.delivered = counters_.sum(delivered);
+    s.dropped = counters_.sum(dropped);
+    s.evicted = counters_.sum(evicted);
+    s.no_subscriber = counters_.sum(no_subscriber);
+    std::shared_lock lock(mutex_);
+    s.subscriptions = live_.size();
+    return s;
+  }
+
+ private:
+  struct GroupInfo {
+    std::shared_ptr<std::atomic<std::uint32_t>> cursor;
+    std::size_t members = 0;
+  };
+
+  static constexpr std::size_t kMaxCachedRoutes = 4096;
+
+  // Queue groups are per (pattern, name), as in NATS. Patterns never contain a space.
+  static std::string group_key(const State& s) {
+    return s.pattern() + ' ' + s.options().queue_group;
+  }
+
+  // Called under the exclusive lock whenever the subscription set changes.
+  void changed() {
+    cache_.clear();
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+
+  static void tally(PublishResult& r, Offer o) noexcept {
+    switch (o) {
+      case Offer::delivered:
+        ++r.matched;
+        ++r.delivered;
+        break;
+      case Offer::evicted_and_delivered:
+        ++r.matched;
+        ++r.delivered;
+        ++r.evicted;
+        break;
+      case Offer::dropped:
+        ++r.matched;
+        ++r.dropped;
+        break;
+      case Offer::closed:  // unsubscribed while we were publishing: not offered
+        break;
+    }
+  }
+
+  // One member per group: the first with room starting at the round-robin cursor; when all are
+  // full, the policy of the member at the cursor decides (wait, drop, evict, disconnect).
+  void offer_to_group(PublishResult& r, const GroupRoute& g, const Message<T>& m) {
+    const std::size_t n = g.members.size();
+    const std::size_t start = g.cursor->fetch_add(1, std::memory_order_relaxed) % n;
+    State* fallback = nullptr;
+    for (std::size_t i = 0; i < n; ++i) {
+      State& s = *g.members[(start + i) % n];
+      if (s.close_reason() != CloseReason::open) continue;
+      if (s.try_offer(m)) return tally(r, Offer::delivered);
+      if (!fallback) fallback = &s;
+    }
+    if (fallback) tally(r, fallback->offer(m, *this));
+  }
+
+  mutable std::shared_mutex mutex_;  // guards index_, live_, groups_, cache_
+  TopicIndex<State*> index_;
+  std::unordered_map<State*, StatePtr> live_;
+  std::unordered_map<std::string, GroupInfo> groups_;
+  std::unordered_map<std::string, std::shared_ptr<const Route>, TopicHash, std::equal_to<>> cache_;
+  std::atomic<bool> closed_{false};
+  alignas(cache_line_size) std::atomic<std::uint64_t> generation_{0};
+  alignas(cache_line_size) std::atomic<std::uint64_t> sequence_{0};
+  ShardedCounters<kCounters> counters_;
+};
+
+}  // namespace detail
+
+template <class T>
+class Broker;
+
+/// A publisher prepared for one topic: the topic is validated once and its subscribers are
+/// resolved once, then reused until the subscription set changes.
+///
+/// Thread-safety: use one Publisher per thread (it caches the route without locking); any
+/// number of Publishers and plain publish calls may run concurrently.
+template <class T>
+class Publisher {
+ public:
+  /// Publishes a copy of `value`. Same contract as Broker::publish.
+  PublishResult publish(const T& value) { return emplace(value); }
+  /// Publishes `value`, moved into the one shared payload.
+  PublishResult publish(T&& value) { return emplace(std::move(value)); }
+  /// Publishes a T constructed in place from `args` (only if someone will receive it).
+  template <class... Args>
+  PublishResult emplace(Args&&... args) {
+    if (core_->closed()) return PublishResult{.closed = true};
+    if (!route_ || route_->generation != core_->generation()) route_ = core_->route(topic_);
+    return core_->deliver(*route_, topic_, origin_, std::forward<Args>(args)...);
+  }
+
+  /// The topic it publishes to.
+  [[nodiscard]] const std::string& topic() const noexcept { return topic_; }
+
+ private:
+  friend class Broker<T>;
+  Publisher(std::shared_ptr<detail::BrokerCore<T>> core, std::string topic, std::uint64_t origin)
+      : core_(std::move(core)), topic_(std::move(topic)), origin_(origin) {}
+
+  std::shared_ptr<detail::BrokerCore<T>> core_;
+  std::string topic_;
+  std::uint64_t origin_;
+  std::shared_ptr<const typename detail::BrokerCore<T>::Route> route_;
+};
+
+/// Typed in-process publish/subscribe with NATS-style topics.
+///
+///     herald::Broker<Order> broker;
+///     auto sub = broker.subscribe("orders.*.created", {.capacity = 256});
+///     broker.publish("orders.eu.created", Order{42});
+///     for (const herald::Message<Order>& m : sub) handle(*m);
+///
+/// Publishing resolves the matching subscriptions (cached per topic) and then offers the message
+/// to each without holding any lock, so a slow subscriber never stalls the registry or other
+/// publishers; each subscriber's overflow policy decides what happens when its queue is full.
+/// Every subscriber sees the messages of one publishing thread in publish order.
+/// Thread-safety: every member function may be called concurrently.
+template <class T>
+class Broker {
+  static_assert(std::is_nothrow_destructible_v<T>, "T must be nothrow destructible");
+  static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
+                "T must be a plain object type (not a reference, not const)");
+
+ public:
+  using value_type = T;
+
+  Broker() = default;
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+  /// Closes the broker (see close()); subscriptions that outlive it stay valid and drain.
+  ~Broker() { core_->close(); }
+
+  /// Subscribes to `pattern` with a pull subscription.
+  /// A stop request on `stop` unsubscribes it (CloseReason::stopped); if the stop was already
+  /// requested, nothing is ever delivered. On a closed broker it returns a subscription that is
+  /// already closed with CloseReason::broker_closed.
+  /// Throws: InvalidTopic for an invalid pattern, std::invalid_argument for capacity 0;
+  /// nothing is registered then.
+  /// Complexity: O(tokens in the pattern), independent of the number of subscriptions.
+  [[nodiscard]] Subscription<T> subscribe(std::string_view pattern, SubscribeOptions options = {},
+                                          std::stop_token stop = {}) {
+    auto state = make_state<detail::SubscriptionState<T>>(pattern, std::move(options));
+    return Subscription<T>(register_state(std::move(state), std::move(stop)));
+  }
+
+  /// Subscribes `handler(const Message<T>&)` to `pattern`, run by `executor`: a WorkerPool&,
+  /// herald::inline_executor (inside publish, in the publisher's thread) or
+  /// herald::dedicated_thread. Messages wait in the subscription's own queue (so `options` and
+  /// its overflow policy apply as for pull subscriptions); at most one invocation runs at a time,
+  /// in publish order. A handler that throws is counted, reported to `handler_options.on_error`,
+  /// retried per `handler_options.retry`, then dead-lettered if `dead_letters` is set.
+  /// Unsubscribe is quiescent (see HandlerSubscription).
+  /// Throws: InvalidTopic for an invalid pattern; std::invalid_argument for capacity 0.
+  template <class Handler>
+  requires std::invocable < Handler&, const Message<T>
+  & > [[nodiscard]] HandlerSubscription<T> subscribe(std::string_view pattern, Handler&& handler,
+                                                     detail::ExecutorRef executor,
+                                                     SubscribeOptions options,
+                                                     HandlerOptions<T> handler_options,
+                                                     std::stop_token stop = {}) {
+    auto state = make_state<detail::PushState<T>>(
+        pattern, std::move(options),
+        typename detail::PushState<T>::Handler(std::forward<Handler>(handler)), executor,
+        std::move(handler_options));
+    state->start();
+    return HandlerSubscription<T>(register_state(std::move(state), std::move(stop)));
+  }
+
+  /// As above, without failure-handling options.
+  template <class Handler>
+  requires std::invocable < Handler&, const Message<T>
+  & > [[nodiscard]] HandlerSubscription<T> subscribe(std::string_view pattern, Handler&& handler,
+                                                     detail::ExecutorRef executor,
+                                                     SubscribeOptions options = {},
+                                                     std::stop_token stop = {}) {
+    return subscribe(pattern, std::forward<Handler>(handler), executor, std::move(options),
+                     HandlerOptions<T>{}, std::move(stop));
+  }
+
+  /// Publishes a copy of `value` to `topic`.
+  /// Blocks: only if a matching subscriber uses Overflow::block and its queue is full.
+  /// Throws: InvalidTopic when `topic` is not a valid literal topic (nothing is delivered).
+  PublishResult publish(std::string_view topic, const T& value) {
+    return publish_from(Origin{}, topic, value);
+  }
+  /// Publishes `value`, moved into the one payload all subscribers share.
+  PublishResult publish(std::string_view topic, T&& value) {
+    return publish_from(Origin{}, topic, std::move(value));
+  }
+  /// Publishes a T constructed in place from `args`, tagged with `origin` (for bridges).
+  template <class... Args>
+  PublishResult publish_from(Origin origin, std::string_view topic, Args&&... args) {
+    if (core_->closed()) return PublishResult{.closed = true};
+    validate_topic(topic);
+    return core_->deliver(*core_->route(topic), topic, origin.id, std::forward<Args>(args)...);
+  }
+
+  /// A Publisher for `topic` that skips validation and routing on each publish.
+  /// Throws: InvalidTopic for an invalid topic.
+  [[nodiscard]] Publisher<T> publisher(std::string_view topic, Origin origin = {}) {
+    validate_topic(topic);
+    return Publisher<T>(core_, std::string(topic), origin.id);
+  }
+
+  /// Closes every subscription with CloseReason::broker_closed (consumers still drain what is
+  /// queued) and makes later publishes return `closed` at once. Idempotent.
+  void close() noexcept { core_->close(); }
+  [[nodiscard]] bool is_closed() const noexcept { return core_->closed(); }
+
+  /// Totals since construction.
+  [[nodiscard]] BrokerStats stats() const { return core_->stats(); }
+
+ private:
+  /// Seam for push (handler) subscriptions: builds a state of type S after validating input.
+  template <class S, class... Extra>
+  std::shared_ptr<S> make_state(std::string_view pattern, SubscribeOptions options,
+                                Extra&&... extra) {
+    validate_pattern(pattern);
+    return std::make_shared<S>(std::string(pattern), std::move(options),
+                               std::forward<Extra>(extra)...);
+  }
+
+  /// Registers a state and returns its owning handle (stop_token wired).
+  detail::SubscriptionHandle<T> register_state(std::shared_ptr<detail::SubscriptionState<T>> state,
+                                               std::stop_token stop) {
+    if (stop.stop_requested()) {
+      state->close(CloseReason::stopped);
+      return detail::SubscriptionHandle<T>(std::move(state), {}, {});
+    }
+    core_->add(state);
+    std::weak_ptr<detail::Registry<T>> registry = core_;
+    return detail::SubscriptionHandle<T>(std::move(state), std::move(registry), std::move(stop));
+  }
+
+  std::shared_ptr<detail::BrokerCore<T>> core_ = std::make_shared<detail::BrokerCore<T>>();
+};
+
+template <class T>
+void detail::publish_dead_letter(Broker<DeadLetter<T>>& dlq, DeadLetter<T> letter) {
+  std::string topic = std::string(dead_letter_prefix) + letter.message.topic();
+  dlq.publish(topic, std::move(letter));
+}
+
+}  // namespace herald

@@ -1,0 +1,46 @@
+// Counters that many threads bump without sharing a cache line: each thread adds to its own
+// shard (threads are spread over the shards round-robin); readers sum the shards.
+#pragma once
+
+#include <herald/detail/cache_line.hpp>
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace herald::detail {
+
+template <std::size_t Fields>
+class ShardedCounters {
+ public:
+  /// Adds `n` to counter `field`. Exact: shards are atomics, so two threads that share a shard
+  /// lose nothing; they only share a cache line.
+  void add(std::size_t field, std::uint64_t n) noexcept {
+    shards_[shard_index()].values[field].fetch_add(n, std::memory_order_relaxed);
+  }
+
+  /// The sum over all shards (a consistent total once the adding threads have stopped).
+  [[nodiscard]] std::uint64_t sum(std::size_t field) const noexcept {
+    std::uint64_t total = 0;
+    for (const Shard& s : shards_)
+      total += s.values[field].load(std::memory_order_relaxed);
+    return total;
+  }
+
+ private:
+  static constexpr std::size_t kShards = 16;
+
+  static std::size_t shard_index() noexcept {
+    static std::atomic<std::size_t> next{0};
+    thread_local const std::size_t index = next.fetch_add(1, std::memory_order_relaxed) % kShards;
+    return index;
+  }
+
+  struct alignas(cache_line_size) Shard {
+    std::array<std::atomic<std::uint64_t>, Fields> values{};
+  };
+  std::array<Shard, kShards> shards_{};
+};
+
+}  // namespace herald::detail

@@ -1,0 +1,73 @@
+// Message<T>: what a subscriber receives. One immutable payload per publish, shared by every
+// subscriber it is delivered to.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace herald {
+
+namespace detail {
+template <class T>
+struct Envelope {
+  template <class... Args>
+  Envelope(std::string_view t, std::uint64_t seq, std::uint64_t org, Args&&... args)
+      : value(std::forward<Args>(args)...),
+        topic(t),
+        sequence(seq),
+        origin(org),
+        published_at(std::chrono::steady_clock::now()) {}
+  const T value;
+  const std::string topic;
+  const std::uint64_t sequence;
+  const std::uint64_t origin;
+  const std::chrono::steady_clock::time_point published_at;
+};
+}  // namespace detail
+
+/// A published message: its topic, its value, the broker's sequence number and the publish time.
+/// Copying a Message copies a reference to the one shared payload, never the T.
+///
+///     for (const herald::Message<Order>& m : sub) use(m.topic(), *m);
+///
+/// Thread-safety: the payload is immutable; copies may be used from any threads.
+template <class T>
+class Message {
+ public:
+  using value_type = T;
+
+  /// The topic it was published to.
+  [[nodiscard]] const std::string& topic() const noexcept { return env_->topic; }
+  /// The value.
+  [[nodiscard]] const T& value() const noexcept { return env_->value; }
+  [[nodiscard]] const T& operator*() const noexcept { return env_->value; }
+  [[nodiscard]] const T* operator->() const noexcept { return &env_->value; }
+  /// Per-broker publish sequence number, starting at 1; increases with every publish.
+  [[nodiscard]] std::uint64_t sequence() const noexcept { return env_->sequence; }
+  /// When publish was called (steady clock).
+  [[nodiscard]] std::chrono::steady_clock::time_point published_at() const noexcept {
+    return env_->published_at;
+  }
+  /// Who published it: 0 for local publishers; bridges tag what they import so they never
+  /// send it back (see Broker::publish with an origin).
+  [[nodiscard]] std::uint64_t origin() const noexcept { return env_->origin; }
+
+  /// Builds a message outside a broker (tests, adapters). The broker builds its own.
+  template <class... Args>
+  [[nodiscard]] static Message make(std::string_view topic, std::uint64_t sequence,
+                                    std::uint64_t origin, Args&&... args) {
+    return Message(std::make_shared<const detail::Envelope<T>>(topic, sequence, origin,
+                                                               std::forward<Args>(args)...));
+  }
+
+ private:
+  explicit Message(std::shared_ptr<const detail::Envelope<T>> env) noexcept
+      : env_(std::move(env)) {}
+  std::shared_ptr<const detail::Envelope<T>> env_;
+};
+
+}  // namespace herald

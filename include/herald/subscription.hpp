@@ -1,0 +1,241 @@
+// Subscription<T>: the handle of a pull subscription. The consumer takes messages out with
+// receive() or range-for; destroying the handle unsubscribes.
+#pragma once
+
+#include <herald/detail/push_state.hpp>
+#include <herald/detail/subscription_state.hpp>
+#include <herald/message.hpp>
+#include <herald/policy.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <utility>
+
+namespace herald {
+
+template <class T>
+class Broker;
+
+namespace detail {
+
+/// Runs on a stop request: closes the subscription and takes it out of the broker's routes,
+/// without a helper thread. Holds the state strongly and the broker weakly.
+template <class T>
+struct StopUnsubscribe {
+  std::shared_ptr<SubscriptionState<T>> state;
+  std::weak_ptr<Registry<T>> registry;
+  void operator()() const noexcept {
+    if (state->close(CloseReason::stopped)) {
+      if (auto r = registry.lock()) r->remove(*state);
+    }
+    state->quiesce();
+  }
+};
+
+/// What pull and push subscription handles share: ownership, unsubscribe, stop_token, stats.
+template <class T>
+class SubscriptionHandle {
+ public:
+  SubscriptionHandle() = default;
+  SubscriptionHandle(std::shared_ptr<SubscriptionState<T>> state,
+                     std::weak_ptr<Registry<T>> registry, std::stop_token stop)
+      : state_(std::move(state)), registry_(std::move(registry)) {
+    if (stop.stop_possible()) {
+      // If the stop is already requested, the callback runs here, before we return.
+      on_stop_ = std::make_unique<std::stop_callback<StopUnsubscribe<T>>>(
+          std::move(stop), StopUnsubscribe<T>{state_, registry_});
+    }
+  }
+  SubscriptionHandle(SubscriptionHandle&&) noexcept = default;
+  SubscriptionHandle& operator=(SubscriptionHandle&& other) noexcept {
+    if (this != &other) {
+      unsubscribe();
+      state_ = std::move(other.state_);
+      registry_ = std::move(other.registry_);
+      on_stop_ = std::move(other.on_stop_);
+    }
+    return *this;
+  }
+  ~SubscriptionHandle() { unsubscribe(); }
+
+  void unsubscribe() noexcept {
+    if (!state_) return;
+    // First make sure a concurrent stop callback has finished (the destructor waits for it),
+    // then close: the first reason wins, so a stop that got there first keeps its reason.
+    on_stop_.reset();
+    if (state_->close(CloseReason::unsubscribed)) {
+      if (auto r = registry_.lock()) r->remove(*state_);
+    }
+    state_->quiesce();  // handler subscriptions: no invocation runs or will start after this
+  }
+
+  [[nodiscard]] SubscriptionState<T>* state() const noexcept { return state_.get(); }
+
+ private:
+  std::shared_ptr<SubscriptionState<T>> state_;
+  std::weak_ptr<Registry<T>> registry_;
+  std::unique_ptr<std::stop_callback<StopUnsubscribe<T>>> on_stop_;
+};
+
+}  // namespace detail
+
+/// A pull subscription: messages published to matching topics wait in its own bounded queue
+/// until the consumer takes them.
+///
+///     auto sub = broker.subscribe("orders.>");
+///     for (const herald::Message<Order>& m : sub) handle(*m);  // ends when it closes
+///
+/// Move-only; destroying it unsubscribes. After unsubscribe() (or a stop request, a slow-consumer
+/// disconnect, or the broker closing) no new message is enqueued, and the receive calls still
+/// return what was already queued, then return empty.
+/// Thread-safety: receive calls may be made from several threads (each message goes to one).
+template <class T>
+class Subscription {
+ public:
+  /// An empty handle: closed, receives nothing.
+  Subscription() = default;
+
+  /// Takes the oldest queued message, if there is one. Never blocks.
+  [[nodiscard]] std::optional<Message<T>> try_receive() {
+    return counted(state() ? state()->queue().try_pop() : std::nullopt);
+  }
+
+  /// Takes the oldest message, waiting for one.
+  /// Blocks: until a message arrives or the subscription closes (then returns empty once the
+  /// queue is drained).
+  [[nodiscard]] std::optional<Message<T>> receive() {
+    return counted(state() ? state()->queue().pop() : std::nullopt);
+  }
+
+  /// Like receive(), waiting at most `timeout` (zero: try once; duration::max(): forever).
+  template <class Rep, class Period>
+  [[nodiscard]] std::optional<Message<T>> receive_for(std::chrono::duration<Rep, Period> timeout) {
+    return counted(state() ? state()->queue().pop_for(timeout) : std::nullopt);
+  }
+
+  /// Like receive(), also returning empty once a stop is requested on `stop`.
+  [[nodiscard]] std::optional<Message<T>> receive(std::stop_token stop) {
+    return counted(state() ? state()->queue().pop(std::move(stop)) : std::nullopt);
+  }
+
+  /// Stops delivery. Idempotent. When it returns, nothing more is enqueued; what is already queued
+  /// can still be received.
+  void unsubscribe() noexcept { handle_.unsubscribe(); }
+
+  /// Why it closed, or CloseReason::open.
+  [[nodiscard]] CloseReason close_reason() const noexcept {
+    return state() ? state()->close_reason() : CloseReason::unsubscribed;
+  }
+  [[nodiscard]] bool is_open() const noexcept { return close_reason() == CloseReason::open; }
+
+  /// Its counters (see SubscriptionStats for the identities they satisfy).
+  [[nodiscard]] SubscriptionStats stats() const noexcept {
+    return state() ? state()->stats() : SubscriptionStats{};
+  }
+
+  /// The pattern it was subscribed with.
+  [[nodiscard]] const std::string& pattern() const noexcept {
+    static const std::string none;
+    return state() ? state()->pattern() : none;
+  }
+
+  /// Input iterator over received messages: each increment calls receive().
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Message<T>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const Message<T>*;
+    using reference = const Message<T>&;
+
+    iterator() = default;
+    reference operator*() const noexcept { return *current_; }
+    pointer operator->() const noexcept { return &*current_; }
+    iterator& operator++() {
+      current_ = sub_->receive();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+      return !it.current_.has_value();
+    }
+
+   private:
+    friend class Subscription;
+    explicit iterator(Subscription* sub) : sub_(sub), current_(sub->receive()) {}
+    Subscription* sub_ = nullptr;
+    std::optional<Message<T>> current_;
+  };
+
+  /// Blocks for the first message (see receive()).
+  [[nodiscard]] iterator begin() { return iterator(this); }
+  [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  friend class Broker<T>;
+  explicit Subscription(detail::SubscriptionHandle<T> handle) noexcept
+      : handle_(std::move(handle)) {}
+
+  detail::SubscriptionState<T>* state() const noexcept { return handle_.state(); }
+
+  std::optional<Message<T>> counted(std::optional<Message<T>> m) noexcept {
+    if (m) state()->note_received();
+    return m;
+  }
+
+  detail::SubscriptionHandle<T> handle_;
+};
+
+/// The handle of a handler (push) subscription: `handler(const Message<T>&)` runs on the chosen
+/// executor, at most one invocation at a time, in publish order.
+///
+///     auto h = broker.subscribe("orders.>", [](const herald::Message<Order>& m) { ... }, pool);
+///
+/// Move-only; destroying it unsubscribes. Unsubscribe is quiescent: when unsubscribe() (or the
+/// destructor, or a stop request's callback) returns, no invocation of the handler is running
+/// and none will start. Called from inside the handler itself, it returns at once and no further
+/// invocation starts.
+template <class T>
+class HandlerSubscription {
+ public:
+  HandlerSubscription() = default;
+
+  /// Stops delivery and waits for a running invocation to finish (see the class comment).
+  /// Idempotent.
+  void unsubscribe() noexcept { handle_.unsubscribe(); }
+
+  /// Why it closed, or CloseReason::open.
+  [[nodiscard]] CloseReason close_reason() const noexcept {
+    return state() ? state()->close_reason() : CloseReason::unsubscribed;
+  }
+  [[nodiscard]] bool is_open() const noexcept { return close_reason() == CloseReason::open; }
+
+  /// Queue and handler counters, including handler duration (count, total, max).
+  [[nodiscard]] HandlerStats stats() const noexcept {
+    return state() ? state()->handler_stats() : HandlerStats{};
+  }
+
+  /// The pattern it was subscribed with.
+  [[nodiscard]] const std::string& pattern() const noexcept {
+    static const std::string none;
+    return state() ? state()->pattern() : none;
+  }
+
+ private:
+  friend class Broker<T>;
+  explicit HandlerSubscription(detail::SubscriptionHandle<T> handle) noexcept
+      : handle_(std::move(handle)) {}
+
+  detail::PushState<T>* state() const noexcept {
+    return static_cast<detail::PushState<T>*>(handle_.state());
+  }
+
+  detail::SubscriptionHandle<T> handle_;
+};
+
+}  // namespace herald

@@ -1,0 +1,589 @@
+// WorkerPool: a fixed set of threads running move-only tasks, with back-pressure, per-key FIFO
+// and a shutdown that drains what it accepted.
+//
+// Layout: every worker owns two BoundedQueues. Its "plain" queue receives plain submissions
+// (round-robin per submitting thread, or the worker's own queue when a task submits), and any idle
+// worker may steal from it, so plain work load-balances. Its "keyed" queue receives the keys that
+// hash to it and only that worker pops it, so one key's tasks run one at a time, in order.
+// Workers look for work, spin briefly, then park on their own 32-bit futex word; a submitter only
+// pays for a wake-up (one syscall) when some worker is actually parked. The pool's state lives in
+// a shared PoolCore that every worker co-owns, so a task may destroy the pool that runs it.
+#pragma once
+
+#include <herald/bounded_queue.hpp>
+#include <herald/detail/cache_line.hpp>
+#include <herald/detail/parking.hpp>
+#include <herald/detail/sharded_counters.hpp>
+#include <herald/detail/unique_function.hpp>
+
+#include <atomic>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace herald {
+
+/// Construction options of a WorkerPool.
+struct WorkerPoolOptions {
+  /// Called on the worker thread with the exception of every task that throws (may be empty).
+  /// Exceptions thrown by the handler itself are swallowed.
+  std::function<void(std::exception_ptr)> on_error;
+};
+
+/// Counters of a WorkerPool.
+///
+/// Fields are read one after the other while workers run, so a snapshot taken under load need
+/// not add up; once shutdown() has returned (from a non-worker thread) they are exact and
+/// submitted == completed + failed.
+struct WorkerPoolStats {
+  std::uint64_t submitted = 0;  ///< tasks accepted (rejected submissions are not counted)
+  std::uint64_t completed = 0;  ///< tasks that returned normally (async ones included)
+  std::uint64_t failed = 0;     ///< tasks that threw (the exception went to the error handler)
+  std::size_t queued = 0;       ///< tasks accepted and not yet started (approximate under load)
+  std::size_t threads = 0;      ///< worker threads
+};
+
+namespace detail {
+
+using PoolTask = UniqueFunction<void()>;
+
+/// What the pool accepts as a task: anything callable as `f()` once decayed and stored.
+template <class F>
+concept PoolCallable = std::invocable<std::add_lvalue_reference_t<std::decay_t<F>>> &&
+    std::constructible_from<PoolTask, F>;
+
+class PoolCore;
+
+/// Which pool (if any) the calling thread works for, and its index there.
+struct PoolWorkerIdentity {
+  const PoolCore* pool = nullptr;
+  std::size_t index = 0;
+};
+
+inline PoolWorkerIdentity& current_pool_worker() noexcept {
+  static thread_local PoolWorkerIdentity identity;
+  return identity;
+}
+
+/// Per submitting thread rotation over the workers: no shared counter to contend on.
+inline std::size_t next_round_robin(std::size_t n) noexcept {
+  static thread_local std::size_t next = 0;
+  std::size_t i = next;
+  if (i >= n) i = 0;
+  next = i + 1;
+  return i;
+}
+
+/// splitmix64's finalizer: spreads keys such as 0, n, 2n, ... over all workers (std::hash of an
+/// integer is the identity in libstdc++).
+constexpr std::uint64_t mix_key(std::uint64_t h) noexcept {
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebULL;
+  h ^= h >> 31;
+  return h;
+}
+
+/// One worker's queues and its hot words, each written by few threads, on separate lines.
+struct PoolWorker {
+  explicit PoolWorker(std::size_t capacity) : plain(capacity), keyed(capacity) {}
+
+  BoundedQueue<PoolTask> plain;  // round-robin submissions; other workers steal from it
+  BoundedQueue<PoolTask> keyed;  // only this worker pops: per-key order
+
+  static constexpr std::uint32_t awake = 0;
+  static constexpr std::uint32_t parked = 1;
+  // The futex word. Written by the worker when it parks and by whoever wakes it (CAS
+  // parked -> awake, so exactly one waker pays for the notify and fixes the idle count).
+  alignas(cache_line_size) std::atomic<std::uint32_t> state{awake};
+  // Written only by this worker (plain load + store, no locked instruction), read by stats().
+  alignas(cache_line_size) std::atomic<std::uint64_t> completed{0};
+  std::atomic<std::uint64_t> failed{0};
+};
+
+/// The pool's state, shared by the WorkerPool handle and every worker thread, so that a worker
+/// which destroys the handle (from inside a task) keeps valid state until it exits.
+class PoolCore {
+ public:
+  using ErrorHandler = std::function<void(std::exception_ptr)>;
+
+  PoolCore(std::size_t threads, std::size_t capacity, ErrorHandler on_error) {
+    workers_.reserve(threads);
+    for (std::size_t i = 0; i < threads; ++i)
+      workers_.push_back(std::make_unique<PoolWorker>(capacity));
+    set_error_handler(std::move(on_error));
+  }
+
+  std::size_t size() const noexcept { return workers_.size(); }
+
+  enum class Wait { none, block, stop };
+
+  /// Puts `f` on a plain queue. `wait` says what to do when every queue is full.
+  template <class F>
+  bool submit_plain(F&& f, Wait wait, const std::stop_token* stop) {
+    const std::size_t n = workers_.size();
+    const PoolWorkerIdentity& me = current_pool_worker();
+    // A worker submits to itself: the task's data is hot in its cache, and others steal if idle.
+    const std::size_t first = me.pool == this ? me.index : next_round_robin(n);
+    PoolTask task(std::forward<F>(f));
+    std::size_t i = first;
+    for (std::size_t k = 0; k < n; ++k) {
+      if (workers_[i]->plain.try_push(std::move(task))) return accepted_plain(i);
+      if (++i == n) i = 0;
+    }
+    if (wait == Wait::none) return false;
+    const bool ok = wait == Wait::stop ? workers_[first]->plain.push(std::move(task), *stop)
+                                       : workers_[first]->plain.push(std::move(task));
+    return ok && accepted_plain(first);
+  }
+
+  /// Puts `f` on the keyed queue of worker `index`.
+  template <class F>
+  bool submit_keyed(std::size_t index, F&& f, Wait wait, const std::stop_token* stop) {
+    PoolWorker& w = *workers_[index];
+    PoolTask task(std::forward<F>(f));
+    bool ok = w.keyed.try_push(std::move(task));
+    if (!ok && wait != Wait::none)
+      ok =
+          wait == Wait::stop ? w.keyed.push(std::move(task), *stop) : w.keyed.push(std::move(task));
+    if (!ok) return false;
+    submitted_.add(0, 1);
+    // Dekker with park(): either the worker's re-check sees this task, or this load sees it parked.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (w.state.load(std::memory_order_relaxed) == PoolWorker::parked) wake(w);
+    return true;
+  }
+
+  template <class Key>
+  std::size_t key_index(const Key& key) const noexcept {
+    std::uint64_t h;
+    if constexpr (std::is_integral_v<Key> || std::is_enum_v<Key>) {
+      h = static_cast<std::uint64_t>(key);
+    } else {
+      h = static_cast<std::uint64_t>(std::hash<Key>{}(key));
+    }
+    return static_cast<std::size_t>(mix_key(h) % workers_.size());
+  }
+
+  /// Closes every queue (pushes fail from now on, pops drain) and wakes every parked worker.
+  void begin_shutdown() noexcept {
+    if (stopping_.exchange(true, std::memory_order_seq_cst)) return;
+    for (auto& w : workers_) {
+      w->plain.close();
+      w->keyed.close();
+    }
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    for (auto& w : workers_)
+      wake(*w);
+  }
+
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+
+  void set_error_handler(ErrorHandler handler) {
+    auto h = handler ? std::make_shared<const ErrorHandler>(std::move(handler)) : nullptr;
+    const std::lock_guard lock(error_mutex_);
+    on_error_.swap(h);
+  }
+
+  WorkerPoolStats stats() const noexcept {
+    WorkerPoolStats s;
+    for (const auto& w : workers_) {
+      s.completed += w->completed.load(std::memory_order_relaxed);
+      s.failed += w->failed.load(std::memory_order_relaxed);
+      s.queued += w->plain.approx_size() + w->keyed.approx_size();
+    }
+    s.submitted = submitted_.sum(0);
+    s.threads = workers_.size();
+    return s;
+  }
+
+  /// The body of worker thread `index`.
+  void run(std::size_t index) noexcept {
+    current_pool_worker() = {this, index};
+    PoolWorker& me = *workers_[index];
+    bool keyed_first = true;
+    bool searching = false;  // whether this worker is counted in searching_
+    int misses = 0;
+    for (;;) {
+      if (std::optional<PoolTask> t = find_task(index, keyed_first)) {
+        if (searching) {
+          searching = false;
+          stop_searching(index);
+        }
+        misses = 0;
+        execute(me, std::move(*t));
+        continue;
+      }
+      if (stopping()) break;
+      if (!searching) {
+        searching = true;
+        searching_->fetch_add(1, std::memory_order_seq_cst);
+      }
+      ++misses;
+      if (misses <= spin_rounds) {
+        cpu_relax();
+      } else if (misses <= spin_rounds + yield_rounds) {
+        std::this_thread::yield();
+      } else {
+        misses = 0;
+        searching = park(index);
+      }
+    }
+    if (searching) searching_->fetch_sub(1, std::memory_order_relaxed);
+    drain(index);
+    current_pool_worker() = {};
+  }
+
+ private:
+  // How long an idle worker keeps looking before it parks: long enough to catch the next task
+  // of a burst without a futex round trip, short enough not to starve submitters of CPU.
+  static constexpr int spin_rounds = 128;
+  static constexpr int yield_rounds = 16;
+
+  bool accepted_plain(std::size_t index) noexcept {
+    submitted_.add(0, 1);
+    // Dekker with park() and stop_searching(): either a worker's re-check after its fence sees
+    // this task, or these loads see that worker parked / no longer searching. In the common case
+    // (nobody parked) this is one load of a line that stays shared in every cache. A parked
+    // worker is woken only when no worker is searching: a searcher will find the task itself.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (idle_->load(std::memory_order_relaxed) != 0 &&
+        searching_->load(std::memory_order_relaxed) == 0)
+      wake_one(index);
+    return true;
+  }
+
+  /// Wakes `w` if it is parked and counts it as searching on its behalf (so that submitters do
+  /// not wake a second worker for the next task before this one is even running); true if this
+  /// call woke it.
+  bool wake(PoolWorker& w) noexcept {
+    std::uint32_t expected = PoolWorker::parked;
+    if (w.state.load(std::memory_order_relaxed) != PoolWorker::parked ||
+        !w.state.compare_exchange_strong(expected, PoolWorker::awake, std::memory_order_seq_cst))
+      return false;
+    searching_->fetch_add(1, std::memory_order_seq_cst);
+    idle_->fetch_sub(1, std::memory_order_seq_cst);
+    futex_wake(w.state, 1);
+    return true;
+  }
+
+  /// Wakes one parked worker, preferring `preferred` (the owner of the queue just pushed to).
+  void wake_one(std::size_t preferred) noexcept {
+    const std::size_t n = workers_.size();
+    std::size_t i = preferred;
+    for (std::size_t k = 0; k < n; ++k) {
+      if (wake(*workers_[i])) return;
+      if (++i == n) i = 0;
+    }
+  }
+
+  bool plain_work() const noexcept {
+    for (const auto& w : workers_)
+      if (w->plain.approx_size() != 0) return true;
+    return false;
+  }
+
+  bool has_work(std::size_t index) const noexcept {
+    return workers_[index]->keyed.approx_size() != 0 || plain_work();
+  }
+
+  /// A searching worker found a task. If it was the last searcher, submitters may have skipped
+  /// waking anyone while it searched, so it hands on what is left to a parked worker.
+  void stop_searching(std::size_t index) noexcept {
+    if (searching_->fetch_sub(1, std::memory_order_seq_cst) != 1) return;
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (idle_->load(std::memory_order_relaxed) != 0 && plain_work())
+      wake_one(index + 1 == workers_.size() ? 0 : index + 1);
+  }
+
+  /// Parks the calling worker (which is searching) until a waker picks it. Returns whether the
+  /// worker is counted as searching afterwards (true when a waker counted it).
+  bool park(std::size_t index) noexcept {
+    PoolWorker& me = *workers_[index];
+    // Count first, then publish the state: a waker that wins the CAS on `state` always finds the
+    // count already incremented, so the count never wraps below zero.
+    idle_->fetch_add(1, std::memory_order_seq_cst);
+    me.state.store(PoolWorker::parked, std::memory_order_seq_cst);
+    searching_->fetch_sub(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (has_work(index) || stopping_.load(std::memory_order_seq_cst)) {
+      // Take ourselves back, unless a waker already did (and fixed the counts).
+      if (me.state.exchange(PoolWorker::awake, std::memory_order_seq_cst) == PoolWorker::parked) {
+        idle_->fetch_sub(1, std::memory_order_seq_cst);
+        return false;
+      }
+      return true;
+    }
+    while (me.state.load(std::memory_order_acquire) == PoolWorker::parked)
+      futex_wait(me.state, PoolWorker::parked, Deadline::forever());
+    return true;
+  }
+
+  std::optional<PoolTask> steal(std::size_t index) noexcept {
+    const std::size_t n = workers_.size();
+    std::size_t i = index;
+    for (std::size_t k = 1; k < n; ++k) {
+      if (++i == n) i = 0;
+      if (auto t = workers_[i]->plain.try_pop()) return t;
+    }
+    return std::nullopt;
+  }
+
+  /// The next task for worker `index`: its own queues first, alternating between keyed and
+  /// plain so that a busy key cannot starve plain work (or the reverse), then other workers'
+  /// plain queues.
+  std::optional<PoolTask> find_task(std::size_t index, bool& keyed_first) noexcept {
+    PoolWorker& me = *workers_[index];
+    std::optional<PoolTask> t = keyed_first ? me.keyed.try_pop() : me.plain.try_pop();
+    if (!t) t = keyed_first ? me.plain.try_pop() : me.keyed.try_pop();
+    if (!t) t = steal(index);
+    if (t) keyed_first = !keyed_first;
+    return t;
+  }
+
+  /// After shutdown began: run what is left in this worker's own queues (pop() waits for pushes
+  /// that were accepted before close() but are still being written), then help the others.
+  void drain(std::size_t index) noexcept {
+    PoolWorker& me = *workers_[index];
+    while (auto t = me.keyed.pop())
+      execute(me, std::move(*t));
+    while (auto t = me.plain.pop())
+      execute(me, std::move(*t));
+    while (auto t = steal(index))
+      execute(me, std::move(*t));
+  }
+
+  void execute(PoolWorker& me, PoolTask&& task) noexcept {
+    bool ok = true;
+    std::exception_ptr error;
+    try {
+      PoolTask t(std::move(task));
+      t();
+    } catch (...) {
+      ok = false;
+      error = std::current_exception();
+    }
+    // Counted after the callable was destroyed: "completed" includes releasing its captures.
+    std::atomic<std::uint64_t>& c = ok ? me.completed : me.failed;
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    if (!ok) report(std::move(error));
+  }
+
+  void report(std::exception_ptr error) noexcept {
+    std::shared_ptr<const ErrorHandler> handler;
+    {
+      const std::lock_guard lock(error_mutex_);
+      handler = on_error_;
+    }
+    if (!handler) return;
+    try {
+      (*handler)(std::move(error));
+    } catch (...) {  // a throwing error handler must not kill the worker either
+    }
+  }
+
+  std::vector<std::unique_ptr<PoolWorker>> workers_;
+  // Parked workers: read by every plain submit, written only when a worker parks or is woken.
+  CachePadded<std::atomic<std::uint32_t>> idle_{std::in_place, 0u};
+  // Workers looking for work (spinning, or woken and not yet running): read by submitters only
+  // when some worker is parked; written whenever a worker runs dry or finds work again.
+  CachePadded<std::atomic<std::uint32_t>> searching_{std::in_place, 0u};
+  std::atomic<bool> stopping_{false};
+  ShardedCounters<1> submitted_;
+  std::mutex error_mutex_;
+  std::shared_ptr<const ErrorHandler> on_error_;
+};
+
+}  // namespace detail
+
+/// A fixed pool of worker threads running move-only tasks.
+///
+/// ```
+/// herald::WorkerPool pool{4, 1024};
+/// pool.submit([] { work(); });                          // blocks while the queues are full
+/// pool.submit_keyed(account_id, [] { apply(); });       // same key: one at a time, in order
+/// std::future<int> f = pool.async([] { return 42; });
+/// ```
+/// Every worker owns a queue of `queue_capacity` plain tasks (idle workers steal from the
+/// others) and one of `queue_capacity` keyed tasks. Tasks must be callable as `f()`; their
+/// results are ignored (use async() to get one). A task that throws is counted as failed and its
+/// exception goes to the error handler; the worker carries on.
+/// Submitting with a blocking call from inside a task can deadlock when every queue is full
+/// and every worker does the same; tasks should prefer try_submit().
+class WorkerPool {
+ public:
+  using Stats = WorkerPoolStats;
+  using Options = WorkerPoolOptions;
+
+  /// Starts `threads` workers.
+  /// Throws: std::invalid_argument when `threads` or `queue_capacity` is 0; std::system_error
+  /// when a thread cannot be started (the ones already started are stopped first).
+  WorkerPool(std::size_t threads, std::size_t queue_capacity, Options options = {})
+      : core_(make_core(threads, queue_capacity, std::move(options.on_error))) {
+    threads_.reserve(threads);
+    try {
+      for (std::size_t i = 0; i < threads; ++i)
+        threads_.emplace_back([core = core_, i] { core->run(i); });
+    } catch (...) {
+      shutdown();
+      throw;
+    }
+  }
+
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  /// Calls shutdown(). From inside one of this pool's tasks it joins every other worker and
+  /// detaches the calling one, which runs the rest of its own queues and then exits; the shared
+  /// state lives until that last worker is gone.
+  ~WorkerPool() {
+    core_->begin_shutdown();
+    const std::lock_guard lock(join_mutex_);
+    const std::thread::id self = std::this_thread::get_id();
+    for (std::thread& t : threads_) {
+      if (!t.joinable()) continue;
+      if (t.get_id() == self) {
+        t.detach();
+      } else {
+        t.join();
+      }
+    }
+  }
+
+  /// Queues `f` if some worker's plain queue has room; false when all are full or the pool is
+  /// shut down (`f` has then been moved into a task that was destroyed).
+  /// Thread-safety: any thread. Throws: what constructing the task from `f` throws.
+  template <detail::PoolCallable F>
+  bool try_submit(F&& f) {
+    return core_->submit_plain(std::forward<F>(f), Wait::none, nullptr);
+  }
+
+  /// Queues `f`, waiting for room while the queues are full (back-pressure); false when the pool
+  /// is shut down before or while waiting.
+  /// Blocks: while every queue is full (then it waits on the queue chosen round-robin).
+  /// Thread-safety: any thread. Throws: what constructing the task from `f` throws.
+  template <detail::PoolCallable F>
+  bool submit(F&& f) {
+    return core_->submit_plain(std::forward<F>(f), Wait::block, nullptr);
+  }
+
+  /// As submit(f), but gives up (returns false) once `stop` is requested; an already requested
+  /// stop rejects the task even when there is room.
+  /// Blocks: while every queue is full, until a stop request.
+  template <detail::PoolCallable F>
+  bool submit(F&& f, std::stop_token stop) {
+    if (stop.stop_requested()) return false;
+    return core_->submit_plain(std::forward<F>(f), Wait::stop, &stop);
+  }
+
+  /// Runs `f` on the pool and returns a future of its result. An exception thrown by `f` goes
+  /// into the future (the task counts as completed; the error handler is not called). After
+  /// shutdown the task is rejected and the future is broken: get() throws std::future_error
+  /// (std::future_errc::broken_promise); async itself does not throw for that.
+  /// Blocks: as submit(f). Throws: what constructing the task throws.
+  template <detail::PoolCallable F, class R = std::invoke_result_t<std::decay_t<F>&>>
+  std::future<R> async(F&& f) {
+    std::promise<R> promise;
+    std::future<R> future = promise.get_future();
+    submit([fn = std::decay_t<F>(std::forward<F>(f)), p = std::move(promise)]() mutable {
+      try {
+        if constexpr (std::is_void_v<R>) {
+          fn();
+          p.set_value();
+        } else {
+          p.set_value(fn());
+        }
+      } catch (...) {
+        p.set_exception(std::current_exception());
+      }
+    });
+    return future;
+  }
+
+  /// Queues `f` behind every earlier task submitted with an equal key, so that tasks of one key
+  /// run one at a time, in submission order (one worker, chosen by hashing the key, runs them);
+  /// tasks of other keys run in parallel. `Key` is an integer, an enum or any std::hash-able
+  /// type. False when the pool is shut down.
+  /// Blocks: while that worker's keyed queue is full.
+  /// Thread-safety: any thread; order is per submitting thread (or otherwise ordered submits).
+  template <class Key, detail::PoolCallable F>
+  bool submit_keyed(const Key& key, F&& f) {
+    return core_->submit_keyed(core_->key_index(key), std::forward<F>(f), Wait::block, nullptr);
+  }
+
+  /// As submit_keyed(key, f), but returns false at once when that worker's keyed queue is full.
+  template <class Key, detail::PoolCallable F>
+  bool try_submit_keyed(const Key& key, F&& f) {
+    return core_->submit_keyed(core_->key_index(key), std::forward<F>(f), Wait::none, nullptr);
+  }
+
+  /// As submit_keyed(key, f), but gives up (returns false) once `stop` is requested.
+  /// Blocks: while that worker's keyed queue is full, until a stop request.
+  template <class Key, detail::PoolCallable F>
+  bool submit_keyed(const Key& key, F&& f, std::stop_token stop) {
+    if (stop.stop_requested()) return false;
+    return core_->submit_keyed(core_->key_index(key), std::forward<F>(f), Wait::stop, &stop);
+  }
+
+  /// Stops accepting tasks, runs every task already accepted, and joins the workers.
+  /// Idempotent. Called from inside one of this pool's tasks it only stops accepting and returns
+  /// (a worker cannot wait for itself); the remaining tasks still run, and the destructor or a
+  /// later shutdown() from another thread joins.
+  /// Blocks: until the workers have drained the queues and exited (not from a worker).
+  void shutdown() {
+    core_->begin_shutdown();
+    if (on_worker_thread()) return;
+    const std::lock_guard lock(join_mutex_);
+    for (std::thread& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+  /// True once shutdown() or the destructor has begun: every submission fails from then on.
+  [[nodiscard]] bool is_shut_down() const noexcept { return core_->stopping(); }
+
+  /// Replaces the handler that receives the exceptions of throwing tasks (empty: none).
+  /// Thread-safety: any thread; a task failing concurrently sees the old or the new handler.
+  void set_error_handler(std::function<void(std::exception_ptr)> handler) {
+    core_->set_error_handler(std::move(handler));
+  }
+
+  /// The counters (see WorkerPoolStats for how exact they are).
+  /// Complexity: O(threads).
+  [[nodiscard]] Stats stats() const noexcept { return core_->stats(); }
+
+  /// True when called from one of this pool's worker threads.
+  [[nodiscard]] bool on_worker_thread() const noexcept {
+    return detail::current_pool_worker().pool == core_.get();
+  }
+
+  [[nodiscard]] std::size_t thread_count() const noexcept { return core_->size(); }
+
+ private:
+  using Wait = detail::PoolCore::Wait;
+
+  static std::shared_ptr<detail::PoolCore> make_core(
+      std::size_t threads, std::size_t capacity, std::function<void(std::exception_ptr)> on_error) {
+    if (threads == 0) throw std::invalid_argument("herald::WorkerPool: 0 threads");
+    if (capacity == 0) throw std::invalid_argument("herald::WorkerPool: queue capacity 0");
+    return std::make_shared<detail::PoolCore>(threads, capacity, std::move(on_error));
+  }
+
+  std::shared_ptr<detail::PoolCore> core_;
+  std::mutex join_mutex_;  // one joiner at a time; later shutdown() callers wait for it
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace herald

@@ -1,0 +1,394 @@
+// Handler (push) subscriptions: executors, strand order and exclusivity, quiescent unsubscribe,
+// failures, retries with backoff, dead letters, handler durations.
+#include <herald/broker.hpp>
+#include <herald/worker_pool.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using herald::Broker;
+using herald::CloseReason;
+using herald::Message;
+using herald::Overflow;
+
+namespace {
+
+/// Waits (bounded) until `pred` holds; returns whether it did.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(100us);
+  }
+  return true;
+}
+
+/// Records order and overlap of invocations.
+struct StrandProbe {
+  std::atomic<int> inside{0};
+  std::atomic<bool> overlapped{false};
+  std::atomic<bool> out_of_order{false};
+  std::atomic<std::uint64_t> count{0};
+  std::vector<std::uint64_t> last = std::vector<std::uint64_t>(8, 0);
+  void operator()(std::uint32_t publisher, std::uint64_t seq) {
+    if (inside.fetch_add(1) != 0) overlapped = true;
+    // Safe without a lock only because invocations never overlap: TSan checks that claim too.
+    if (seq <= last[publisher]) out_of_order = true;
+    last[publisher] = seq;
+    std::this_thread::yield();
+    inside.fetch_sub(1);
+    ++count;
+  }
+};
+
+struct Item {
+  std::uint32_t publisher = 0;
+  std::uint64_t seq = 0;
+};
+
+}  // namespace
+
+TEST_CASE("inline_executor runs the handler inside publish, in the publisher's thread",
+          "[handler]") {
+  Broker<int> broker;
+  std::thread::id ran_on;
+  int sum = 0;
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        ran_on = std::this_thread::get_id();
+        sum += *m;
+      },
+      herald::inline_executor);
+  CHECK(broker.publish("t", 2).delivered == 1);
+  CHECK(sum == 2);  // already ran when publish returned
+  CHECK(ran_on == std::this_thread::get_id());
+  broker.publish("t", 3);
+  CHECK(sum == 5);
+  const auto s = h.stats();
+  CHECK(s.invocations == 2);
+  CHECK(s.received == 2);
+  CHECK(s.queue_depth == 0);
+  CHECK(h.pattern() == "t");
+}
+
+TEST_CASE("handlers on a pool or a dedicated thread run one at a time, in publish order",
+          "[handler][strand]") {
+  herald::WorkerPool pool(2, 256);
+  Broker<Item> broker;
+  StrandProbe on_pool;
+  StrandProbe on_thread;
+  StrandProbe on_inline;
+  std::thread::id publisher_id;
+  std::atomic<bool> thread_was_publisher{false};
+  auto a = broker.subscribe("s.*", [&](const Message<Item>& m) { on_pool(m->publisher, m->seq); },
+                            pool, {.capacity = 64, .overflow = Overflow::block});
+  auto b =
+      broker.subscribe("s.*",
+                       [&](const Message<Item>& m) {
+                         if (std::this_thread::get_id() == publisher_id)
+                           thread_was_publisher = true;
+                         on_thread(m->publisher, m->seq);
+                       },
+                       herald::dedicated_thread, {.capacity = 64, .overflow = Overflow::block});
+  auto c = broker.subscribe(
+      "s.*", [&](const Message<Item>& m) { on_inline(m->publisher, m->seq); },
+      herald::inline_executor);
+  const std::uint64_t n = static_cast<std::uint64_t>(herald_test::scaled(5000));
+  {
+    std::vector<std::jthread> publishers;
+    for (std::uint32_t p = 0; p < 3; ++p) {
+      publishers.emplace_back([&, p] {
+        auto pub = broker.publisher("s.p" + std::to_string(p));
+        for (std::uint64_t i = 1; i <= n; ++i)
+          pub.publish(Item{p, i});
+      });
+    }
+  }
+  CHECK(eventually([&] { return on_pool.count == 3 * n && on_thread.count == 3 * n; }));
+  CHECK(on_inline.count == 3 * n);
+  for (auto* probe : {&on_pool, &on_thread, &on_inline}) {
+    CHECK_FALSE(probe->overlapped);
+    CHECK_FALSE(probe->out_of_order);
+  }
+  CHECK_FALSE(thread_was_publisher);
+}
+
+TEST_CASE("unsubscribe is quiescent: no invocation runs or starts after it returns",
+          "[handler][quiescent]") {
+  herald::WorkerPool pool(2, 64);
+  const int kind = GENERATE(0, 1, 2);
+  INFO("executor " << (kind == 0 ? "pool" : kind == 1 ? "dedicated_thread" : "inline"));
+  Broker<int> broker;
+  const int rounds = herald_test::scaled(kind == 1 ? 300 : 1500);
+  int violations = 0;
+  for (int r = 0; r < rounds; ++r) {
+    std::atomic<bool> unsubscribed{false};
+    std::atomic<bool> late{false};
+    std::atomic<int> running{0};
+    std::atomic<int> calls{0};
+    auto handler = [&](const Message<int>&) {
+      ++running;
+      if (unsubscribed.load()) late = true;  // started after unsubscribe returned
+      ++calls;
+      std::this_thread::sleep_for(std::chrono::microseconds(r % 3 == 0 ? 200 : 0));
+      if (unsubscribed.load()) late = true;  // still running after unsubscribe returned
+      --running;
+    };
+    auto h = kind == 0   ? broker.subscribe("q", handler, pool)
+             : kind == 1 ? broker.subscribe("q", handler, herald::dedicated_thread)
+                         : broker.subscribe("q", handler, herald::inline_executor);
+    std::jthread publisher([&](std::stop_token st) {
+      while (!st.stop_requested())
+        broker.publish("q", 1);
+    });
+    while (calls.load() < 1 + r % 4)
+      std::this_thread::yield();
+    h.unsubscribe();
+    unsubscribed = true;
+    if (running.load() != 0) ++violations;
+    std::this_thread::sleep_for(50us);
+    publisher.request_stop();
+    publisher.join();
+    if (late.load()) ++violations;
+  }
+  CHECK(violations == 0);
+}
+
+TEST_CASE("unsubscribe from inside the handler returns at once and stops further calls",
+          "[handler][quiescent]") {
+  herald::WorkerPool pool(2, 64);
+  const int kind = GENERATE(0, 1, 2);
+  Broker<int> broker;
+  std::atomic<int> calls{0};
+  herald::HandlerSubscription<int> h;
+  std::atomic<bool> ready{false};
+  auto handler = [&](const Message<int>&) {
+    while (!ready.load())
+      std::this_thread::yield();
+    if (++calls == 3) h.unsubscribe();  // must not deadlock waiting for itself
+  };
+  h = kind == 0   ? broker.subscribe("q", handler, pool, {.capacity = 64})
+      : kind == 1 ? broker.subscribe("q", handler, herald::dedicated_thread, {.capacity = 64})
+                  : broker.subscribe("q", handler, herald::inline_executor, {.capacity = 64});
+  ready = true;
+  for (int i = 0; i < 10; ++i)
+    broker.publish("q", i);
+  CHECK(eventually([&] { return calls.load() >= 3; }));
+  std::this_thread::sleep_for(20ms);
+  CHECK(calls.load() == 3);
+  CHECK(h.close_reason() == CloseReason::unsubscribed);
+}
+
+TEST_CASE("a stop request's callback is quiescent too", "[handler][quiescent][stop]") {
+  herald::WorkerPool pool(2, 64);
+  Broker<int> broker;
+  std::stop_source stop;
+  std::atomic<bool> stopped{false};
+  std::atomic<bool> late{false};
+  std::atomic<int> calls{0};
+  auto h = broker.subscribe(
+      "q",
+      [&](const Message<int>&) {
+        ++calls;
+        std::this_thread::sleep_for(1ms);
+        if (stopped.load()) late = true;
+      },
+      pool, {}, stop.get_token());
+  std::jthread publisher([&](std::stop_token st) {
+    while (!st.stop_requested())
+      broker.publish("q", 1);
+  });
+  while (calls.load() < 3)
+    std::this_thread::yield();
+  stop.request_stop();  // runs the callback: returns once no handler runs
+  stopped = true;
+  publisher.request_stop();
+  publisher.join();
+  std::this_thread::sleep_for(5ms);
+  CHECK_FALSE(late.load());
+  CHECK(h.close_reason() == CloseReason::stopped);
+
+  std::stop_source already;
+  already.request_stop();
+  std::atomic<int> never{0};
+  auto dead = broker.subscribe(
+      "q", [&](const Message<int>&) { ++never; }, pool, {}, already.get_token());
+  broker.publish("q", 1);
+  std::this_thread::sleep_for(5ms);
+  CHECK(never == 0);
+}
+
+TEST_CASE("a throwing handler is counted and reported; the pool thread lives on",
+          "[handler][failure]") {
+  herald::WorkerPool pool(1, 64);
+  Broker<int> broker;
+  std::atomic<int> reported{0};
+  std::atomic<int> ok{0};
+  herald::HandlerOptions<int> ho;
+  ho.on_error = [&](const Message<int>& m, std::exception_ptr e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::runtime_error& err) {
+      if (std::string(err.what()) == "odd " + std::to_string(*m)) ++reported;
+    }
+  };
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        if (*m % 2) throw std::runtime_error("odd " + std::to_string(*m));
+        ++ok;
+      },
+      pool, {}, ho);
+  for (int i = 0; i < 10; ++i)
+    broker.publish("t", i);
+  // on_error runs after the failed call is counted: wait for the callbacks themselves.
+  CHECK(eventually([&] { return reported.load() == 5 && ok.load() == 5; }));
+  CHECK(h.stats().invocations == 10);
+  CHECK(h.stats().failures == 5);
+  CHECK(pool.async([] { return 7; }).get() == 7);  // the worker survived
+}
+
+TEST_CASE("retries back off with decorrelated jitter, then succeed", "[handler][failure]") {
+  Broker<int> broker;
+  std::mutex mu;
+  std::vector<std::chrono::nanoseconds> sleeps;
+  herald::HandlerOptions<int> ho;
+  ho.retry = {.max_attempts = 4, .initial_backoff = 10ms, .max_backoff = 25ms};
+  ho.sleep = [&](std::chrono::nanoseconds d) {
+    std::lock_guard lock(mu);
+    sleeps.push_back(d);
+  };
+  int attempts = 0;
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>&) {
+        if (++attempts < 4) throw std::runtime_error("not yet");
+      },
+      herald::inline_executor, {}, ho);
+  broker.publish("t", 1);
+  CHECK(attempts == 4);
+  const auto s = h.stats();
+  CHECK(s.failures == 3);
+  CHECK(s.retries == 3);
+  CHECK(s.invocations == 4);
+  CHECK(s.dead_lettered == 0);
+  REQUIRE(sleeps.size() == 3);
+  for (auto d : sleeps) {
+    CHECK(d >= 10ms);
+    CHECK(d <= 25ms);
+  }
+}
+
+TEST_CASE("messages that exhaust their retries go to the dead-letter topic, and only they",
+          "[handler][failure][dlq]") {
+  herald::WorkerPool pool(2, 64);
+  Broker<int> broker;
+  Broker<herald::DeadLetter<int>> dead;
+  auto dlq = dead.subscribe("$DLQ.>", {.capacity = 256});
+  herald::HandlerOptions<int> ho;
+  ho.retry = {.max_attempts = 2, .initial_backoff = 1us, .max_backoff = 10us};
+  ho.dead_letters = &dead;
+  std::atomic<int> handled{0};
+  auto h = broker.subscribe(
+      "orders.*",
+      [&](const Message<int>& m) {
+        ++handled;
+        if (*m % 3 == 0) throw std::invalid_argument("bad order " + std::to_string(*m));
+      },
+      pool, {.capacity = 256}, ho);
+  for (int i = 1; i <= 30; ++i)
+    broker.publish(i % 2 ? "orders.eu" : "orders.us", i);
+  CHECK(eventually([&] { return h.stats().received == 30 && dlq.stats().delivered == 10; }));
+  std::vector<int> dead_values;
+  while (auto m = dlq.try_receive()) {
+    const herald::DeadLetter<int>& d = **m;
+    dead_values.push_back(*d.message);
+    CHECK(m->topic() == "$DLQ." + d.message.topic());
+    CHECK(d.error == "bad order " + std::to_string(*d.message));
+    CHECK(d.attempts == 2);
+    CHECK(d.pattern == "orders.*");
+  }
+  CHECK(dead_values == std::vector<int>{3, 6, 9, 12, 15, 18, 21, 24, 27, 30});
+  CHECK(h.stats().dead_lettered == 10);
+  CHECK(handled == 40);  // 20 good + 10 bad twice
+}
+
+TEST_CASE("handler durations are counted per subscription", "[handler][stats]") {
+  Broker<int> broker;
+  auto h = broker.subscribe(
+      "t",
+      [](const Message<int>& m) { std::this_thread::sleep_for(std::chrono::milliseconds(*m)); },
+      herald::inline_executor);
+  broker.publish("t", 1);
+  broker.publish("t", 3);
+  const auto s = h.stats();
+  CHECK(s.invocations == 2);
+  CHECK(s.handler_time_max >= 3ms);
+  CHECK(s.handler_time_total >= 4ms);
+  CHECK(s.handler_time_total >= s.handler_time_max);
+}
+
+TEST_CASE("a slow handler only fills its own queue; its overflow policy applies",
+          "[handler][policy]") {
+  herald::WorkerPool pool(2, 64);
+  Broker<int> broker;
+  std::atomic<bool> release{false};
+  auto slow = broker.subscribe("t",
+                               [&](const Message<int>&) {
+                                 while (!release.load())
+                                   std::this_thread::sleep_for(100us);
+                               },
+                               pool, {.capacity = 4, .overflow = Overflow::drop_incoming});
+  std::atomic<int> fast_count{0};
+  auto fast =
+      broker.subscribe("t", [&](const Message<int>&) { ++fast_count; }, pool, {.capacity = 256});
+  for (int i = 0; i < 100; ++i)
+    broker.publish("t", i);  // never blocks
+  CHECK(eventually([&] { return fast_count.load() == 100; }));
+  release = true;
+  CHECK(eventually([&] {
+    const auto s = slow.stats();
+    return s.received == s.delivered;
+  }));
+  const auto s = slow.stats();
+  CHECK(s.offered == 100);
+  CHECK(s.delivered + s.dropped == 100);
+  CHECK(s.dropped >= 90);
+}
+
+TEST_CASE("closing the broker lets handlers finish what was queued", "[handler][lifetime]") {
+  herald::WorkerPool pool(1, 64);
+  std::atomic<int> seen{0};
+  herald::HandlerSubscription<int> h;
+  {
+    Broker<int> broker;
+    std::atomic<bool> go{false};
+    h = broker.subscribe("t",
+                         [&](const Message<int>&) {
+                           while (!go.load())
+                             std::this_thread::yield();
+                           ++seen;
+                         },
+                         pool, {.capacity = 64});
+    for (int i = 0; i < 20; ++i)
+      broker.publish("t", i);
+    broker.close();
+    go = true;
+    CHECK(eventually([&] { return seen.load() == 20; }));
+  }
+  CHECK(h.close_reason() == CloseReason::broker_closed);
+  h.unsubscribe();
+  CHECK(seen == 20);
+}

@@ -1,0 +1,752 @@
+// WorkerPool and its task wrapper (detail::UniqueFunction): submission, back-pressure, keyed
+// order, futures, failures, shutdown (also from inside a task) and object lifetimes.
+#include <herald/detail/unique_function.hpp>
+#include <herald/worker_pool.hpp>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <stop_token>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+
+using herald::WorkerPool;
+using herald::detail::UniqueFunction;
+
+namespace {
+
+/// Counts live instances and calls of a task; aborts on use after destruction or double destroy.
+struct Probe {
+  std::atomic<long> live{0};
+  std::atomic<long> calls{0};
+};
+
+template <std::size_t Padding = 0>
+struct CountingTask {
+  Probe* probe;
+  bool alive = true;
+  std::array<unsigned char, Padding + 1> pad{};
+
+  explicit CountingTask(Probe& p) : probe(&p) { ++probe->live; }
+  CountingTask(const CountingTask& o) : probe(o.probe) {
+    if (!o.alive) std::abort();
+    ++probe->live;
+  }
+  CountingTask(CountingTask&& o) noexcept : probe(o.probe) {
+    if (!o.alive) std::abort();
+    ++probe->live;
+  }
+  CountingTask& operator=(const CountingTask&) = delete;
+  ~CountingTask() {
+    if (!alive) std::abort();
+    alive = false;
+    --probe->live;
+  }
+  void operator()() {
+    if (!alive) std::abort();
+    ++probe->calls;
+  }
+};
+
+using SmallTask = CountingTask<0>;
+using LargeTask = CountingTask<200>;
+
+/// Records where it lives when called, to tell inline storage from heap storage.
+struct AddressReporter {
+  const void** where;
+  void operator()() { *where = this; }
+};
+
+bool inside(const void* p, const void* object, std::size_t size) {
+  const auto* b = static_cast<const unsigned char*>(object);
+  const auto* q = static_cast<const unsigned char*>(p);
+  return std::less_equal<>{}(b, q) && std::less<>{}(q, b + size);
+}
+
+/// A gate that tasks wait on, opened by the test (idempotent).
+struct Gate {
+  std::latch opened{1};
+  std::atomic<bool> done{false};
+  void open() {
+    if (!done.exchange(true)) opened.count_down();
+  }
+  void wait() { opened.wait(); }
+};
+
+/// Opens a gate when a failed REQUIRE leaves the scope early, so the pool's destructor (which
+/// runs after this) does not wait forever for a blocked task. Declare it after the pool.
+struct OpenOnExit {
+  Gate& gate;
+  ~OpenOnExit() { gate.open(); }
+};
+
+/// Lets another thread run for a while; used only to give a bug a chance to show, never as
+/// synchronisation.
+void let_others_run() {
+  for (int i = 0; i < 2000; ++i)
+    std::this_thread::yield();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// UniqueFunction
+
+TEST_CASE("an empty UniqueFunction is false and throws bad_function_call when called",
+          "[unique_function]") {
+  UniqueFunction<void()> f;
+  CHECK_FALSE(f);
+  CHECK(f == nullptr);
+  CHECK_THROWS_AS(f(), std::bad_function_call);
+  void (*null_fn)() = nullptr;
+  UniqueFunction<void()> g(null_fn);
+  CHECK_FALSE(g);
+  UniqueFunction<void()> h(std::function<void()>{});
+  CHECK_FALSE(h);
+}
+
+TEST_CASE("a small callable is stored inside the object and a large one on the heap",
+          "[unique_function]") {
+  const void* where = nullptr;
+  UniqueFunction<void()> small(AddressReporter{&where});
+  small();
+  CHECK(inside(where, &small, sizeof small));
+
+  struct Big {
+    const void** where;
+    std::array<char, 128> bytes{};
+    void operator()() { *where = this; }
+  };
+  UniqueFunction<void()> big(Big{&where});
+  big();
+  CHECK_FALSE(inside(where, &big, sizeof big));
+
+  struct alignas(64) OverAligned {
+    const void** where;
+    void operator()() { *where = this; }
+  };
+  UniqueFunction<void()> aligned(OverAligned{&where});
+  aligned();
+  CHECK(reinterpret_cast<std::uintptr_t>(where) % 64 == 0);
+}
+
+TEST_CASE("UniqueFunction passes arguments and returns results", "[unique_function]") {
+  UniqueFunction<int(int, int)> add([](int a, int b) { return a + b; });
+  CHECK(add(2, 3) == 5);
+  UniqueFunction<std::unique_ptr<int>(std::unique_ptr<int>)> through(
+      [](std::unique_ptr<int> p) { return p; });
+  CHECK(*through(std::make_unique<int>(7)) == 7);
+  UniqueFunction<int(int)> fn_ptr(+[](int x) { return -x; });
+  CHECK(fn_ptr(4) == -4);
+}
+
+TEST_CASE("UniqueFunction holds move-only captures and empties the moved-from object",
+          "[unique_function]") {
+  auto owned = std::make_unique<int>(41);
+  UniqueFunction<int()> f([p = std::move(owned)] { return *p + 1; });
+  UniqueFunction<int()> g(std::move(f));
+  CHECK_FALSE(f);  // NOLINT(bugprone-use-after-move): documented state
+  REQUIRE(g);
+  CHECK(g() == 42);
+  UniqueFunction<int()> h;
+  h = std::move(g);
+  CHECK_FALSE(g);  // NOLINT(bugprone-use-after-move)
+  CHECK(h() == 42);
+  h.swap(g);
+  CHECK_FALSE(h);
+  CHECK(g() == 42);
+}
+
+TEMPLATE_TEST_CASE("UniqueFunction destroys its callable exactly once through moves and resets",
+                   "[unique_function]", SmallTask, LargeTask) {
+  Probe probe;
+  {
+    UniqueFunction<void()> a(TestType{probe});
+    CHECK(probe.live == 1);
+    UniqueFunction<void()> b(std::move(a));
+    CHECK(probe.live == 1);
+    b();
+    UniqueFunction<void()> c(TestType{probe});
+    CHECK(probe.live == 2);
+    c = std::move(b);  // destroys c's callable, takes b's
+    CHECK(probe.live == 1);
+    c();
+    UniqueFunction<void()>& alias = c;
+    c = std::move(alias);  // self-move keeps the callable
+    CHECK(probe.live == 1);
+    c = nullptr;
+    CHECK(probe.live == 0);
+    UniqueFunction<void()> d(TestType{probe});
+    UniqueFunction<void()> e(TestType{probe});
+    d.swap(e);
+    CHECK(probe.live == 2);
+  }
+  CHECK(probe.live == 0);
+  CHECK(probe.calls == 2);
+}
+
+TEST_CASE("UniqueFunction stores a callable whose move may throw on the heap, never moving it",
+          "[unique_function]") {
+  struct ThrowingMove {
+    Probe* probe;
+    explicit ThrowingMove(Probe& p) : probe(&p) { ++probe->live; }
+    ThrowingMove(const ThrowingMove& o) : probe(o.probe) { ++probe->live; }
+    ThrowingMove(ThrowingMove&& o) noexcept(false) : probe(o.probe) { ++probe->live; }
+    ~ThrowingMove() { --probe->live; }
+    void operator()() { ++probe->calls; }
+  };
+  Probe probe;
+  {
+    UniqueFunction<void()> f(ThrowingMove{probe});
+    UniqueFunction<void()> g(std::move(f));
+    g();
+    CHECK(probe.live == 1);
+  }
+  CHECK(probe.live == 0);
+  CHECK(probe.calls == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// WorkerPool: construction and plain submission
+
+TEST_CASE("a pool with 0 threads or 0 capacity is rejected", "[worker_pool]") {
+  CHECK_THROWS_AS(WorkerPool(0, 8), std::invalid_argument);
+  CHECK_THROWS_AS(WorkerPool(2, 0), std::invalid_argument);
+  WorkerPool pool(3, 1);
+  CHECK(pool.thread_count() == 3);
+  CHECK(pool.stats().threads == 3);
+}
+
+TEST_CASE("submitted tasks all run and are counted", "[worker_pool]") {
+  constexpr int n = 10000;
+  std::atomic<int> ran{0};
+  WorkerPool pool(2, 64);
+  for (int i = 0; i < n; ++i)
+    REQUIRE(pool.submit([&] { ran.fetch_add(1); }));
+  pool.shutdown();
+  CHECK(ran == n);
+  const auto s = pool.stats();
+  CHECK(s.submitted == n);
+  CHECK(s.completed == n);
+  CHECK(s.failed == 0);
+  CHECK(s.queued == 0);
+}
+
+TEST_CASE("on_worker_thread is true only on the pool's own workers", "[worker_pool]") {
+  WorkerPool pool(2, 8);
+  WorkerPool other(1, 8);
+  CHECK_FALSE(pool.on_worker_thread());
+  std::promise<std::array<bool, 2>> seen;
+  pool.submit([&] { seen.set_value({pool.on_worker_thread(), other.on_worker_thread()}); });
+  const auto flags = seen.get_future().get();
+  CHECK(flags[0]);
+  CHECK_FALSE(flags[1]);
+}
+
+TEST_CASE("try_submit fails when the queue is full and succeeds again once there is room",
+          "[worker_pool]") {
+  Gate gate;
+  WorkerPool pool(1, 2);
+  OpenOnExit open_on_exit{gate};
+  std::latch started{1};
+  REQUIRE(pool.submit([&] {
+    started.count_down();
+    gate.wait();
+  }));
+  started.wait();  // the worker is busy: the queue holds exactly what we add now
+  std::atomic<int> ran{0};
+  CHECK(pool.try_submit([&] { ++ran; }));
+  CHECK(pool.try_submit([&] { ++ran; }));
+  CHECK(pool.stats().queued == 2);
+  CHECK_FALSE(pool.try_submit([&] { ++ran; }));
+  gate.open();
+  pool.shutdown();
+  CHECK(ran == 2);
+  CHECK(pool.stats().submitted == 3);
+}
+
+TEST_CASE("submit blocks while the queue is full and returns once a task makes room",
+          "[worker_pool]") {
+  Gate gate;
+  WorkerPool pool(1, 1);
+  OpenOnExit open_on_exit{gate};
+  std::latch started{1};
+  REQUIRE(pool.submit([&] {
+    started.count_down();
+    gate.wait();
+  }));
+  started.wait();
+  std::vector<int> order;  // written by the single worker only
+  REQUIRE(pool.try_submit([&] { order.push_back(1); }));
+  REQUIRE_FALSE(pool.try_submit([] {}));  // full
+
+  std::atomic<bool> gate_opened{false};
+  std::atomic<bool> returned_before_gate{false};
+  std::atomic<bool> accepted{false};
+  std::thread submitter([&] {
+    const bool ok = pool.submit([&] { order.push_back(2); });
+    // Room appears only when the worker moves on, which it can only do after the gate opened.
+    if (!gate_opened.load()) returned_before_gate = true;
+    accepted = ok;
+  });
+  let_others_run();
+  CHECK_FALSE(returned_before_gate.load());
+  gate_opened = true;
+  gate.open();
+  submitter.join();
+  CHECK_FALSE(returned_before_gate.load());
+  CHECK(accepted.load());
+  pool.shutdown();
+  CHECK(order == std::vector<int>{1, 2});
+}
+
+TEST_CASE("a stop request cancels a submit that is blocked on a full queue", "[worker_pool]") {
+  Probe probe;
+  {
+    Gate gate;
+    WorkerPool pool(1, 1);
+    OpenOnExit open_on_exit{gate};
+    std::latch started{1};
+    REQUIRE(pool.submit([&] {
+      started.count_down();
+      gate.wait();
+    }));
+    started.wait();
+    REQUIRE(pool.try_submit(SmallTask{probe}));
+
+    std::stop_source stop;
+    std::atomic<bool> result{true};
+    std::thread submitter([&] { result = pool.submit(SmallTask{probe}, stop.get_token()); });
+    let_others_run();
+    stop.request_stop();
+    submitter.join();
+    CHECK_FALSE(result.load());
+
+    std::stop_source already;
+    already.request_stop();
+    CHECK_FALSE(pool.submit(SmallTask{probe}, already.get_token()));
+    CHECK_FALSE(pool.submit_keyed(1, SmallTask{probe}, already.get_token()));
+
+    gate.open();
+    pool.shutdown();
+    CHECK(pool.stats().submitted == 2);
+  }
+  CHECK(probe.calls == 1);  // only the task queued before the stop
+  CHECK(probe.live == 0);
+}
+
+TEST_CASE("an idle worker takes over plain tasks queued behind a busy one", "[worker_pool]") {
+  // Plain tasks are spread round-robin over the workers' queues; if worker A is stuck, worker B
+  // must still run the ones that went to A's queue, or this test never gets past `all_ran`.
+  Gate gate;
+  WorkerPool pool(2, 64);
+  OpenOnExit open_on_exit{gate};
+  std::latch blocked{1};
+  REQUIRE(pool.submit([&] {
+    blocked.count_down();
+    gate.wait();
+  }));
+  blocked.wait();
+  constexpr int n = 100;
+  std::latch all_ran{n};
+  for (int i = 0; i < n; ++i)
+    REQUIRE(pool.submit([&] { all_ran.count_down(); }));
+  all_ran.wait();
+  gate.open();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keyed submission
+
+TEST_CASE("tasks of one key run one at a time in submission order, across many keys",
+          "[worker_pool][keyed]") {
+  constexpr int submitters = 3;
+  constexpr int keys_per_submitter = 20;
+  constexpr int per_key = 300;
+  constexpr int keys = submitters * keys_per_submitter;
+  struct KeyState {
+    std::atomic<int> next{0};  // the sequence number expected next
+    std::atomic<bool> running{false};
+    std::atomic<int> errors{0};
+  };
+  std::vector<KeyState> state(keys);
+  {
+    WorkerPool pool(4, 16);
+    std::vector<std::thread> threads;
+    for (int s = 0; s < submitters; ++s) {
+      threads.emplace_back([&, s] {
+        // Submitter s owns keys s, s + submitters, ...: only one thread orders a key.
+        for (int seq = 0; seq < per_key; ++seq) {
+          for (int k = s; k < keys; k += submitters) {
+            const bool ok = pool.submit_keyed(static_cast<std::uint64_t>(k), [&state, k, seq] {
+              KeyState& ks = state[static_cast<std::size_t>(k)];
+              if (ks.running.exchange(true)) ++ks.errors;  // overlapping with the same key
+              if (ks.next.load() != seq) ++ks.errors;      // out of order or lost
+              ks.next.store(seq + 1);
+              ks.running.store(false);
+            });
+            if (!ok) std::abort();
+          }
+        }
+      });
+    }
+    for (auto& t : threads)
+      t.join();
+  }
+  for (int k = 0; k < keys; ++k) {
+    INFO("key " << k);
+    CHECK(state[static_cast<std::size_t>(k)].errors == 0);
+    CHECK(state[static_cast<std::size_t>(k)].next == per_key);
+  }
+}
+
+TEST_CASE("tasks of different keys run in parallel", "[worker_pool][keyed]") {
+  WorkerPool pool(2, 8);
+  // Find two keys that land on different workers.
+  auto thread_of = [&](std::uint64_t key) {
+    std::promise<std::thread::id> id;
+    pool.submit_keyed(key, [&] { id.set_value(std::this_thread::get_id()); });
+    return id.get_future().get();
+  };
+  const std::thread::id first = thread_of(0);
+  std::uint64_t other = 1;
+  while (thread_of(other) == first)
+    ++other;
+  // Each task waits for the other: if the keys were serialised this would never finish.
+  std::latch both{2};
+  std::latch done{2};
+  pool.submit_keyed(std::uint64_t{0}, [&] {
+    both.arrive_and_wait();
+    done.count_down();
+  });
+  pool.submit_keyed(other, [&] {
+    both.arrive_and_wait();
+    done.count_down();
+  });
+  done.wait();
+}
+
+TEST_CASE("keys may be strings and other hashable types", "[worker_pool][keyed]") {
+  WorkerPool pool(3, 8);
+  std::mutex m;
+  std::vector<int> seen;
+  for (int i = 0; i < 50; ++i)
+    REQUIRE(pool.submit_keyed(std::string("orders"), [&, i] {
+      const std::lock_guard lock(m);
+      seen.push_back(i);
+    }));
+  pool.shutdown();
+  REQUIRE(seen.size() == 50);
+  for (int i = 0; i < 50; ++i)
+    CHECK(seen[static_cast<std::size_t>(i)] == i);
+}
+
+TEST_CASE("try_submit_keyed fails when that worker's keyed queue is full", "[worker_pool][keyed]") {
+  Gate gate;
+  WorkerPool pool(1, 1);
+  OpenOnExit open_on_exit{gate};
+  std::latch started{1};
+  REQUIRE(pool.submit_keyed(7, [&] {
+    started.count_down();
+    gate.wait();
+  }));
+  started.wait();
+  CHECK(pool.try_submit_keyed(7, [] {}));
+  CHECK_FALSE(pool.try_submit_keyed(7, [] {}));
+  CHECK(pool.try_submit([] {}));  // plain tasks have their own queue
+  gate.open();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Futures and failures
+
+TEST_CASE("async futures carry values, move-only results and exceptions", "[worker_pool]") {
+  WorkerPool pool(2, 8);
+  auto value = pool.async([] { return 42; });
+  auto owned = pool.async([] { return std::make_unique<int>(5); });
+  std::atomic<bool> ran{false};
+  auto nothing = pool.async([&] { ran = true; });
+  auto boom = pool.async([]() -> int { throw std::runtime_error("boom"); });
+  auto p = std::make_unique<int>(9);
+  auto captured = pool.async([q = std::move(p)] { return *q; });
+  CHECK(value.get() == 42);
+  CHECK(*owned.get() == 5);
+  nothing.get();
+  CHECK(ran);
+  CHECK_THROWS_WITH(boom.get(), "boom");
+  CHECK(captured.get() == 9);
+  pool.shutdown();
+  CHECK(pool.stats().failed == 0);  // the exception went to the future
+  CHECK(pool.stats().completed == 5);
+}
+
+TEST_CASE("a throwing task is counted and reported and its worker carries on", "[worker_pool]") {
+  std::mutex m;
+  std::vector<std::string> errors;
+  herald::WorkerPoolOptions options;
+  options.on_error = [&](std::exception_ptr e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      const std::lock_guard lock(m);
+      errors.emplace_back(ex.what());
+    }
+  };
+  WorkerPool pool(1, 8, std::move(options));
+  std::promise<std::thread::id> before;
+  std::promise<std::thread::id> after;
+  pool.submit([&] { before.set_value(std::this_thread::get_id()); });
+  pool.submit([] { throw std::runtime_error("first"); });
+  pool.submit([] { throw std::logic_error("second"); });
+  pool.submit([&] { after.set_value(std::this_thread::get_id()); });
+  CHECK(before.get_future().get() == after.get_future().get());  // the same thread survived
+
+  std::atomic<int> replaced{0};
+  std::latch handled{1};
+  pool.set_error_handler([&](std::exception_ptr) {
+    ++replaced;
+    handled.count_down();
+    throw std::runtime_error("a throwing handler is swallowed");
+  });
+  pool.submit([] { throw 7; });
+  handled.wait();
+  pool.set_error_handler({});
+  pool.submit([] { throw 8; });  // no handler: only counted
+  pool.shutdown();
+  CHECK(errors == std::vector<std::string>{"first", "second"});
+  CHECK(replaced == 1);
+  const auto s = pool.stats();
+  CHECK(s.failed == 4);
+  CHECK(s.completed == 2);
+  CHECK(s.submitted == 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+
+TEST_CASE("shutdown runs every accepted task and rejects everything afterwards",
+          "[worker_pool][shutdown]") {
+  constexpr int submitters = 3;
+  constexpr int per_submitter = 2000;
+  Probe probe;
+  std::vector<std::atomic<int>> runs(submitters * per_submitter);
+  std::vector<std::atomic<bool>> accepted(submitters * per_submitter);
+  Gate gate;
+  {
+    WorkerPool pool(2, 4);
+    OpenOnExit open_on_exit{gate};
+    std::latch blocked{2};
+    for (int w = 0; w < 2; ++w)  // one per worker: a blocked worker cannot take the second
+      REQUIRE(pool.submit([&] {
+        blocked.count_down();
+        gate.wait();
+      }));
+    blocked.wait();
+    std::vector<std::thread> threads;
+    for (int s = 0; s < submitters; ++s) {
+      threads.emplace_back([&, s] {
+        for (int i = 0; i < per_submitter; ++i) {
+          const auto id = static_cast<std::size_t>(s * per_submitter + i);
+          bool ok = false;
+          switch (i % 3) {
+            case 0:
+              ok = pool.submit([&runs, id, t = SmallTask{probe}]() mutable {
+                t();
+                ++runs[id];
+              });
+              break;
+            case 1:
+              ok = pool.submit_keyed(i, [&runs, id] { ++runs[id]; });
+              break;
+            default:
+              while (!(ok = pool.try_submit([&runs, id] { ++runs[id]; })) && !pool.is_shut_down())
+                std::this_thread::yield();
+          }
+          accepted[id] = ok;
+        }
+      });
+    }
+    std::thread closer([&] { pool.shutdown(); });
+    while (!pool.is_shut_down())
+      std::this_thread::yield();
+    gate.open();  // the workers were stuck until now: the queues are full
+    closer.join();
+    for (auto& t : threads)
+      t.join();
+
+    CHECK_FALSE(pool.submit([] {}));
+    CHECK_FALSE(pool.try_submit([] {}));
+    CHECK_FALSE(pool.submit_keyed(1, [] {}));
+    auto broken = pool.async([] { return 1; });
+    CHECK_THROWS_AS(broken.get(), std::future_error);
+    pool.shutdown();  // idempotent
+
+    std::uint64_t n_accepted = 0;
+    for (std::size_t id = 0; id < runs.size(); ++id) {
+      if (accepted[id]) ++n_accepted;
+      if (runs[id] != (accepted[id] ? 1 : 0)) FAIL("task " << id << " ran " << runs[id] << "x");
+    }
+    const auto s = pool.stats();
+    CHECK(s.submitted == n_accepted + 2);
+    CHECK(s.completed == s.submitted);
+    CHECK(s.queued == 0);
+  }
+  CHECK(probe.live == 0);
+}
+
+TEST_CASE("shutdown from inside a task returns at once and the pool still drains",
+          "[worker_pool][shutdown]") {
+  std::atomic<int> ran{0};
+  std::atomic<bool> submit_after{true};
+  std::latch shut{1};
+  Gate gate;
+  WorkerPool pool(2, 64);
+  OpenOnExit open_on_exit{gate};
+  REQUIRE(pool.submit_keyed(1, [&] {
+    gate.wait();
+    pool.shutdown();  // must neither deadlock nor terminate
+    submit_after = pool.submit([] {});
+    ++ran;
+    shut.count_down();
+  }));
+  for (int i = 0; i < 20; ++i)
+    REQUIRE(pool.submit_keyed(1, [&] { ++ran; }));  // behind it
+  gate.open();
+  shut.wait();
+  CHECK_FALSE(submit_after.load());
+  pool.shutdown();  // from outside: joins
+  CHECK(ran == 21);
+}
+
+namespace {
+
+/// Signals when destroyed: proves the pool's shared state (which owns the error handler) is freed.
+struct ReleaseSignal {
+  std::shared_ptr<std::latch> freed;
+  explicit ReleaseSignal(std::shared_ptr<std::latch> l) : freed(std::move(l)) {}
+  ReleaseSignal(const ReleaseSignal&) = default;
+  ReleaseSignal(ReleaseSignal&& o) noexcept = default;
+  ~ReleaseSignal() {
+    if (freed && freed.use_count() == 2) freed->count_down();  // last copy besides the test's
+  }
+  void operator()(std::exception_ptr) const {}
+};
+
+}  // namespace
+
+TEST_CASE("a task may destroy the pool that runs it", "[worker_pool][shutdown]") {
+  const int mode = GENERATE(0, 1, 2);
+  Probe probe;
+  auto freed = std::make_shared<std::latch>(1);
+  std::atomic<int> after{0};
+  {
+    herald::WorkerPoolOptions options;
+    options.on_error = ReleaseSignal{freed};
+    Gate gate;
+    auto pool = std::make_unique<WorkerPool>(2, 64, std::move(options));
+    WorkerPool* raw = pool.get();
+    std::latch destroyed{1};
+    switch (mode) {
+      case 0:  // the pool lives outside; a task resets the owner
+        REQUIRE(raw->submit_keyed(3, [&pool, &gate, &destroyed] {
+          gate.wait();
+          pool.reset();
+          destroyed.count_down();
+        }));
+        break;
+      case 1:  // the task owns the pool and resets it while running
+        REQUIRE(raw->submit_keyed(3, [p = std::move(pool), &gate, &destroyed]() mutable {
+          gate.wait();
+          p.reset();
+          destroyed.count_down();
+        }));
+        break;
+      default:  // the task owns the pool; destroying the task (after it ran) destroys the pool
+        struct Owner {
+          std::unique_ptr<WorkerPool> p;
+          Gate* gate;
+          std::latch* destroyed;
+          Owner(std::unique_ptr<WorkerPool> pp, Gate* g, std::latch* d)
+              : p(std::move(pp)), gate(g), destroyed(d) {}
+          Owner(Owner&&) noexcept = default;
+          ~Owner() {
+            if (p) {
+              p.reset();
+              destroyed->count_down();
+            }
+          }
+          void operator()() { gate->wait(); }
+        };
+        REQUIRE(raw->submit_keyed(3, Owner{std::move(pool), &gate, &destroyed}));
+    }
+    // Accepted before the destruction: must still run, on the destroying worker (after it) or on
+    // the other one.
+    for (int i = 0; i < 10; ++i) {
+      REQUIRE(raw->submit_keyed(3, SmallTask{probe}));
+      REQUIRE(raw->submit(SmallTask{probe}));
+      REQUIRE(raw->submit_keyed(i, [&after] { ++after; }));
+    }
+    gate.open();
+    destroyed.wait();
+  }
+  freed->wait();  // the last worker released the state: nothing leaked
+  CHECK(probe.calls == 20);
+  CHECK(probe.live == 0);
+  CHECK(after == 10);
+}
+
+TEST_CASE("destroying a pool with queued tasks runs them first", "[worker_pool][shutdown]") {
+  Probe probe;
+  {
+    WorkerPool pool(2, 256);
+    for (int i = 0; i < 200; ++i) {
+      REQUIRE(pool.submit(SmallTask{probe}));
+      REQUIRE(pool.submit(LargeTask{probe}));
+      REQUIRE(pool.submit_keyed(i, SmallTask{probe}));
+    }
+  }
+  CHECK(probe.calls == 600);
+  CHECK(probe.live == 0);
+}
+
+TEST_CASE("task objects are destroyed exactly once on every path", "[worker_pool]") {
+  Probe probe;
+  {
+    Gate gate;
+    WorkerPool pool(2, 2);
+    OpenOnExit open_on_exit{gate};
+    std::latch blocked{2};
+    for (int w = 0; w < 2; ++w)
+      REQUIRE(pool.submit([&] {
+        blocked.count_down();
+        gate.wait();
+      }));
+    blocked.wait();
+    int accepted = 0;
+    for (int i = 0; i < 10; ++i)
+      accepted += pool.try_submit(LargeTask{probe}) ? 1 : 0;  // some fail
+    CHECK(accepted == 4);                                     // two plain queues of two
+    std::stop_source stop;
+    stop.request_stop();
+    CHECK_FALSE(pool.submit(SmallTask{probe}, stop.get_token()));
+    gate.open();
+    auto f = pool.async([t = LargeTask{probe}]() mutable {
+      t();
+      return 1;
+    });
+    CHECK(f.get() == 1);
+    pool.shutdown();
+    CHECK_FALSE(pool.submit(SmallTask{probe}));
+    CHECK(probe.calls == 5);
+  }
+  CHECK(probe.live == 0);
+}
