@@ -104,7 +104,7 @@ class BrokerCore final : public Registry<T> {
       if (!g.cursor) g.cursor = std::make_shared<std::atomic<std::uint32_t>>(0);
       ++g.members;
     }
-    index_.insert(s->pattern(), s.get());
+    index_.insert(s->pattern(), s);
     changed();
   }
 
@@ -112,7 +112,8 @@ class BrokerCore final : public Registry<T> {
     std::unique_lock lock(mutex_);
     const auto it = live_.find(&s);
     if (it == live_.end()) return;
-    index_.erase(s.pattern(), &s);
+    // A non-owning alias compares equal to the owning entry (shared_ptr == compares pointers).
+    index_.erase(s.pattern(), StatePtr(StatePtr{}, &s));
     if (!s.options().queue_group.empty()) {
       const auto g = groups_.find(group_key(s));
       if (g != groups_.end() && --g->second.members == 0) groups_.erase(g);
@@ -138,8 +139,8 @@ class BrokerCore final : public Registry<T> {
     auto r = std::make_shared<Route>();
     r->generation = generation_.load(std::memory_order_relaxed);
     std::vector<std::pair<const std::string*, std::size_t>> group_slots;  // key -> index in groups
-    index_.match(topic, [&](State* s) {
-      const StatePtr& owner = live_.at(s);
+    index_.match(topic, [&](const StatePtr& owner) {
+      State* s = owner.get();
       if (s->options().queue_group.empty()) {
         r->plain.push_back(owner);
         return;
@@ -274,7 +275,7 @@ class BrokerCore final : public Registry<T> {
   }
 
   mutable std::shared_mutex mutex_;  // guards index_, live_, groups_, cache_
-  TopicIndex<State*> index_;
+  TopicIndex<StatePtr> index_;
   std::unordered_map<State*, StatePtr> live_;
   std::unordered_map<std::string, GroupInfo> groups_;
   std::unordered_map<std::string, std::shared_ptr<const Route>, TopicHash, std::equal_to<>> cache_;
