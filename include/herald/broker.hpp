@@ -45,7 +45,8 @@ struct BrokerStats {
   std::uint64_t published = 0;      ///< publish calls on an open broker
   std::uint64_t delivered = 0;      ///< messages queued, summed over subscribers
   std::uint64_t dropped = 0;        ///< offers refused (full, block timeout)
-  std::uint64_t evicted = 0;        ///< queued messages evicted by drop_oldest
+  std::uint64_t evicted = 0;        ///< offers that evicted older messages (drop_oldest); a
+                                    ///< subscription's own stats count every eviction
   std::uint64_t no_subscriber = 0;  ///< publishes that matched no subscription
   std::size_t subscriptions = 0;    ///< live subscriptions now
 };
