@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$herald_root"
 
-herald_need_packages cmake make g++ libfmt-dev
+herald_need_packages cmake make g++ libfmt-dev libnats-dev nats-server
 
 build=build/tour
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ \

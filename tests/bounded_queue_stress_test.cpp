@@ -25,9 +25,9 @@ using namespace std::chrono_literals;
 namespace {
 
 #if defined(HERALD_SANITIZED_BUILD)
-constexpr std::uint32_t kItemsPerProducer = 12000;
+constexpr std::uint32_t kItemsPerProducer = 25000;
 #else
-constexpr std::uint32_t kItemsPerProducer = 60000;
+constexpr std::uint32_t kItemsPerProducer = 40000;
 #endif
 
 struct Item {

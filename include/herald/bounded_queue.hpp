@@ -147,11 +147,17 @@ class BoundedQueue {
   /// Returns false only when the queue is (or becomes) closed.
   /// Blocks: while full (pauses, yields, then sleeps on a futex).
   /// Throws: what T's copy constructor throws; the queue is then unchanged.
-  bool push(const T& v) { return push_copy(v, detail::Deadline::forever(), std::stop_token{}); }
+  bool push(const T& v) {
+    if constexpr (std::is_nothrow_copy_constructible_v<T>) {
+      if (const Claim c = claim_and_construct(v); c != Claim::full) return finish_push(c);
+    }
+    return push_copy(v, detail::Deadline::forever(), std::stop_token{});
+  }
   /// Moves `v` in, waiting while the queue is full; returns false (and leaves `v`) if closed.
   ///
   /// Blocks: while full.
   bool push(T&& v) {
+    if (const Claim c = claim_and_construct(std::move(v)); c != Claim::full) return finish_push(c);
     return push_until(std::move(v), detail::Deadline::forever(), std::stop_token{});
   }
 
@@ -160,10 +166,14 @@ class BoundedQueue {
   /// Blocks: while full, at most `timeout`.
   template <class Rep, class Period>
   bool push_for(const T& v, std::chrono::duration<Rep, Period> timeout) {
+    if constexpr (std::is_nothrow_copy_constructible_v<T>) {
+      if (const Claim c = claim_and_construct(v); c != Claim::full) return finish_push(c);
+    }
     return push_copy(v, detail::Deadline::after(timeout), std::stop_token{});
   }
   template <class Rep, class Period>
   bool push_for(T&& v, std::chrono::duration<Rep, Period> timeout) {
+    if (const Claim c = claim_and_construct(std::move(v)); c != Claim::full) return finish_push(c);
     return push_until(std::move(v), detail::Deadline::after(timeout), std::stop_token{});
   }
 
@@ -173,10 +183,14 @@ class BoundedQueue {
   /// Blocks: while full, until a stop request.
   bool push(const T& v, std::stop_token st) {
     if (st.stop_requested()) return false;
+    if constexpr (std::is_nothrow_copy_constructible_v<T>) {
+      if (const Claim c = claim_and_construct(v); c != Claim::full) return finish_push(c);
+    }
     return push_copy(v, detail::Deadline::forever(), st);
   }
   bool push(T&& v, std::stop_token st) {
     if (st.stop_requested()) return false;
+    if (const Claim c = claim_and_construct(std::move(v)); c != Claim::full) return finish_push(c);
     return push_until(std::move(v), detail::Deadline::forever(), st);
   }
 
@@ -194,13 +208,17 @@ class BoundedQueue {
   /// queue is closed and drained.
   ///
   /// Blocks: while empty and open.
-  std::optional<T> pop() { return pop_until(detail::Deadline::forever(), std::stop_token{}); }
+  std::optional<T> pop() {
+    if (std::optional<T> out = try_pop()) return out;
+    return pop_until(detail::Deadline::forever(), std::stop_token{});
+  }
 
   /// As pop(), giving up after `timeout` (0: try once; duration::max(): wait forever).
   ///
   /// Blocks: while empty and open, at most `timeout`.
   template <class Rep, class Period>
   std::optional<T> pop_for(std::chrono::duration<Rep, Period> timeout) {
+    if (std::optional<T> out = try_pop()) return out;
     return pop_until(detail::Deadline::after(timeout), std::stop_token{});
   }
 
@@ -210,6 +228,7 @@ class BoundedQueue {
   /// Blocks: while empty and open, until a stop request.
   std::optional<T> pop(std::stop_token st) {
     if (st.stop_requested()) return std::nullopt;
+    if (std::optional<T> out = try_pop()) return out;
     return pop_until(detail::Deadline::forever(), st);
   }
 
@@ -434,7 +453,10 @@ class BoundedQueue {
            (tail & ~closed_bit) == head_->load(std::memory_order_acquire);
   }
 
-  bool push_copy(const T& v, const detail::Deadline& deadline, const std::stop_token& st) {
+  // The waiting paths, out of line so the inlined fast paths above stay small. Each starts with
+  // one more attempt, so callers may skip theirs (or have failed theirs) before calling.
+  [[gnu::noinline]] bool push_copy(const T& v, const detail::Deadline& deadline,
+                                   const std::stop_token& st) {
     if constexpr (std::is_nothrow_copy_constructible_v<T>) {
       return push_with(deadline, st, [&] { return claim_and_construct(v); });
     } else {
@@ -444,7 +466,8 @@ class BoundedQueue {
     }
   }
 
-  bool push_until(T&& v, const detail::Deadline& deadline, const std::stop_token& st) {
+  [[gnu::noinline]] bool push_until(T&& v, const detail::Deadline& deadline,
+                                    const std::stop_token& st) {
     return push_with(deadline, st, [&] { return claim_and_construct(std::move(v)); });
   }
 
@@ -462,7 +485,8 @@ class BoundedQueue {
     return pushed;
   }
 
-  std::optional<T> pop_until(const detail::Deadline& deadline, const std::stop_token& st) {
+  [[gnu::noinline]] std::optional<T> pop_until(const detail::Deadline& deadline,
+                                               const std::stop_token& st) {
     std::optional<T> out;
     const auto attempt = [&] { return claim_and_take(out) || closed_and_drained(); };
     detail::wait_for_progress(

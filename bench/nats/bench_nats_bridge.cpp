@@ -1,0 +1,248 @@
+// Messages/s from a local publish to a subscriber on the other side of NATS, through two
+// herald::nats::Bridges, against the same traffic (same subject shape, same payload bytes, same
+// flow-control window) sent with raw libnats publish/subscribe. One nats-server, started by this
+// binary on a free loopback port, serves every variant of the run.
+//
+//   raw_libnats            natsConnection_Publish -> server -> message callback (counts)
+//   raw_libnats_copying    the same, plus a std::string copy at each end (what an application
+//                          owning its values does, and what herald does)
+//   bridge/inline_handler  Broker::publish -> export thread -> server -> import callback ->
+//                          Broker::publish_from -> inline handler (counts)
+//   bridge/pull_subscriber ... -> publish_from -> subscription queue -> consumer thread (counts)
+//
+// HERALD_BENCH_SMOKE=1: tiny batches, one payload size.
+#include <herald/nats.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "nats_server.hpp"
+
+namespace {
+
+bool smoke() {
+  static const bool on = [] {
+    const char* s = std::getenv("HERALD_BENCH_SMOKE");
+    return s && std::string(s) == "1";
+  }();
+  return on;
+}
+
+std::uint64_t batch() {
+  return smoke() ? 500 : 20000;
+}
+
+herald_test::NatsServer& server() {
+  static herald_test::NatsServer s;
+  return s;
+}
+
+/// CPU time (user + system) of this process, all threads, and of the server process: on a
+/// machine with more runnable threads than cores, CPU per message is the figure that does not
+/// depend on the scheduler's mood.
+struct CpuClock {
+  static std::chrono::nanoseconds self() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    auto ns = [](const timeval& t) {
+      return std::chrono::seconds(t.tv_sec) + std::chrono::microseconds(t.tv_usec);
+    };
+    return ns(u.ru_utime) + ns(u.ru_stime);
+  }
+  static std::chrono::nanoseconds of(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    // Fields 14 and 15 are utime and stime in clock ticks; the name (field 2) has no spaces here.
+    for (int i = 1; i <= 15 && stat >> field; ++i) {
+      if (i == 14) utime = std::stoull(field);
+      if (i == 15) stime = std::stoull(field);
+    }
+    const auto tick = std::chrono::nanoseconds(1'000'000'000 / sysconf(_SC_CLK_TCK));
+    return tick * static_cast<long long>(utime + stime);
+  }
+};
+
+/// Records CPU per message as counters: client (this process) and server.
+class CpuPerMessage {
+ public:
+  CpuPerMessage() : self_(CpuClock::self()), server_(CpuClock::of(server().pid())) {}
+  void report(benchmark::State& state, std::uint64_t messages) const {
+    const double n = static_cast<double>(messages ? messages : 1);
+    state.counters["client_ns/msg"] = static_cast<double>((CpuClock::self() - self_).count()) / n;
+    state.counters["server_ns/msg"] =
+        static_cast<double>((CpuClock::of(server().pid()) - server_).count()) / n;
+  }
+
+ private:
+  std::chrono::nanoseconds self_;
+  std::chrono::nanoseconds server_;
+};
+
+/// At most this many messages in flight (published, not yet received), for every variant: the
+/// benchmark measures sustained delivery, not how much the buffers can swallow.
+constexpr std::uint64_t kWindow = 8192;
+
+void wait_for_window(std::uint64_t published, const std::atomic<std::uint64_t>& received) {
+  while (published - received.load(std::memory_order_acquire) >= kWindow) {
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+void wait_for_all(std::uint64_t published, const std::atomic<std::uint64_t>& received) {
+  while (received.load(std::memory_order_acquire) < published) {
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+natsConnection* connect_raw() {
+  natsConnection* nc = nullptr;
+  if (natsConnection_ConnectTo(&nc, server().url().c_str()) != NATS_OK) return nullptr;
+  return nc;
+}
+
+/// Raw libnats. With `Copying`, each end also makes the copy an application makes to own the
+/// value (a std::string built before publishing and from the received bytes), as herald does.
+template <bool Copying>
+void BM_raw_libnats(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  natsConnection* pub = connect_raw();
+  natsConnection* sub = connect_raw();
+  if (!pub || !sub) {
+    state.SkipWithError("cannot connect to nats-server");
+    return;
+  }
+  std::atomic<std::uint64_t> received{0};
+  natsSubscription* s = nullptr;
+  natsConnection_Subscribe(
+      &s, sub, "raw.>",
+      [](natsConnection*, natsSubscription*, natsMsg* m, void* counter) {
+        if constexpr (Copying) {
+          const std::string value(natsMsg_GetData(m),
+                                  static_cast<std::size_t>(natsMsg_GetDataLength(m)));
+          benchmark::DoNotOptimize(value.data());
+        } else {
+          benchmark::DoNotOptimize(natsMsg_GetDataLength(m));
+        }
+        static_cast<std::atomic<std::uint64_t>*>(counter)->fetch_add(1, std::memory_order_release);
+        natsMsg_Destroy(m);
+      },
+      &received);
+  natsConnection_Flush(sub);
+
+  const std::string payload(size, 'x');
+  std::uint64_t published = 0;
+  const CpuPerMessage cpu;
+  for (auto _ : state) {
+    for (std::uint64_t i = 0; i < batch(); ++i) {
+      wait_for_window(published, received);
+      if constexpr (Copying) {
+        const std::string value = payload;
+        benchmark::DoNotOptimize(value.data());
+        natsConnection_Publish(pub, "raw.data", value.data(), static_cast<int>(size));
+      } else {
+        natsConnection_Publish(pub, "raw.data", payload.data(), static_cast<int>(size));
+      }
+      ++published;
+    }
+    wait_for_all(published, received);
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(published));
+  cpu.report(state, published);
+  natsSubscription_Unsubscribe(s);
+  natsSubscription_Destroy(s);
+  natsConnection_Destroy(pub);
+  natsConnection_Destroy(sub);
+}
+
+template <bool Pull>
+void BM_bridge(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  herald::Broker<std::string> local;
+  herald::Broker<std::string> remote;
+  std::optional<herald::nats::Bridge<std::string>> out;
+  std::optional<herald::nats::Bridge<std::string>> in;
+  try {
+    out.emplace(
+        local,
+        herald::nats::BridgeOptions{
+            .url = server().url(),
+            .exports = {{.pattern = "bridge.>",
+                         .queue = {.capacity = 8192, .overflow = herald::Overflow::block}}}});
+    in.emplace(remote, herald::nats::BridgeOptions{.url = server().url(),
+                                                   .imports = {{.pattern = "bridge.>"}}});
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+
+  std::atomic<std::uint64_t> received{0};
+  const herald::SubscribeOptions queue{.capacity = 16384, .overflow = herald::Overflow::block};
+  herald::Subscription<std::string> pull;
+  herald::HandlerSubscription<std::string> push;
+  std::jthread consumer;
+  if constexpr (Pull) {
+    pull = remote.subscribe("bridge.>", queue);
+    consumer = std::jthread([&](std::stop_token stop) {
+      while (auto m = pull.receive(stop)) {
+        benchmark::DoNotOptimize((*m)->size());
+        received.fetch_add(1, std::memory_order_release);
+      }
+    });
+  } else {
+    push = remote.subscribe(
+        "bridge.>",
+        [&](const herald::Message<std::string>& m) {
+          benchmark::DoNotOptimize(m->size());
+          received.fetch_add(1, std::memory_order_release);
+        },
+        herald::inline_executor, queue);
+  }
+
+  auto publisher = local.publisher("bridge.data");
+  const std::string payload(size, 'x');
+  std::uint64_t published = 0;
+  const CpuPerMessage cpu;
+  for (auto _ : state) {
+    for (std::uint64_t i = 0; i < batch(); ++i) {
+      wait_for_window(published, received);
+      publisher.publish(payload);
+      ++published;
+    }
+    wait_for_all(published, received);
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(published));
+  cpu.report(state, published);
+  const auto s = out->stats();
+  state.counters["dropped"] = static_cast<double>(s.dropped());
+  consumer = {};
+  in.reset();
+  out.reset();
+}
+
+void sizes(benchmark::internal::Benchmark* b) {
+  b->Arg(16);
+  if (!smoke()) b->Arg(256);
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+  if (smoke()) b->Iterations(1);
+}
+
+BENCHMARK_TEMPLATE(BM_raw_libnats, false)->Name("raw_libnats")->Apply(sizes);
+BENCHMARK_TEMPLATE(BM_raw_libnats, true)->Name("raw_libnats_copying")->Apply(sizes);
+BENCHMARK_TEMPLATE(BM_bridge, false)->Name("bridge/inline_handler")->Apply(sizes);
+BENCHMARK_TEMPLATE(BM_bridge, true)->Name("bridge/pull_subscriber")->Apply(sizes);
+
+}  // namespace
+
+BENCHMARK_MAIN();
