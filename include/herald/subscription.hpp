@@ -76,6 +76,15 @@ class SubscriptionHandle {
 
   [[nodiscard]] SubscriptionState<T>* state() const noexcept { return state_.get(); }
 
+  [[nodiscard]] CloseReason close_reason() const noexcept {
+    return state_ ? state_->close_reason() : CloseReason::unsubscribed;
+  }
+
+  [[nodiscard]] const std::string& pattern() const noexcept {
+    static const std::string none;
+    return state_ ? state_->pattern() : none;
+  }
+
  private:
   std::shared_ptr<SubscriptionState<T>> state_;
   std::weak_ptr<Registry<T>> registry_;
@@ -128,9 +137,7 @@ class Subscription {
   void unsubscribe() noexcept { handle_.unsubscribe(); }
 
   /// Why it closed, or CloseReason::open.
-  [[nodiscard]] CloseReason close_reason() const noexcept {
-    return state() ? state()->close_reason() : CloseReason::unsubscribed;
-  }
+  [[nodiscard]] CloseReason close_reason() const noexcept { return handle_.close_reason(); }
   [[nodiscard]] bool is_open() const noexcept { return close_reason() == CloseReason::open; }
 
   /// Its counters (see SubscriptionStats for the identities they satisfy).
@@ -139,10 +146,7 @@ class Subscription {
   }
 
   /// The pattern it was subscribed with.
-  [[nodiscard]] const std::string& pattern() const noexcept {
-    static const std::string none;
-    return state() ? state()->pattern() : none;
-  }
+  [[nodiscard]] const std::string& pattern() const noexcept { return handle_.pattern(); }
 
   /// Input iterator over received messages: each increment calls receive().
   class iterator {
@@ -210,9 +214,7 @@ class HandlerSubscription {
   void unsubscribe() noexcept { handle_.unsubscribe(); }
 
   /// Why it closed, or CloseReason::open.
-  [[nodiscard]] CloseReason close_reason() const noexcept {
-    return state() ? state()->close_reason() : CloseReason::unsubscribed;
-  }
+  [[nodiscard]] CloseReason close_reason() const noexcept { return handle_.close_reason(); }
   [[nodiscard]] bool is_open() const noexcept { return close_reason() == CloseReason::open; }
 
   /// Queue and handler counters, including handler duration (count, total, max).
@@ -221,10 +223,7 @@ class HandlerSubscription {
   }
 
   /// The pattern it was subscribed with.
-  [[nodiscard]] const std::string& pattern() const noexcept {
-    static const std::string none;
-    return state() ? state()->pattern() : none;
-  }
+  [[nodiscard]] const std::string& pattern() const noexcept { return handle_.pattern(); }
 
  private:
   friend class Broker<T>;

@@ -131,7 +131,6 @@ class SubscriptionState {
     CloseReason expected = CloseReason::open;
     if (!reason_.compare_exchange_strong(expected, why, std::memory_order_acq_rel)) return false;
     queue_.close();
-    on_closed();
     return true;
   }
 
@@ -165,8 +164,6 @@ class SubscriptionState {
  protected:
   /// Hook for push (handler) subscriptions: a message was enqueued; schedule the strand.
   virtual void after_enqueue() noexcept {}
-  /// Hook for push subscriptions: the subscription was closed.
-  virtual void after_close() noexcept {}
 
  private:
   static SubscribeOptions validated(SubscribeOptions o) {
@@ -189,8 +186,6 @@ class SubscriptionState {
     }
     after_enqueue();
   }
-
-  void on_closed() noexcept { after_close(); }
 
   Offer refuse_full() noexcept {
     if (queue_.is_closed()) return Offer::closed;
