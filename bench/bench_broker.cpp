@@ -24,8 +24,8 @@
 //                [--fanout=N] [--nonmatching=N] [--peer=substring]   (the last three narrow a
 //                run down, e.g. for profiling)
 //   HERALD_BENCH_SMOKE=1        tiny sizes, fan-out 1 and 8 only, one repetition
-//   HERALD_BENCH_MARKDOWN=path  also write the tables as Markdown to `path`
-// Google Benchmark flags (bench/run.sh passes some) are accepted and ignored.
+//   HERALD_BENCH_RESULTS=path   also append machine-readable rows for bench/report.sh
+// Google Benchmark flags are accepted and ignored.
 #include <herald/broker.hpp>
 
 #include <fmt/core.h>
@@ -33,6 +33,7 @@
 #include <sys/resource.h>
 
 #include "reference_broker.hpp"
+#include "results.hpp"
 
 #if defined(HERALD_HAVE_ZMQ)
 #include <zmq.h>
@@ -509,15 +510,8 @@ struct WildContender {
 
 // ---- reporting ----
 
-struct Stat {
-  double median = 0, min = 0, max = 0;
-};
-
-Stat stat(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return {n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2, v.front(), v.back()};
-}
+using Stat = herald_bench::Summary;
+using herald_bench::summarize;
 
 struct Table {
   std::string title;
@@ -547,24 +541,6 @@ void print_text(const Table& t) {
     line(r);
   if (!t.note.empty()) fmt::print("  ({})\n", t.note);
   fmt::print("\n");
-}
-
-std::string markdown(const Table& t) {
-  std::string s = fmt::format("#### {}\n\n|", t.title);
-  for (const auto& h : t.header)
-    s += fmt::format(" {} |", h);
-  s += "\n|";
-  for (std::size_t i = 0; i < t.header.size(); ++i)
-    s += i < 2 ? "---|" : "---:|";
-  s += "\n";
-  for (const auto& r : t.rows) {
-    s += "|";
-    for (const auto& c : r)
-      s += fmt::format(" {} |", c);
-    s += "\n";
-  }
-  if (!t.note.empty()) s += fmt::format("\n{}\n", t.note);
-  return s + "\n";
 }
 
 std::string first_line(const char* path, std::string_view key) {
@@ -707,6 +683,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  herald_bench::ResultsFile results;
   std::vector<Table> tables;
   std::vector<std::string> targets;
   const auto verdict = [](bool ok) { return ok ? "met" : "MISSED"; };
@@ -749,10 +726,13 @@ int main(int argc, char** argv) {
           u.push_back(o.cpu_ns);
           w.push_back(o.csw);
         }
-        st[i] = stat(v);
-        loss[i] = stat(l).median;
-        cpu[i] = stat(u).median;
-        csw[i] = stat(w).median;
+        st[i] = summarize(v);
+        results.measure("broker", block ? "fan-out, lossless" : "fan-out, dropping",
+                        std::to_string(fanouts[f]), fan[i].name,
+                        block ? "M deliveries/s" : "ns/publish", block, v);
+        loss[i] = summarize(l).median;
+        cpu[i] = summarize(u).median;
+        csw[i] = summarize(w).median;
       }
       const auto vs = [&](std::size_t h, std::size_t i) {
         return block ? st[h].median / st[i].median : st[i].median / st[h].median;
@@ -769,13 +749,23 @@ int main(int argc, char** argv) {
       if (block && ran(kHeraldPublish) && ran(kHeraldPublisher) && ran(kReference) &&
           (fan.size() <= kZmq || (ran(kZmq) && ran(kZmqNoDrop)))) {
         for (std::size_t h : {kHeraldPublish, kHeraldPublisher}) {
-          std::string line =
-              fmt::format("fan-out {:>2}: {} / reference = {:.2f}x (>= 3: {})", fanouts[f],
-                          fan[h].name, vs(h, kReference), verdict(vs(h, kReference) >= 3));
+          const auto goal = [&](std::size_t peer_index, double target) {
+            const double r = vs(h, peer_index);
+            results.goal("broker",
+                         fmt::format("fan-out {} lossless deliveries/s, {} / {}", fanouts[f],
+                                     fan[h].name, fan[peer_index].name),
+                         r, fmt::format(">= {}x", target), r >= target);
+            return verdict(r >= target);
+          };
+          const char* vs_reference = goal(kReference, 3);
+          std::string line = fmt::format("fan-out {:>2}: {} / reference = {:.2f}x (>= 3: {})",
+                                         fanouts[f], fan[h].name, vs(h, kReference), vs_reference);
 #if defined(HERALD_HAVE_ZMQ)
-          line += fmt::format(
-              "; / ZeroMQ = {:.2f}x (>= 1: {}); / ZeroMQ NODROP = {:.2f}x (>= 1: {})", vs(h, kZmq),
-              verdict(vs(h, kZmq) >= 1), vs(h, kZmqNoDrop), verdict(vs(h, kZmqNoDrop) >= 1));
+          const char* vs_zmq = goal(kZmq, 1);  // in this order in the results file
+          const char* vs_zmq_nodrop = goal(kZmqNoDrop, 1);
+          line +=
+              fmt::format("; / ZeroMQ = {:.2f}x (>= 1: {}); / ZeroMQ NODROP = {:.2f}x (>= 1: {})",
+                          vs(h, kZmq), vs_zmq, vs(h, kZmqNoDrop), vs_zmq_nodrop);
 #endif
           targets.push_back(line);
         }
@@ -800,7 +790,11 @@ int main(int argc, char** argv) {
     std::vector<std::vector<Stat>> st(sizes.size(), std::vector<Stat>(wild.size()));
     for (std::size_t s = 0; s < sizes.size(); ++s)
       for (std::size_t i = 0; i < wild.size(); ++i)
-        if (!wild_samples[s][i].empty()) st[s][i] = stat(wild_samples[s][i]);
+        if (!wild_samples[s][i].empty()) {
+          st[s][i] = summarize(wild_samples[s][i]);
+          results.measure("broker", "wildcard publish", std::to_string(sizes[s]), wild[i].name,
+                          "ns/publish", false, wild_samples[s][i]);
+        }
     const std::size_t ref = wild.size() - 1;
     for (std::size_t s = 0; s < sizes.size(); ++s) {
       for (std::size_t i = 0; i < wild.size(); ++i) {
@@ -814,6 +808,11 @@ int main(int argc, char** argv) {
     for (std::size_t i = 0; i + 1 < wild.size() && sizes.size() > 1; ++i) {
       if (wild_samples.front()[i].empty() || wild_samples.front()[ref].empty()) continue;
       const double growth = st.back()[i].median / st.front()[i].median;
+      results.goal("broker",
+                   fmt::format("wildcard publish flat in non-matching subscriptions, {}: ns at "
+                               "{} / ns at {}",
+                               wild[i].name, sizes.back(), sizes.front()),
+                   growth, "<= 1.5", growth <= 1.5);
       targets.push_back(
           fmt::format("wildcard: {} ns/publish at {} / at {} non-matching = "
                       "{:.2f} (flat, <= 1.5: {}); reference grows {:.1f}x",
@@ -830,16 +829,6 @@ int main(int argc, char** argv) {
   for (const auto& line : targets)
     fmt::print("  {}\n", line);
 
-  if (const char* path = std::getenv("HERALD_BENCH_MARKDOWN"); path && *path) {
-    std::ofstream out(path);
-    out << "### bench_broker\n\n" << header << "\n\n" << setup << "\n\n";
-    for (const Table& t : tables)
-      out << markdown(t);
-    out << "Targets (DESIGN.md; ratios within this run):\n\n";
-    for (const auto& line : targets)
-      out << "- " << line << "\n";
-    fmt::print("\nMarkdown written to {}\n", path);
-  }
   if (g_failed) fmt::print(stderr, "a contender delivered wrong results\n");
   return g_failed ? 1 : 0;
 }

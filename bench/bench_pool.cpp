@@ -30,6 +30,8 @@
 #include <thread>
 #include <vector>
 
+#include "results.hpp"
+
 #include <benchmark/benchmark.h>
 #include <fmt/core.h>
 
@@ -254,20 +256,15 @@ struct MutexPeer {
   }
 };
 
-template <class T>
-T median(std::vector<T> v) {
-  if (v.empty()) return T{};
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using herald_bench::median;
 
 template <class Peer>
-std::int64_t median_latency(Peer& peer, std::size_t samples) {
+double median_latency(Peer& peer, std::size_t samples) {
   Probe probe;
-  std::vector<std::int64_t> lat;
+  std::vector<double> lat;
   lat.reserve(samples);
   for (std::size_t i = 0; i < samples; ++i)
-    lat.push_back(peer.latency(probe));
+    lat.push_back(static_cast<double>(peer.latency(probe)));
   return median(std::move(lat));
 }
 
@@ -281,17 +278,18 @@ struct Series {
 template <class Peer>
 void one_rep(Peer& peer, Series& s, const Sizes& z) {
   s.ns_per_task.push_back(peer.empty_tasks(z.tasks_per_batch));
-  s.latency_ns.push_back(static_cast<double>(median_latency(peer, z.latency_samples)));
+  s.latency_ns.push_back(median_latency(peer, z.latency_samples));
 }
 
-void print_ratio_row(const char* what, const Series& herald, const Series& peer, double target,
-                     bool lower_is_better, double herald_value, double peer_value) {
+// Prints herald's ns/task over a peer's against a "<= target" goal, and records the goal.
+void print_ratio_row(herald_bench::ResultsFile& results, const Series& peer, double target,
+                     double herald_value, double peer_value) {
   const double ratio = herald_value / peer_value;
-  const bool met = lower_is_better ? ratio <= target : ratio >= target;
+  const bool met = ratio <= target;
   fmt::print("  herald / {:<26} {:>7.2f}x   (target <= {:.1f}x: {})\n", peer.name, ratio, target,
-             met ? "met" : "NOT met");
-  (void)what;
-  (void)herald;
+             met ? "met" : "MISSED");
+  results.goal("pool", fmt::format("empty tasks, herald ns/task / {}", peer.name), ratio,
+               fmt::format("<= {:.1f}x", target), met);
 }
 
 void run_round_robin() {
@@ -336,6 +334,11 @@ void run_round_robin() {
     one_rep(mutex_peer, series[i++], z);
   }
 
+  herald_bench::ResultsFile results;
+  for (const Series& s : series) {
+    results.measure("pool", "empty tasks", "", s.name, "ns/task", false, s.ns_per_task);
+    results.measure("pool", "submit-to-start latency", "", s.name, "ns", false, s.latency_ns);
+  }
   fmt::print(
       "\npool benchmarks: {} worker threads each, {} repetitions interleaved round-robin, "
       "medians{}\n",
@@ -353,7 +356,7 @@ void run_round_robin() {
     if (series[i].name == "boost::asio::thread_pool") target = 0.5;
     if (series[i].name == "tbb::task_group") target = 1.5;
     if (target > 0) {
-      print_ratio_row("tasks", series[0], series[i], target, true, h_tasks, peer);
+      print_ratio_row(results, series[i], target, h_tasks, peer);
     } else {
       fmt::print("  herald / {:<26} {:>7.2f}x\n", series[i].name, h_tasks / peer);
     }

@@ -14,7 +14,7 @@
 //
 //   bench_queue [--reps=N] [--only=workload] [--peers=name]   HERALD_BENCH_SMOKE=1: tiny sizes,
 //   one repetition
-// Google Benchmark flags (bench/run.sh passes some) are accepted and ignored.
+// Google Benchmark flags are accepted and ignored.
 #include <herald/bounded_queue.hpp>
 
 #include <atomic_queue/atomic_queue.h>
@@ -48,6 +48,8 @@
 #include <string_view>
 #include <thread>
 #include <vector>
+
+#include "results.hpp"
 
 namespace {
 
@@ -342,10 +344,10 @@ Peer peer() {
   return {Q::name, Q::spin_only, &throughput<Q>, &ping_pong<Q>, &idle_cpu<Q>};
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+using herald_bench::median;
+
+std::string display_name(const Peer& p) {
+  return std::string(p.name) + (p.spin_only ? " (spin)" : "");
 }
 
 std::string cpu_model() {
@@ -375,6 +377,7 @@ int main(int argc, char** argv) {
   const std::uint64_t rounds = smoke ? 2'000 : 20'000;
   const auto idle_window = smoke ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000);
 
+  herald_bench::ResultsFile results_file;
   std::vector<Peer> peers = {
     peer<Herald>(),
     peer<AtomicQueue>(),
@@ -444,14 +447,16 @@ int main(int argc, char** argv) {
     fmt::print("{:<10} {:<38} {:>12} {:>12} {:>12} {:>9}\n", wl.name, "peer", "median", "min",
                "max", "herald/x");
     std::vector<double>& m = med[wl.name];
-    for (std::size_t i = 0; i < peers.size(); ++i)
+    for (std::size_t i = 0; i < peers.size(); ++i) {
       m.push_back(median(results[w][i]));
+      results_file.measure("queue", wl.name, "", display_name(peers[i]), wl.unit,
+                           wl.higher_is_better, results[w][i]);
+    }
     for (std::size_t i = 0; i < peers.size(); ++i) {
       const auto [lo, hi] = std::minmax_element(results[w][i].begin(), results[w][i].end());
       const double ratio = wl.higher_is_better ? m[0] / m[i] : m[i] / m[0];
       fmt::print("{:<10} {:<38} {:>12.3f} {:>12.3f} {:>12.3f} {:>8.2f}x\n", "",
-                 std::string(peers[i].name) + (peers[i].spin_only ? " (spin)" : ""), m[i], *lo, *hi,
-                 ratio);
+                 display_name(peers[i]), m[i], *lo, *hi, ratio);
     }
     fmt::print("{:<10} ({}; herald/x > 1 means herald is better)\n\n", "", wl.unit);
   }
@@ -461,8 +466,9 @@ int main(int argc, char** argv) {
     fmt::print("{:<10} {:<38} {:>12}\n", "idle", "peer", "CPU ms/s");
     for (const Peer& p : peers) {
       idle_ms.push_back(p.idle(idle_window));
-      fmt::print("{:<10} {:<38} {:>12.3f}\n", "",
-                 std::string(p.name) + (p.spin_only ? " (spin)" : ""), idle_ms.back());
+      fmt::print("{:<10} {:<38} {:>12.3f}\n", "", display_name(p), idle_ms.back());
+      results_file.measure("queue", "idle consumer", "", display_name(p), "CPU ms/s", false,
+                           {idle_ms.back()});
     }
     fmt::print("\n");
   }
@@ -476,6 +482,12 @@ int main(int argc, char** argv) {
   const std::size_t moody = index_of(Moodycamel::name);
   const std::size_t mutexcv = index_of(MutexCondvar::name);
   const auto verdict = [](bool ok) { return ok ? "met" : "MISSED"; };
+  // Records a goal for the report and returns the verdict for the printed line.
+  const auto goal = [&](const std::string& what, double measured, std::string_view target,
+                        bool met) {
+    results_file.goal("queue", what, measured, target, met);
+    return verdict(met);
+  };
   // The target summary needs every peer (a --peers filter is for diagnosis only).
   const bool all_peers = peer_filter.empty();
   if (all_peers) fmt::print("targets:\n");
@@ -489,20 +501,30 @@ int main(int argc, char** argv) {
         best_name = peers[i].name;
       }
     }
-    fmt::print("  1P1C  herald / best spin-only ({}) = {:.2f} (>= 0.7: {})\n", best_name,
-               m[0] / best_spin, verdict(m[0] / best_spin >= 0.7));
-    fmt::print("  1P1C  herald / moodycamel blocking = {:.2f} (>= 2: {})\n", m[0] / m[moody],
-               verdict(m[0] / m[moody] >= 2));
+    const double vs_spin = m[0] / best_spin;
+    const double vs_moody = m[0] / m[moody];
+    fmt::print("  1P1C  herald / best spin-only ({}) = {:.2f} (>= 0.7: {})\n", best_name, vs_spin,
+               goal(fmt::format("1P1C throughput, herald / best spin-only ({})", best_name),
+                    vs_spin, ">= 0.7x", vs_spin >= 0.7));
+    fmt::print(
+        "  1P1C  herald / moodycamel blocking = {:.2f} (>= 2: {})\n", vs_moody,
+        goal("1P1C throughput, herald / moodycamel blocking", vs_moody, ">= 2x", vs_moody >= 2));
   }
   for (const char* w : {"2P2C", "4P1C"}) {
     if (!all_peers || !med.count(w)) continue;
     const auto& m = med[w];
+    const double vs_moody = m[0] / m[moody];
+    const double vs_mutex = m[0] / m[mutexcv];
+    goal(fmt::format("{} throughput, herald / moodycamel blocking", w), vs_moody, ">= 2x",
+         vs_moody >= 2);
+    goal(fmt::format("{} throughput, herald / mutex+condvar", w), vs_mutex, ">= 2x", vs_mutex >= 2);
     fmt::print("  {}  herald / moodycamel = {:.2f}, herald / mutex+condvar = {:.2f} (>= 2: {})\n",
-               w, m[0] / m[moody], m[0] / m[mutexcv],
-               verdict(m[0] / m[moody] >= 2 && m[0] / m[mutexcv] >= 2));
+               w, vs_moody, vs_mutex, verdict(vs_moody >= 2 && vs_mutex >= 2));
     if (med.count("1P1C")) {
       const double own = m[0] / med["1P1C"][0];
-      fmt::print("  {}  herald / herald 1P1C = {:.2f} (>= 0.5: {})\n", w, own, verdict(own >= 0.5));
+      fmt::print("  {}  herald / herald 1P1C = {:.2f} (>= 0.5: {})\n", w, own,
+                 goal(fmt::format("{} throughput, herald / herald's own 1P1C", w), own, ">= 0.5x",
+                      own >= 0.5));
     }
   }
   if (all_peers && med.count("ping-pong")) {
@@ -515,12 +537,16 @@ int main(int argc, char** argv) {
         best_name = peers[i].name;
       }
     }
+    const double rt = m[0] / best_spin;
     fmt::print("  ping-pong  herald / best spin-only ({}) round trip = {:.2f} (<= 1.5: {})\n",
-               best_name, m[0] / best_spin, verdict(m[0] / best_spin <= 1.5));
+               best_name, rt,
+               goal(fmt::format("ping-pong round trip, herald / best spin-only ({})", best_name),
+                    rt, "<= 1.5x", rt <= 1.5));
   }
   if (all_peers && !idle_ms.empty()) {
     fmt::print("  idle  herald parked consumer = {:.3f} ms CPU per s (< 5: {})\n", idle_ms[0],
-               verdict(idle_ms[0] < 5));
+               goal("idle: CPU ms used by a consumer parked for 1 s", idle_ms[0], "< 5 ms",
+                    idle_ms[0] < 5));
   }
   if (g_failed) fmt::print(stderr, "a peer delivered wrong values\n");
   return g_failed ? 1 : 0;

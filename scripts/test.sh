@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Every test: installs what is missing, then runs the release build and tests, ThreadSanitizer,
-# AddressSanitizer+UBSan, the format check, the example tour, the benchmarks in smoke size and
-# the fuzzer for a bounded time.  bash scripts/test.sh   (from the repository root)
+# AddressSanitizer+UBSan, the format check, the example tour, the benchmark report in smoke size
+# (every benchmark once, tiny sizes, Markdown + chart written) and the fuzzer for a bounded time.  bash scripts/test.sh   (from the repository root)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$herald_root"
 
 herald_need_packages cmake make g++ clang clang-format libclang-rt-14-dev catch2 \
   libbenchmark-dev libfmt-dev libatomic-queue-dev libxenium-dev libconcurrentqueue-dev \
-  libboost-dev libtbb-dev libzmq3-dev nats-server libnats-dev
+  libboost-dev libtbb-dev libzmq3-dev nats-server libnats-dev python3 gnuplot-nox
 
 export HERALD_WERROR="${HERALD_WERROR:-ON}"
 export CTEST_OUTPUT_ON_FAILURE=1
@@ -21,10 +21,6 @@ format_check() {
   clang-format --dry-run --Werror $files
 }
 
-bench_smoke() {
-  cmake --workflow --preset bench
-  bash bench/run.sh --smoke
-}
 
 fuzz() {
   cmake --preset fuzz >/dev/null
@@ -37,7 +33,7 @@ herald_step "release build + tests (g++)" cmake --workflow --preset release
 herald_step "example tour" bash scripts/tour.sh
 herald_step "ThreadSanitizer build + tests (clang++)" cmake --workflow --preset tsan
 herald_step "AddressSanitizer+UBSan build + tests (g++)" cmake --workflow --preset asan
-herald_step "benchmarks, smoke size" bench_smoke
+herald_step "benchmark report, smoke size" bash bench/report.sh --smoke
 herald_step "fuzzing TopicIndex against brute force" fuzz
 echo
 echo "herald: all checks passed in $((SECONDS - total_start)) s"
