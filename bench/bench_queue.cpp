@@ -6,7 +6,10 @@
 // comparison interleaves repetitions round-robin over the peers (so a burst of background load
 // hits everybody alike) and reports medians. Workloads, all with capacity 1024 and 8-byte items:
 //   1P1C, 2P2C, 4P1C   throughput with blocking push/pop, items/s (consumers pop fixed quotas);
-//   ping-pong           round trip through two queues, ns;
+//   ping-pong           round trip through two queues, ns, the two threads pinned to two
+//                       different CPUs (unpinned, the scheduler sometimes puts both on one
+//                       CPU and every queue's round trip jumps from ~150 ns to ~1 us: the
+//                       median then measures placement luck, not the queue);
 //   idle                CPU used by a consumer blocked in pop() with no traffic, ms per second.
 // Peers that cannot block (atomic_queue, xenium, boost) wait by spinning with a pause, then
 // yielding; moodycamel's unbounded queue is bounded by a LightweightSemaphore of free slots (from
@@ -21,6 +24,8 @@
 #include <blockingconcurrentqueue.h>
 #include <fmt/core.h>
 #include <lightweightsemaphore.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <xenium/vyukov_bounded_queue.hpp>
 
@@ -217,6 +222,15 @@ struct MutexCondvar {  // the plain baseline: what one writes by hand
 using Clock = std::chrono::steady_clock;
 
 // Waits for every thread to be ready, then releases them together; returns the start time.
+/// Pins the calling thread to one CPU (no-op on a single-CPU machine or when not allowed).
+void pin_to_cpu(unsigned cpu) {
+  if (std::thread::hardware_concurrency() < 2) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
 struct StartLine {
   std::latch ready;
   std::atomic<bool> go{false};
@@ -282,11 +296,13 @@ double ping_pong(std::uint64_t rounds) {
   auto back = std::make_unique<Q>();
   StartLine start(2);
   std::thread echo([&] {
+    pin_to_cpu(0);
     start.arrive();
     for (std::uint64_t i = 0; i < rounds; ++i)
       back->push(there->pop());
   });
   std::thread pinger([&] {
+    pin_to_cpu(1);
     start.arrive();
     for (std::uint64_t i = 1; i <= rounds; ++i) {
       there->push(i);

@@ -3,7 +3,7 @@
 # (queue, pool, broker, matching, and the NATS bridge when libnats is installed) and writes
 # build/report/benchmarks.md plus build/report/benchmarks.png (gnuplot).
 #
-#   bash bench/report.sh              full run, 5 repetitions (about 15-25 minutes on 2 cores)
+#   bash bench/report.sh              full run, 5 repetitions (about 5 minutes on 2 cores + build)
 #   bash bench/report.sh --reps=N     N repetitions
 #   bash bench/report.sh --smoke      tiny sizes, one repetition: proves the pipeline (CI runs it)
 #   bash bench/report.sh --publish    full run, then copy the report to docs/ and rewrite the

@@ -1,13 +1,12 @@
-// Two "processes" — a plant and a dashboard, each with its own Broker — connected through NATS.
+// Two processes — a plant and a dashboard, each with its own Broker — connected through NATS.
 // Inside each, herald fans messages out to local subscribers as usual; between them, a
 // herald::nats::Bridge carries the topics that should cross: sensor readings go from the plant to
 // the dashboard, set-point commands go back. Wildcards mean the same on both sides.
 //
-// In a real deployment the two halves are separate programs; here they share one process (two
-// brokers, two NATS connections) so the example runs on its own.
-//
-//   nats_bridge [nats://host:port]
-// Without a URL it starts a private nats-server on a free loopback port (Debian: nats-server).
+//   nats_bridge [nats://host:port]     the plant; it starts the dashboard as a second process
+//   nats_bridge --dashboard URL         the dashboard (what the plant starts)
+// Without a URL the plant starts a private nats-server on a free loopback port (Debian:
+// nats-server). Exits non-zero unless every message crossed as described.
 #include <herald/broker.hpp>
 #include <herald/nats.hpp>
 
@@ -24,6 +23,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -76,14 +78,64 @@ class PrivateServer {
 };
 
 void print_stats(const char* who, const herald::nats::BridgeStats& s) {
-  fmt::print("{:>9}: exported {} sent {} dropped {} | received {} imported {} | reconnects {}\n",
-             who, s.exported, s.sent, s.dropped(), s.received, s.imported, s.reconnects);
+  fmt::print("[{:>9}] bridge: exported {} sent {} dropped {} | received {} imported {}\n", who,
+             s.exported, s.sent, s.dropped(), s.received, s.imported);
+}
+
+/// Starts this same program as the dashboard process.
+pid_t start_dashboard(const std::string& url) {
+  std::string self = "/proc/self/exe", flag = "--dashboard", u = url;
+  char* argv[] = {self.data(), flag.data(), u.data(), nullptr};
+  pid_t pid = -1;
+  if (posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, environ) != 0) return -1;
+  return pid;
+}
+
+// --- The dashboard process: shows readings, sends a command back. ---
+int dashboard(const std::string& url) {
+  using namespace std::chrono_literals;
+  herald::Broker<Reading> readings;
+  herald::Broker<std::string> commands;
+  // Two local subscribers, different wildcards, fed by one import.
+  auto kitchen_panel = readings.subscribe("sensors.kitchen.*");
+  auto all_sensors = readings.subscribe("sensors.>");
+  // What the plant exports under "plant1" arrives here without the prefix, and back again.
+  herald::nats::Bridge<Reading> in(
+      readings, {.url = url, .imports = {{.pattern = "sensors.>", .prefix = "plant1"}}});
+  herald::nats::Bridge<std::string> out(
+      commands, {.url = url, .exports = {{.pattern = "commands.>", .prefix = "plant1"}}});
+
+  // The import's NATS subscription is in place once its Bridge is constructed: say so. (Core
+  // NATS keeps nothing for subscribers that do not exist yet.)
+  commands.publish("commands.dashboard.ready", "ready");
+  int seen = 0;
+  for (; seen < 3; ++seen) {
+    auto m = all_sensors.receive_for(10s);
+    if (!m) break;
+    fmt::print("[dashboard] remote  {:<28} sensor {} {:6.2f}  (origin: bridge {:016x})\n",
+               m->topic(), (*m)->sensor, (*m)->celsius, m->origin());
+  }
+  int kitchen = 0;
+  for (; kitchen < 2; ++kitchen) {
+    auto m = kitchen_panel.receive_for(10s);
+    if (!m) break;
+    fmt::print("[dashboard] kitchen panel {:<22} sensor {}\n", m->topic(), (*m)->sensor);
+  }
+  // Answer with a command; it crosses back to the plant.
+  commands.publish("commands.kitchen.setpoint", "20.0");
+  out.flush(5s);
+  print_stats("dashboard", in.stats());
+  return seen == 3 && kitchen == 2 ? 0 : 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace std::chrono_literals;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // two processes share the terminal: whole lines
+  if (argc == 3 && std::string(argv[1]) == "--dashboard") return dashboard(argv[2]);
+
+  // --- The plant process: publishes readings, obeys set-point commands. ---
   std::unique_ptr<PrivateServer> server;
   std::string url = argc > 1 ? argv[1] : "";
   if (url.empty()) {
@@ -96,61 +148,45 @@ int main(int argc, char** argv) {
   }
   fmt::print("NATS server: {}\n\n", url);
 
-  // --- The plant: publishes readings, obeys set-point commands. ---
-  herald::Broker<Reading> plant;
-  herald::Broker<std::string> plant_commands;
-  // A local subscriber: in-process fan-out, no network involved.
-  auto plant_alarm = plant.subscribe("sensors.*.temperature");
-  // Readings leave the plant under the prefix "plant1"; commands come back the same way.
-  herald::nats::Bridge<Reading> plant_out(
-      plant, {.url = url, .exports = {{.pattern = "sensors.>", .prefix = "plant1"}}});
-  herald::nats::Bridge<std::string> plant_in(
-      plant_commands, {.url = url, .imports = {{.pattern = "commands.>", .prefix = "plant1"}}});
-  auto setpoints = plant_commands.subscribe("commands.*.setpoint");
+  herald::Broker<Reading> readings;
+  herald::Broker<std::string> commands;
+  auto alarm = readings.subscribe("sensors.*.temperature");  // local: no network involved
+  auto ready = commands.subscribe("commands.dashboard.ready");
+  auto setpoints = commands.subscribe("commands.*.setpoint");
+  // Readings leave under the prefix "plant1"; commands come back the same way.
+  herald::nats::Bridge<Reading> out(
+      readings, {.url = url, .exports = {{.pattern = "sensors.>", .prefix = "plant1"}}});
+  herald::nats::Bridge<std::string> in(
+      commands, {.url = url, .imports = {{.pattern = "commands.>", .prefix = "plant1"}}});
 
-  // --- The dashboard: shows readings, sends commands. ---
-  herald::Broker<Reading> dashboard;
-  herald::Broker<std::string> dashboard_commands;
-  // Two local subscribers, different wildcards, fed by one import.
-  auto kitchen_panel = dashboard.subscribe("sensors.kitchen.*");
-  auto all_sensors = dashboard.subscribe("sensors.>");
-  herald::nats::Bridge<Reading> dashboard_in(
-      dashboard, {.url = url, .imports = {{.pattern = "sensors.>", .prefix = "plant1"}}});
-  herald::nats::Bridge<std::string> dashboard_out(
-      dashboard_commands, {.url = url, .exports = {{.pattern = "commands.>", .prefix = "plant1"}}});
+  const pid_t child = start_dashboard(url);
+  if (child < 0) {
+    fmt::print(stderr, "nats_bridge: cannot start the dashboard process\n");
+    return 1;
+  }
+  fmt::print("[    plant] started the dashboard as process {}\n", child);
+  bool ok = ready.receive_for(20s).has_value();
 
   // The plant publishes locally, exactly as without NATS.
-  plant.publish("sensors.kitchen.temperature", Reading{1, 21.5});
-  plant.publish("sensors.kitchen.humidity", Reading{2, 40.0});
-  plant.publish("sensors.cellar.temperature", Reading{3, 12.25});
-
-  while (auto m = plant_alarm.receive_for(1s)) {
-    fmt::print("plant     local  {:<28} sensor {} {:6.2f}\n", m->topic(), (*m)->sensor,
+  readings.publish("sensors.kitchen.temperature", Reading{1, 21.5});
+  readings.publish("sensors.kitchen.humidity", Reading{2, 40.0});
+  readings.publish("sensors.cellar.temperature", Reading{3, 12.25});
+  for (int i = 0; ok && i < 2; ++i) {  // the two temperatures
+    auto m = alarm.receive_for(1s);
+    if (!m) break;
+    fmt::print("[    plant] local   {:<28} sensor {} {:6.2f}\n", m->topic(), (*m)->sensor,
                (*m)->celsius);
-    if (plant_alarm.stats().received == 2) break;  // the two temperatures
   }
-  for (int i = 0; i < 3; ++i) {
-    auto m = all_sensors.receive_for(5s);
-    if (!m) return 1;
-    fmt::print("dashboard remote {:<28} sensor {} {:6.2f}  (origin: bridge {:016x})\n", m->topic(),
-               (*m)->sensor, (*m)->celsius, m->origin());
-  }
-  for (int i = 0; i < 2; ++i) {
-    auto m = kitchen_panel.receive_for(5s);
-    if (!m) return 1;
-    fmt::print("dashboard kitchen panel {:<21} sensor {}\n", m->topic(), (*m)->sensor);
-  }
+  auto command = ok ? setpoints.receive_for(20s) : std::nullopt;
+  if (command) fmt::print("[    plant] remote  {:<28} \"{}\"\n", command->topic(), **command);
+  out.flush(5s);
 
-  // The dashboard answers with a command; it crosses back to the plant.
-  dashboard_commands.publish("commands.kitchen.setpoint", "20.0");
-  if (auto m = setpoints.receive_for(5s)) {
-    fmt::print("plant     remote {:<28} \"{}\"\n", m->topic(), **m);
-  }
-
-  plant_out.flush(2s);
-  dashboard_out.flush(2s);
-  fmt::print("\n");
-  print_stats("plant", plant_out.stats());
-  print_stats("dashboard", dashboard_in.stats());
+  int status = 0;
+  waitpid(child, &status, 0);
+  print_stats("plant", out.stats());
+  const bool child_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  fmt::print("{}\n", ok && command && child_ok ? "both processes saw everything they expected"
+                                               : "something did not cross");
   // NATS core delivery is at most once: for durable streams, put JetStream behind the subjects.
+  return ok && command && child_ok ? 0 : 1;
 }
