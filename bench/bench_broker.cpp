@@ -21,8 +21,8 @@
 //                    3 queues drained between batches, outside the clock.
 //
 //   bench_broker [--reps=N] [--only=block|drop|wildcard] [--deliveries=N] [--budget-ms=N]
-//                [--fanout=N] [--nonmatching=N] [--peer=substring]   (the last three narrow a
-//                run down, e.g. for profiling)
+//                [--fanout=N] [--nonmatching=N] [--peer=substring] [--pin]   (the last four
+//                narrow a run down for diagnosis; --pin fixes thread placement, see g_pin)
 //   HERALD_BENCH_SMOKE=1        tiny sizes, fan-out 1 and 8 only, one repetition
 //   HERALD_BENCH_RESULTS=path   also append machine-readable rows for bench/report.sh
 // Google Benchmark flags are accepted and ignored.
@@ -30,6 +30,8 @@
 
 #include <fmt/core.h>
 #include <fmt/format.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 
 #include "reference_broker.hpp"
@@ -91,6 +93,24 @@ enum class Mode { block, drop };
 /// A fan-out run stops publishing after this long even if it has not sent all its messages (the
 /// machine's load varies a lot, and the slowest contender must not stretch a run to minutes).
 std::chrono::nanoseconds g_run_budget = std::chrono::milliseconds(800);
+// --pin (diagnosis only): the publisher on CPU 0, consumers on the other CPUs, so that A/B runs
+// of one contender are not decided by where the scheduler happens to put two threads.
+bool g_pin = false;
+
+void pin_to_cpu(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+void unpin() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (unsigned i = 0; i < std::thread::hardware_concurrency(); ++i)
+    CPU_SET(i, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
 
 /// One measurement: the metric (deliveries/s for block, ns/publish for drop) and the fraction of
 /// offered deliveries that never reached a consumer.
@@ -144,8 +164,16 @@ struct Consumers {
     return sent;
   }
 
+  /// Called first by consumer thread `i`.
+  void arrive(unsigned i) {
+    const unsigned cpus = std::thread::hardware_concurrency();
+    if (g_pin && cpus > 1) pin_to_cpu(1 + i % (cpus - 1));
+    ready.count_down();
+  }
+
   /// Called when the consumers are ready: the start of the measured interval.
   Clock::time_point start() {
+    if (g_pin && std::thread::hardware_concurrency() > 1) pin_to_cpu(0);
     before = Usage::now();
     return Clock::now();
   }
@@ -159,6 +187,7 @@ struct Consumers {
                   std::uint64_t messages) {
     for (auto& t : threads)
       t.join();
+    if (g_pin) unpin();
     const Usage after = Usage::now();
     std::uint64_t total = 0;
     for (std::uint64_t r : received)
@@ -208,7 +237,7 @@ Outcome fanout_herald(unsigned n, std::uint64_t messages, Mode mode) {
   Consumers c(n);
   for (unsigned i = 0; i < n; ++i) {
     c.threads.emplace_back([&, i] {
-      c.ready.count_down();
+      c.arrive(i);
       SeqCheck check;
       std::uint64_t got = 0;
       while (auto m = subs[i].receive()) {
@@ -253,7 +282,7 @@ Outcome fanout_reference(unsigned n, std::uint64_t messages, Mode mode) {
   Consumers c(n);
   for (unsigned i = 0; i < n; ++i) {
     c.threads.emplace_back([&, i] {
-      c.ready.count_down();
+      c.arrive(i);
       SeqCheck check;
       std::uint64_t got = 0;
       while (auto m = queues[i]->pop()) {
@@ -319,7 +348,7 @@ Outcome fanout_zmq(unsigned n, std::uint64_t messages, Mode mode) {
       check_zmq(zmq_setsockopt(sub, ZMQ_LINGER, &zero, sizeof zero), "LINGER");
       check_zmq(zmq_connect(sub, endpoint.c_str()), "connect");
       check_zmq(zmq_setsockopt(sub, ZMQ_SUBSCRIBE, kTopic.data(), kTopic.size()), "SUBSCRIBE");
-      c.ready.count_down();
+      c.arrive(i);
       SeqCheck check;
       std::uint64_t got = 0;
       bool warm = false;
@@ -586,6 +615,7 @@ int main(int argc, char** argv) {
     if (a.rfind("--nonmatching=", 0) == 0) {
       nonmatching_only = std::strtoull(argv[i] + 14, nullptr, 10);
     }
+    if (a == "--pin") g_pin = true;
     if (a.rfind("--fanout=", 0) == 0) fanout_only = static_cast<unsigned>(std::atoi(argv[i] + 9));
     if (a.rfind("--deliveries=", 0) == 0) {
       deliveries = std::max<std::uint64_t>(1000, std::strtoull(argv[i] + 13, nullptr, 10));

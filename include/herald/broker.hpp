@@ -59,12 +59,11 @@ struct Origin {
 
 namespace detail {
 
-/// A string hash usable with std::string_view lookups (no temporary std::string).
+/// A string hash usable with std::string_view lookups (no temporary std::string), word-wise like
+/// the trie's token hash: a quarter of the instructions of std::hash on typical topics.
 struct TopicHash {
   using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept {
-    return std::hash<std::string_view>{}(s);
-  }
+  std::size_t operator()(std::string_view s) const noexcept { return TokenHash{}(s); }
 };
 
 /// The routing state shared by a Broker, its subscriptions (weakly) and its Publishers.
@@ -127,13 +126,16 @@ class BrokerCore final : public Registry<T> {
     lock.unlock();
   }
 
-  /// The current route for a (valid) topic: from the cache, or resolved and cached.
+  /// The current route for a topic: from the cache, or validated, resolved and cached. Only
+  /// valid topics are ever cached, so a hit needs no validation.
+  /// Throws: InvalidTopic when `topic` is not a valid literal topic.
   std::shared_ptr<const Route> route(std::string_view topic) {
     {
       std::shared_lock lock(mutex_);
       const auto it = cache_.find(topic);
       if (it != cache_.end()) return it->second;
     }
+    validate_topic(topic);
     std::unique_lock lock(mutex_);
     const auto it = cache_.find(topic);
     if (it != cache_.end()) return it->second;
@@ -177,10 +179,14 @@ class BrokerCore final : public Registry<T> {
       counters_.add(no_subscriber, 1);
       return r;
     }
-    const auto m = Message<T>::make(topic, sequence_.fetch_add(1, std::memory_order_relaxed) + 1,
-                                    origin, std::forward<Args>(args)...);
-    for (const StatePtr& s : route.plain)
-      tally(r, s->offer(m, *this));
+    auto m = Message<T>::make(topic, sequence_.fetch_add(1, std::memory_order_relaxed) + 1, origin,
+                              std::forward<Args>(args)...);
+    // The last plain subscriber (when no group follows) takes the message itself: no reference
+    // count increment here and decrement later, on a line the consumer is about to write too.
+    const std::size_t copies = route.groups.empty() ? route.plain.size() - 1 : route.plain.size();
+    for (std::size_t i = 0; i < copies; ++i)
+      tally(r, route.plain[i]->offer(m, *this));
+    if (copies < route.plain.size()) tally(r, route.plain.back()->offer(std::move(m), *this));
     for (const GroupRoute& g : route.groups)
       offer_to_group(r, g, m);
     counters_.add(published, 1);
@@ -413,7 +419,6 @@ class Broker {
   template <class... Args>
   PublishResult publish_from(Origin origin, std::string_view topic, Args&&... args) {
     if (core_->closed()) return PublishResult{.closed = true};
-    validate_topic(topic);
     return core_->deliver(*core_->route(topic), topic, origin.id, std::forward<Args>(args)...);
   }
 

@@ -2,6 +2,8 @@
 // subscriber it is delivered to.
 #pragma once
 
+#include <herald/detail/block_pool.hpp>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -60,8 +62,11 @@ class Message {
   template <class... Args>
   [[nodiscard]] static Message make(std::string_view topic, std::uint64_t sequence,
                                     std::uint64_t origin, Args&&... args) {
-    return Message(std::make_shared<const detail::Envelope<T>>(topic, sequence, origin,
-                                                               std::forward<Args>(args)...));
+    // The envelope comes from the pool of its size (detail/block_pool.hpp): it is usually freed
+    // on another thread, which is malloc's slow path.
+    return Message(std::allocate_shared<detail::Envelope<T>>(
+        detail::PoolAllocator<detail::Envelope<T>>{}, topic, sequence, origin,
+        std::forward<Args>(args)...));
   }
 
  private:

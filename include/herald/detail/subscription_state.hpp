@@ -69,8 +69,11 @@ class SubscriptionState {
 
   /// Tries to enqueue without waiting; true when there was room. Queue groups use this to find
   /// a member with room before applying the policy of one of them.
-  bool try_offer(const Message<T>& m) {
-    if (!queue_.try_push(m)) return false;
+  // M is Message<T> (const& or &&). An rvalue is moved from only by the push that succeeds, so
+  // every retry below may forward it again.
+  template <class M>
+  bool try_offer(M&& m) {
+    if (!queue_.try_push(std::forward<M>(m))) return false;
     // Only consecutive overflows count for Overflow::disconnect. Read before writing so the
     // fast path never dirties the shared line.
     if (overflows_.load(std::memory_order_relaxed) != 0) {
@@ -81,13 +84,14 @@ class SubscriptionState {
   }
 
   /// Applies this subscriber's overflow policy to one message. Called by publishers, concurrently.
-  Offer offer(const Message<T>& m, Registry<T>& registry) {
+  template <class M>
+  Offer offer(M&& m, Registry<T>& registry) {
     switch (options_.overflow) {
       case Overflow::drop_incoming:
-        if (try_offer(m)) return Offer::delivered;
+        if (try_offer(std::forward<M>(m))) return Offer::delivered;
         return refuse_full();
       case Overflow::disconnect:
-        if (try_offer(m)) return Offer::delivered;
+        if (try_offer(std::forward<M>(m))) return Offer::delivered;
         if (queue_.is_closed()) return Offer::closed;
         dropped_full_.fetch_add(1, std::memory_order_relaxed);
         if (overflows_.fetch_add(1, std::memory_order_relaxed) + 1 >= options_.disconnect_after &&
@@ -97,7 +101,7 @@ class SubscriptionState {
         return Offer::dropped;
       case Overflow::drop_oldest: {
         bool evicted = false;
-        while (!try_offer(m)) {
+        while (!try_offer(std::forward<M>(m))) {
           if (queue_.is_closed()) return Offer::closed;
           // Evict one; the consumer may have made room meanwhile, in which case try again.
           if (queue_.try_pop()) {
@@ -108,10 +112,11 @@ class SubscriptionState {
         return evicted ? Offer::evicted_and_delivered : Offer::delivered;
       }
       case Overflow::block: {
-        if (try_offer(m)) return Offer::delivered;
+        if (try_offer(std::forward<M>(m))) return Offer::delivered;
         if (queue_.is_closed()) return Offer::closed;
         const bool forever = options_.block_timeout == std::chrono::nanoseconds::max();
-        const bool ok = forever ? queue_.push(m) : queue_.push_for(m, options_.block_timeout);
+        const bool ok = forever ? queue_.push(std::forward<M>(m))
+                                : queue_.push_for(std::forward<M>(m), options_.block_timeout);
         if (ok) {
           on_delivered();
           return Offer::delivered;
