@@ -88,7 +88,10 @@ def matching(path):
         "BM_linear_scan": "linear scan calling herald::matches",
     }
     sizes = set()
-    for name, reps in runs.items():
+    order = list(names)
+    for name, reps in sorted(runs.items(), key=lambda kv: (
+            order.index(kv[0].partition("/")[0]) if kv[0].partition("/")[0] in order else 99,
+            int(kv[0].partition("/")[2]) if kv[0].partition("/")[2].isdigit() else 0)):
         family, _, arg = name.partition("/")
         if family in names and arg.isdigit():
             sizes.add(int(arg))
@@ -114,12 +117,18 @@ def matching(path):
                               "met" if ratio <= 1 else "MISSED"))
     if len(sizes) > 1:
         lo, hi = min(sizes), max(sizes)
-        for family, what in (("BM_index_match_padded", "only non-matching patterns added"),
-                             ("BM_index_match", "mixed workload, matches grow with the count")):
-            a, b = median_of(family, lo), median_of(family, hi)
-            if a and b:
-                goals.append(Goal("matching", f"ns/match flat: at {hi} / at {lo} patterns, {what}",
-                                  b / a, "<= 1.5", "met" if b / a <= 1.5 else "MISSED"))
+        a, b = median_of("BM_index_match_padded", lo), median_of("BM_index_match_padded", hi)
+        if a and b:
+            goals.append(Goal("matching", f"ns/match flat in non-matching patterns: at {hi} / at "
+                              f"{lo} patterns, only non-matching ones added", b / a, "<= 1.5",
+                              "met" if b / a <= 1.5 else "MISSED"))
+        # Not the goal's condition (its extra patterns also match, so every probe visits more
+        # results), but the cost a real mixed subscription set sees: shown, not judged.
+        a, b = median_of("BM_index_match", lo), median_of("BM_index_match", hi)
+        if a and b:
+            goals.append(Goal("matching", f"ns/match growth at {hi} / at {lo} patterns on the "
+                              "mixed workload, where matches per probe grow too", b / a, "-",
+                              "info"))
         a, b = median_of("BM_index_insert_erase_one", lo), median_of("BM_index_insert_erase_one", hi)
         if a and b:
             goals.append(Goal("matching", f"subscribe+unsubscribe one pattern: at {hi} / at {lo} "
@@ -147,7 +156,13 @@ def nats(path):
         "bridge/pull_subscriber": "herald bridge, pull subscriber",
     }
     rates = {}
-    for name, reps in gbench_samples(path).items():
+    order = list(names)
+
+    def key(item):  # Google Benchmark's interleaving shuffles the order: restore it
+        base, _, size = item[0].rpartition("/")
+        return (int(size) if size.isdigit() else 0, order.index(base) if base in order else 99)
+
+    for name, reps in sorted(gbench_samples(path).items(), key=key):
         base, _, size = name.rpartition("/")
         if base in names and size.isdigit():
             values = [r["items_per_second"] / 1e3 for r in reps if "items_per_second" in r]
@@ -228,10 +243,49 @@ def workload_table(workload, by_x):
     return lines
 
 
+# The README's compact view: per suite, contenders down, workloads (or x) across.
+README_MATRICES = [
+    ("queue", None, "BoundedQueue, capacity 1024, 8-byte items (M items/s; ping-pong ns, lower is "
+     "better)"),
+    ("pool", None, "WorkerPool, 2 threads (ns per empty task; submit-to-start ns; lower is better)"),
+    ("broker", "fan-out, lossless", "Broker fan-out, lossless, 32-byte payload, by subscribers "
+     "(M deliveries/s)"),
+    ("matching", "match one topic", "Topic matching, by patterns registered (CPU ns per match)"),
+    ("nats", "bridged messages", "NATS bridge vs raw libnats, by payload size (k msgs/s)"),
+]
+
+
+def matrix(measures, suite, workload, title):
+    columns, rows, cell = [], [], {}
+    for (s, w), by_x in grouped(measures).items():
+        if s != suite or (workload and w != workload) or w in CHART_SKIP:
+            continue
+        for x, ms in by_x.items():
+            col = x if workload else w
+            columns.append(col)
+            herald = next((m for m in ms if is_herald(m.contender)), None)
+            for m in ms:
+                if m.contender not in rows:
+                    rows.append(m.contender)
+                ratio = advantage(herald, m) if herald and not is_herald(m.contender) else None
+                cell[(m.contender, col)] = fmt_num(m.median) + (f" ({ratio:.2f}x)" if ratio else "")
+    if not columns:
+        return []
+    if all(c.isdigit() for c in columns):
+        columns.sort(key=int)
+    rows.sort(key=lambda r: not is_herald(r))  # herald first, the peers in their own order
+    lines = [f"**{title}**", "", "| | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for r in rows:
+        name = f"**{r}**" if is_herald(r) else r
+        lines.append(f"| {name} | " + " | ".join(cell.get((r, c), "") for c in columns) + " |")
+    return lines + [""]
+
+
 def goals_table(goals):
     lines = ["| area | goal (DESIGN.md) | measured | target | verdict |", "|---|---|---:|---|---|"]
     for g in goals:
-        verdict = "met" if g.verdict == "met" else "**NOT MET**"
+        verdict = {"met": "met", "info": "diagnostic, not a goal"}.get(g.verdict, "**NOT MET**")
         lines.append(f"| {g.suite} | {g.what} | {g.measured:.2f} | {g.target} | {verdict} |")
     return lines
 
@@ -376,7 +430,8 @@ def main():
         raise SystemExit(f"report: no results for {', '.join(missing)}: a benchmark failed")
 
     png = write_chart(measures, out, smoke)
-    missed = [g for g in goals if g.verdict != "met"]
+    missed = [g for g in goals if g.verdict == "MISSED"]
+    judged = [g for g in goals if g.verdict != "info"]
 
     md = ["# herald benchmark report", ""]
     if smoke:
@@ -387,7 +442,7 @@ def main():
            "round-robin over the contenders, medians. \"herald vs it\" is how many times better "
            "herald's median is than that contender's (> 1: herald better; for rates herald / it, "
            "for times it / herald). Against the first herald row when a suite has several.",
-           "", f"Goals met: {len(goals) - len(missed)} of {len(goals)}.", ""]
+           "", f"Goals met: {len(judged) - len(missed)} of {len(judged)}.", ""]
     md += ["## Goals", ""] + goals_table(goals) + [""]
     if png:
         md += ["## Chart", "", f"![herald vs peers]({os.path.basename(png)})", ""]
@@ -405,16 +460,21 @@ def main():
     readme = [run_line(ctx), ""]
     if smoke:
         readme += ["**SMOKE RUN: not meaningful.**", ""]
-    readme += [f"Goals met: {len(goals) - len(missed)} of {len(goals)}; every goal below is a ratio "
-               "measured in this run.", ""] + goals_table(goals) + [""]
+    readme += ["Medians; in parentheses, how many times better herald is than that row "
+               "(> 1: herald better).", ""]
+    for suite, workload, title in README_MATRICES:
+        readme += matrix(measures, suite, workload, title)
     if png:
         readme += ["![herald vs peers](docs/benchmarks.png)", ""]
-    readme += ["Every table of this run (medians, min-max, herald's ratio against each peer): "
+    readme += [f"**Goals of DESIGN.md: {len(judged) - len(missed)} of {len(judged)} met in this "
+               "run.** Not met:", ""]
+    readme += [f"- {g.suite}: {g.what} = **{g.measured:.2f}** (goal {g.target})" for g in missed]
+    readme += ["", "Every goal with its ratio, and every table with min-max and repetitions: "
                "[docs/benchmarks.md](docs/benchmarks.md).", ""]
     with open(os.path.join(out, "readme_section.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(readme))
 
-    print(f"report: {len(measures)} measurements, {len(goals)} goals "
+    print(f"report: {len(measures)} measurements, {len(judged)} goals "
           f"({len(missed)} not met) -> {os.path.join(out, 'benchmarks.md')}"
           + (f", {png}" if png else ", no chart"))
     if len(args) == 3:
