@@ -101,11 +101,11 @@ int main() {
     const double celsius = invalid(i) ? 999.0 : 15.0 + (i % 200) * 0.1;
     broker.publish("raw." + std::to_string(sensor), Reading{sensor, celsius, 0});
   }
-  // No "wait until idle" for handler subscriptions: poll what the sink has seen (bounded).
-  while (sunk < kValid || dlq.stats().delivered < kInvalid) {
-    if (std::chrono::steady_clock::now() - start > 10s) break;
-    std::this_thread::sleep_for(100us);
-  }
+  // Wait for each stage in pipeline order: once a stage is idle, everything it will ever pass on
+  // has reached the next one (and the dead-letter topic).
+  bool idle = true;
+  for (const auto* stage : {&validator, &enricher0, &enricher1, &sink, &dashboard})
+    idle = stage->wait_idle(10s) && idle;
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
 
   const auto v = validator.stats(), d = dashboard.stats();
@@ -122,7 +122,7 @@ int main() {
   fmt::print("broker   : published {}, delivered {}, dropped {}, evicted {}\n", b.published,
              b.delivered, b.dropped, b.evicted);
 
-  const bool ok = sunk == kValid && v.dead_lettered == kInvalid &&
+  const bool ok = idle && sunk == kValid && v.dead_lettered == kInvalid &&
                   enriched[0] + enriched[1] == kValid && d.offered == kValid && d.dropped == 0 &&
                   b.dropped == 0;
   return ok ? 0 : 1;

@@ -395,3 +395,82 @@ TEST_CASE("closing the broker lets handlers finish what was queued", "[handler][
   h.unsubscribe();
   CHECK(seen == 20);
 }
+
+TEST_CASE("wait_idle after close: every accepted message is handled first", "[handler][idle]") {
+  herald::WorkerPool pool(2, 64);
+  const int kind = GENERATE(0, 1, 2);
+  INFO("executor " << (kind == 0 ? "pool" : kind == 1 ? "dedicated_thread" : "inline"));
+  Broker<int> broker;
+  std::atomic<int> handled{0};
+  auto handler = [&](const Message<int>&) {
+    std::this_thread::sleep_for(20us);
+    ++handled;
+  };
+  const herald::SubscribeOptions block{.capacity = 64, .overflow = Overflow::block};
+  auto h = kind == 0   ? broker.subscribe("q", handler, pool, block)
+           : kind == 1 ? broker.subscribe("q", handler, herald::dedicated_thread, block)
+                       : broker.subscribe("q", handler, herald::inline_executor, block);
+  const int n = herald_test::scaled(500);
+  for (int i = 0; i < n; ++i)
+    broker.publish("q", i);
+  broker.close();
+  CHECK(h.wait_idle(10s));
+  CHECK(handled.load() == n);
+  CHECK(h.stats().invocations == static_cast<std::uint64_t>(n));
+  CHECK(h.wait_idle(0s));  // nothing new: idle at once
+}
+
+TEST_CASE("wait_idle times out while the handler is busy, and succeeds once it is done",
+          "[handler][idle]") {
+  herald::WorkerPool pool(2, 64);
+  Broker<int> broker;
+  std::atomic<bool> open{false};
+  std::atomic<int> handled{0};
+  auto h = broker.subscribe(
+      "q",
+      [&](const Message<int>&) {
+        while (!open.load())
+          std::this_thread::sleep_for(100us);
+        ++handled;
+      },
+      pool);
+  for (int i = 0; i < 3; ++i)
+    broker.publish("q", i);
+  CHECK_FALSE(h.wait_idle(20ms));
+  std::jthread opener([&] {
+    std::this_thread::sleep_for(20ms);
+    open = true;
+  });
+  CHECK(h.wait_idle(10s));  // woken by the last message finishing, not by the timeout
+  CHECK(handled.load() == 3);
+}
+
+TEST_CASE("wait_idle returns false when unsubscribed with messages left, and inside the handler",
+          "[handler][idle]") {
+  Broker<int> broker;
+  std::atomic<bool> open{false};
+  std::atomic<bool> inside_result{true};
+  herald::HandlerSubscription<int> h;
+  h = broker.subscribe(
+      "q",
+      [&](const Message<int>& m) {
+        if (*m == 0) inside_result = h.wait_idle(1s);  // must not wait for itself
+        while (!open.load())
+          std::this_thread::sleep_for(100us);
+      },
+      herald::dedicated_thread);
+  for (int i = 0; i < 5; ++i)
+    broker.publish("q", i);
+  std::atomic<bool> waited{true};
+  std::jthread waiter([&] { waited = h.wait_idle(std::chrono::hours(1)); });
+  std::this_thread::sleep_for(10ms);
+  std::jthread opener([&] {
+    std::this_thread::sleep_for(10ms);
+    open = true;  // lets the running invocation finish, so unsubscribe can return
+  });
+  h.unsubscribe();  // 4 messages stay unhandled
+  waiter.join();
+  CHECK_FALSE(waited.load());
+  CHECK_FALSE(inside_result.load());
+  CHECK_FALSE(herald::HandlerSubscription<int>{}.wait_idle(0s));
+}

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -212,6 +213,21 @@ class HandlerSubscription {
   /// Stops delivery and waits for a running invocation to finish (see the class comment).
   /// Idempotent.
   void unsubscribe() noexcept { handle_.unsubscribe(); }
+
+  /// Waits until every message delivered to this subscription before the call has been handled
+  /// (evictions by drop_oldest count as done), at most `timeout` (duration::max(): forever).
+  /// Graceful shutdown is `broker.close(); h.wait_idle();`: a closed subscription still handles
+  /// what it had accepted. Returns false on timeout, once the subscription is unsubscribed or
+  /// stopped with messages unhandled, from inside its own handler, and for an empty handle.
+  /// Blocks: yes. Called from a task on the WorkerPool that runs this handler, it can wait for a
+  /// worker that never comes; wait from outside the pool.
+  template <class Rep = std::int64_t, class Period = std::nano>
+  bool wait_idle(std::chrono::duration<Rep, Period> timeout =
+                     std::chrono::duration<Rep, Period>::max()) const noexcept {
+    auto* s = state();
+    if (s == nullptr) return false;
+    return s->wait_idle(detail::Deadline::after(timeout));
+  }
 
   /// Why it closed, or CloseReason::open.
   [[nodiscard]] CloseReason close_reason() const noexcept { return handle_.close_reason(); }

@@ -86,8 +86,28 @@ class PushState final : public SubscriptionState<T>,
       while (auto m = self->queue().pop()) {
         self->note_received();
         if (!self->invoke(*m)) break;
+        self->note_finished();
       }
     });
+  }
+
+  /// Waits until every message delivered before the call has been handled (or evicted by
+  /// drop_oldest). False when `deadline` passes first, when the subscription is unsubscribed with
+  /// messages unhandled, or when called from inside this subscription's own handler.
+  bool wait_idle(const Deadline& deadline) noexcept {
+    if (running_handler == this) return false;  // it would wait for itself
+    const std::uint64_t target = this->stats().delivered;
+    for (;;) {
+      const std::uint32_t epoch = finished_epoch_.load(std::memory_order_seq_cst);
+      if (handled_or_evicted() >= target) return true;
+      if (cancelled() || deadline.passed()) return false;
+      // Dekker with note_finished(): announce, then re-check; it counts, then looks for us.
+      idle_waiters_.fetch_add(1, std::memory_order_seq_cst);
+      if (handled_or_evicted() < target && !cancelled()) {
+        futex_wait(finished_epoch_, epoch, deadline);  // returns at once if the epoch moved
+      }
+      idle_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+    }
   }
 
   /// Waits until no invocation runs and none will start. From inside the handler: returns at
@@ -95,6 +115,7 @@ class PushState final : public SubscriptionState<T>,
   void quiesce() noexcept override {
     cancelled_.store(1, std::memory_order_seq_cst);
     futex_wake(cancelled_, INT32_MAX);  // cut a backoff sleep short
+    wake_idle_waiters();                // they return false now
     if (executor_.kind() == ExecutorRef::Kind::thread) {
       if (thread_.joinable()) {
         if (thread_.get_id() == std::this_thread::get_id()) {
@@ -173,7 +194,7 @@ class PushState final : public SubscriptionState<T>,
         auto m = this->queue().try_pop();
         if (!m) break;
         this->note_received();
-        invoke(*m);
+        if (invoke(*m)) note_finished();
         ++n;
       }
       if (n == budget && !cancelled()) {
@@ -247,6 +268,24 @@ class PushState final : public SubscriptionState<T>,
     return error;
   }
 
+  // Every message that evicted another was delivered, and an eviction needs a full queue, whose
+  // messages the strand will still handle: so the last change a waiter needs is always a
+  // note_finished(), which wakes it.
+  std::uint64_t handled_or_evicted() const noexcept {
+    return finished_.load(std::memory_order_seq_cst) + this->stats().evicted;
+  }
+
+  void note_finished() noexcept {
+    finished_.fetch_add(1, std::memory_order_seq_cst);
+    // A load, no syscall, unless wait_idle() is waiting.
+    if (idle_waiters_.load(std::memory_order_seq_cst) != 0) wake_idle_waiters();
+  }
+
+  void wake_idle_waiters() noexcept {
+    finished_epoch_.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake(finished_epoch_, INT32_MAX);
+  }
+
   void leave_handler() noexcept {
     in_handler_.store(0, std::memory_order_seq_cst);
     // A load, no syscall, unless quiesce() is waiting.
@@ -305,6 +344,9 @@ class PushState final : public SubscriptionState<T>,
   alignas(cache_line_size) std::atomic<std::uint32_t> in_handler_{0};
   std::atomic<std::uint32_t> cancelled_{0};        // a futex word: backoff sleeps wait on it
   std::atomic<std::uint32_t> quiesce_waiters_{0};  // threads in quiesce() waiting on in_handler_
+  alignas(cache_line_size) std::atomic<std::uint64_t> finished_{0};  // messages handled
+  std::atomic<std::uint32_t> finished_epoch_{0};  // a futex word: bumped to wake wait_idle()
+  std::atomic<std::uint32_t> idle_waiters_{0};    // threads in wait_idle()
 
   std::atomic<std::uint64_t> invocations_{0};
   std::atomic<std::uint64_t> failures_{0};
