@@ -1,10 +1,12 @@
 // Message<T> and the envelope pool behind it (detail/block_pool.hpp): blocks are reused, the
 // pool's bound holds, payload lifetimes balance, and envelopes freed on other threads come back.
+#include <herald/broker.hpp>
 #include <herald/detail/block_pool.hpp>
 #include <herald/message.hpp>
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -99,4 +101,32 @@ TEST_CASE("envelopes freed by other threads are reused without loss or double us
   }
   CHECK_FALSE(wrong);
   CHECK(Counted::live == 0);
+}
+
+TEST_CASE("long topics are shared with the route, short ones copied; both outlive the broker",
+          "[message]") {
+  const std::string long_topic = "orders.europe.created.priority";  // > kInlineTopicBytes
+  REQUIRE(long_topic.size() > herald::detail::kInlineTopicBytes);
+  std::optional<Message<int>> a, b, c, d;
+  {
+    herald::Broker<int> broker;
+    auto sub = broker.subscribe(">", {.capacity = 16});
+    auto publisher = broker.publisher(long_topic);
+    broker.publish(long_topic, 1);
+    publisher.publish(2);
+    broker.publish("a.b", 3);
+    broker.publish("a.b", 4);
+    a = sub.try_receive();
+    b = sub.try_receive();
+    c = sub.try_receive();
+    d = sub.try_receive();
+  }  // broker, routes and subscription gone: the messages keep what they refer to
+  REQUIRE((a && b && c && d));
+  CHECK(a->topic() == long_topic);
+  CHECK(b->topic() == long_topic);
+  CHECK(&a->topic() == &b->topic());  // one string for the route, not one per message
+  CHECK(c->topic() == "a.b");
+  CHECK(d->topic() == "a.b");
+  CHECK(&c->topic() != &d->topic());
+  CHECK(**a + **b + **c + **d == 10);
 }

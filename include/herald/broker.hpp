@@ -84,6 +84,9 @@ class BrokerCore final : public Registry<T> {
   struct Route {
     std::vector<StatePtr> plain;
     std::vector<GroupRoute> groups;
+    /// A topic too long for std::string's inline buffer, shared by the messages published
+    /// through this route instead of one allocation each (null for short topics).
+    std::shared_ptr<const std::string> long_topic;
     std::uint64_t generation = 0;
     [[nodiscard]] bool empty() const noexcept { return plain.empty() && groups.empty(); }
   };
@@ -141,6 +144,8 @@ class BrokerCore final : public Registry<T> {
     if (it != cache_.end()) return it->second;
     auto r = std::make_shared<Route>();
     r->generation = generation_.load(std::memory_order_relaxed);
+    if (topic.size() > kInlineTopicBytes)
+      r->long_topic = std::make_shared<const std::string>(topic);
     std::vector<std::pair<const std::string*, std::size_t>> group_slots;  // key -> index in groups
     index_.match(topic, [&](const StatePtr& owner) {
       State* s = owner.get();
@@ -179,7 +184,8 @@ class BrokerCore final : public Registry<T> {
       counters_.add(no_subscriber, 1);
       return r;
     }
-    auto m = Message<T>::make(topic, sequence_.fetch_add(1, std::memory_order_relaxed) + 1, origin,
+    auto m = Message<T>::make(topic, route.long_topic,
+                              sequence_.fetch_add(1, std::memory_order_relaxed) + 1, origin,
                               std::forward<Args>(args)...);
     // The last plain subscriber (when no group follows) takes the message itself: no reference
     // count increment here and decrement later, on a line the consumer is about to write too.

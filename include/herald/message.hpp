@@ -5,6 +5,7 @@
 #include <herald/detail/block_pool.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -14,17 +15,29 @@
 namespace herald {
 
 namespace detail {
+
+/// Topics up to this many bytes are copied into each envelope (std::string's inline buffer, no
+/// allocation); longer ones are shared with the route that resolved them (see Message::make).
+inline constexpr std::size_t kInlineTopicBytes = 15;
+
 template <class T>
 struct Envelope {
+  // One constructor, so that the common case (a short topic, no shared string) stays inline.
   template <class... Args>
-  Envelope(std::string_view t, std::uint64_t seq, std::uint64_t org, Args&&... args)
+  Envelope(std::string_view t, const std::shared_ptr<const std::string>& shared, std::uint64_t seq,
+           std::uint64_t org, Args&&... args)
       : value(std::forward<Args>(args)...),
-        topic(t),
+        own_topic(shared ? std::string_view{} : t),
+        shared_topic(shared),
         sequence(seq),
         origin(org),
         published_at(std::chrono::steady_clock::now()) {}
+  [[nodiscard]] const std::string& topic() const noexcept {
+    return shared_topic ? *shared_topic : own_topic;
+  }
   const T value;
-  const std::string topic;
+  const std::string own_topic;                            // the topic, unless shared
+  const std::shared_ptr<const std::string> shared_topic;  // a long topic, shared, or null
   const std::uint64_t sequence;
   const std::uint64_t origin;
   const std::chrono::steady_clock::time_point published_at;
@@ -43,7 +56,7 @@ class Message {
   using value_type = T;
 
   /// The topic it was published to.
-  [[nodiscard]] const std::string& topic() const noexcept { return env_->topic; }
+  [[nodiscard]] const std::string& topic() const noexcept { return env_->topic(); }
   /// The value.
   [[nodiscard]] const T& value() const noexcept { return env_->value; }
   [[nodiscard]] const T& operator*() const noexcept { return env_->value; }
@@ -62,10 +75,20 @@ class Message {
   template <class... Args>
   [[nodiscard]] static Message make(std::string_view topic, std::uint64_t sequence,
                                     std::uint64_t origin, Args&&... args) {
+    return make(topic, nullptr, sequence, origin, std::forward<Args>(args)...);
+  }
+
+  /// As above; when `shared_topic` is set (it must equal `topic`), the message refers to that
+  /// string instead of copying it. The broker does this for topics longer than
+  /// detail::kInlineTopicBytes, sparing an allocation per publish.
+  template <class... Args>
+  [[nodiscard]] static Message make(std::string_view topic,
+                                    const std::shared_ptr<const std::string>& shared_topic,
+                                    std::uint64_t sequence, std::uint64_t origin, Args&&... args) {
     // The envelope comes from the pool of its size (detail/block_pool.hpp): it is usually freed
     // on another thread, which is malloc's slow path.
     return Message(std::allocate_shared<detail::Envelope<T>>(
-        detail::PoolAllocator<detail::Envelope<T>>{}, topic, sequence, origin,
+        detail::PoolAllocator<detail::Envelope<T>>{}, topic, shared_topic, sequence, origin,
         std::forward<Args>(args)...));
   }
 
