@@ -282,11 +282,17 @@ def matrix(measures, suite, workload, title):
     return lines + [""]
 
 
+def ratio_text(v):
+    """Two decimals, or three when two would round onto a threshold like 1.50."""
+    return f"{v:.3f}" if v < 10 and round(v, 2) != v and abs(v * 2 - round(v * 2)) < 0.01 else \
+        f"{v:.2f}"
+
+
 def goals_table(goals):
     lines = ["| area | goal (DESIGN.md) | measured | target | verdict |", "|---|---|---:|---|---|"]
     for g in goals:
         verdict = {"met": "met", "info": "diagnostic, not a goal"}.get(g.verdict, "**NOT MET**")
-        lines.append(f"| {g.suite} | {g.what} | {g.measured:.2f} | {g.target} | {verdict} |")
+        lines.append(f"| {g.suite} | {g.what} | {ratio_text(g.measured)} | {g.target} | {verdict} |")
     return lines
 
 
@@ -468,7 +474,8 @@ def main():
         readme += ["![herald vs peers](docs/benchmarks.png)", ""]
     readme += [f"**Goals of DESIGN.md: {len(judged) - len(missed)} of {len(judged)} met in this "
                "run.** Not met:", ""]
-    readme += [f"- {g.suite}: {g.what} = **{g.measured:.2f}** (goal {g.target})" for g in missed]
+    readme += [f"- {g.suite}: {g.what} = **{ratio_text(g.measured)}** (goal {g.target})"
+               for g in missed]
     readme += ["", "Every goal with its ratio, and every table with min-max and repetitions: "
                "[docs/benchmarks.md](docs/benchmarks.md).", ""]
     with open(os.path.join(out, "readme_section.md"), "w", encoding="utf-8") as f:
