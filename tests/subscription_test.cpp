@@ -449,24 +449,36 @@ TEST_CASE("wait_idle returns false when unsubscribed with messages left, and ins
           "[handler][idle]") {
   Broker<int> broker;
   std::atomic<bool> open{false};
+  std::atomic<bool> entered{false};
   std::atomic<bool> inside_result{true};
   herald::HandlerSubscription<int> h;
   h = broker.subscribe(
       "q",
       [&](const Message<int>& m) {
-        if (*m == 0) inside_result = h.wait_idle(1s);  // must not wait for itself
+        if (*m == 0) {
+          inside_result = h.wait_idle(1s);  // must not wait for itself
+          entered = true;
+        }
         while (!open.load())
           std::this_thread::sleep_for(100us);
       },
       herald::dedicated_thread);
   for (int i = 0; i < 5; ++i)
     broker.publish("q", i);
+  // Unsubscribing before the first invocation starts would skip it (correctly): wait for it.
+  REQUIRE(eventually([&] { return entered.load(); }));
   std::atomic<bool> waited{true};
-  std::jthread waiter([&] { waited = h.wait_idle(std::chrono::hours(1)); });
-  std::this_thread::sleep_for(10ms);
+  std::atomic<bool> waiter_done{false};
+  std::jthread waiter([&] {
+    waited = h.wait_idle(std::chrono::hours(1));
+    waiter_done = true;
+  });
+  // The gate opens only once the waiter has its answer: unsubscribe cancels first (which must
+  // wake the waiter), then waits for the invocation blocked on the gate. No timing involved.
   std::jthread opener([&] {
-    std::this_thread::sleep_for(10ms);
-    open = true;  // lets the running invocation finish, so unsubscribe can return
+    while (!waiter_done.load())
+      std::this_thread::sleep_for(100us);
+    open = true;
   });
   h.unsubscribe();  // 4 messages stay unhandled
   waiter.join();
