@@ -17,9 +17,11 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 using herald::BoundedQueue;
 using namespace std::chrono_literals;
+using herald_test::let_it_park;
 
 namespace {
 
@@ -74,12 +76,6 @@ void wait_for(const std::atomic<bool>& flag) {
 std::atomic<int> g_thread_failures{0};
 void expect(bool ok) {
   if (!ok) g_thread_failures.fetch_add(1);
-}
-
-// Gives a thread that is about to block time to actually park. The assertions never depend on it:
-// they hold whether or not the thread had parked yet; it only makes the tested path the likely one.
-void let_it_park() {
-  std::this_thread::sleep_for(30ms);
 }
 
 }  // namespace
@@ -507,58 +503,4 @@ TEST_CASE("a throwing write in try_pop_many loses only the element being written
     CHECK(Counted::alive == 0);
   }
   CHECK(Counted::double_destroyed == 0);
-}
-
-// ---- detail/parking.hpp, the waiting primitive the queue (and the pool and broker) build on ----
-
-TEST_CASE("Deadline::after maps zero to passed, huge to forever, and never overflows",
-          "[parking]") {
-  using herald::detail::Deadline;
-  CHECK(Deadline::after(0s).passed());
-  CHECK(Deadline::after(-1ms).passed());
-  CHECK_FALSE(Deadline::after(1h).passed());
-  CHECK_FALSE(Deadline::after(1h).is_forever());
-  CHECK(Deadline::after(std::chrono::nanoseconds::max()).is_forever());
-  CHECK(Deadline::after(std::chrono::hours::max()).is_forever());
-  CHECK(Deadline::after(std::chrono::duration<double>::max()).is_forever());
-  CHECK(Deadline::after(std::chrono::duration<std::uint64_t, std::milli>::max()).is_forever());
-  const auto d = Deadline::after(std::chrono::duration<double, std::milli>(2.5));
-  CHECK(d.when() > std::chrono::steady_clock::now() - 1s);
-  CHECK_FALSE(Deadline::forever().passed());
-}
-
-TEST_CASE("wait_until wakes on notify, times out, and honours a stop request", "[parking]") {
-  using herald::detail::Deadline;
-  using herald::detail::EventCount;
-  using herald::detail::wait_until;
-  using herald::detail::WaitStatus;
-  EventCount ec;
-  std::atomic<int> state{0};
-  const auto ready = [&] { return state.load(std::memory_order_seq_cst) != 0; };
-
-  CHECK(wait_until(ec, ready, Deadline::after(0s)) == WaitStatus::timeout);
-  CHECK(wait_until(ec, ready, Deadline::after(5ms)) == WaitStatus::timeout);
-
-  std::vector<std::jthread> waiters;
-  std::atomic<int> done{0};
-  for (int i = 0; i < 3; ++i) {
-    waiters.emplace_back([&] {
-      if (wait_until(ec, ready) == WaitStatus::done) ++done;
-    });
-  }
-  let_it_park();
-  state.store(1, std::memory_order_seq_cst);
-  ec.notify_one();  // one wake-up; the woken waiter hands it on until all have seen the change
-  waiters.clear();
-  CHECK(done == 3);
-
-  state.store(0, std::memory_order_seq_cst);
-  std::stop_source stop;
-  WaitStatus status = WaitStatus::done;
-  std::jthread stopped(
-      [&] { status = wait_until(ec, ready, Deadline::forever(), stop.get_token()); });
-  let_it_park();
-  stop.request_stop();
-  stopped.join();
-  CHECK(status == WaitStatus::stopped);
 }

@@ -2,12 +2,14 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace herald_test {
 
@@ -48,6 +50,11 @@ inline std::uint64_t seed(const char* test) {
   }
   std::cout << test << ": seed " << s << " (replay with HERALD_SEED=" << s << ")\n";
   return s;
+}
+
+/// Gives a thread that is about to block time to actually park (placeholder, replaced below).
+inline void let_it_park() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
 }
 
 /// Scales stress sizes down under the sanitizers, which are 5-20x slower.

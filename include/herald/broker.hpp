@@ -2,11 +2,16 @@
 // bounded queues, per-subscriber overflow policies, queue groups and exact counters.
 #pragma once
 
-#include <herald/detail/sharded_counters.hpp>
-#include <herald/detail/subscription_state.hpp>
+#include <herald/detail/cache_line.hpp>
+#include <herald/detail/counters.hpp>
+#include <herald/detail/hashing.hpp>
+#include <herald/executor.hpp>
+#include <herald/handler_state.hpp>
 #include <herald/message.hpp>
 #include <herald/policy.hpp>
+#include <herald/stats.hpp>
 #include <herald/subscription.hpp>
+#include <herald/subscription_state.hpp>
 #include <herald/topic.hpp>
 #include <herald/topic_index.hpp>
 
@@ -28,29 +33,6 @@
 
 namespace herald {
 
-/// What one publish did.
-struct PublishResult {
-  std::size_t matched = 0;    ///< open subscriptions (a queue group counts once) it was offered to
-  std::size_t delivered = 0;  ///< of those, how many queued it
-  std::size_t dropped = 0;    ///< of those, how many refused it (full, or block timeout)
-  std::size_t evicted = 0;    ///< drop_oldest subscribers that evicted an older message for it
-  bool closed = false;        ///< the broker was closed: nothing was offered to anyone
-
-  /// True when at least one subscriber queued the message.
-  explicit operator bool() const noexcept { return delivered != 0; }
-};
-
-/// Broker totals. `delivered + dropped` is the number of offers made.
-struct BrokerStats {
-  std::uint64_t published = 0;      ///< publish calls on an open broker
-  std::uint64_t delivered = 0;      ///< messages queued, summed over subscribers
-  std::uint64_t dropped = 0;        ///< offers refused (full, block timeout)
-  std::uint64_t evicted = 0;        ///< offers that evicted older messages (drop_oldest); a
-                                    ///< subscription's own stats count every eviction
-  std::uint64_t no_subscriber = 0;  ///< publishes that matched no subscription
-  std::size_t subscriptions = 0;    ///< live subscriptions now
-};
-
 /// Tags a publish with where it came from, so that a bridge can recognise and skip what it
 /// imported itself. Local publishes have origin 0.
 struct Origin {
@@ -58,13 +40,6 @@ struct Origin {
 };
 
 namespace detail {
-
-/// A string hash usable with std::string_view lookups (no temporary std::string), word-wise like
-/// the trie's token hash: a quarter of the instructions of std::hash on typical topics.
-struct TopicHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept { return TokenHash{}(s); }
-};
 
 /// The routing state shared by a Broker, its subscriptions (weakly) and its Publishers.
 template <class T>
@@ -91,7 +66,14 @@ class BrokerCore final : public Registry<T> {
     [[nodiscard]] bool empty() const noexcept { return plain.empty() && groups.empty(); }
   };
 
-  enum Counter : std::size_t { published, delivered, dropped, evicted, no_subscriber, kCounters };
+  enum Counter : std::size_t {
+    published,
+    delivered,
+    dropped,
+    evicted,
+    no_subscriber,
+    counter_count
+  };
 
   /// Registers a subscription. The caller has validated the pattern.
   void add(const StatePtr& s) {
@@ -121,7 +103,7 @@ class BrokerCore final : public Registry<T> {
       const auto g = groups_.find(group_key(s));
       if (g != groups_.end() && --g->second.members == 0) groups_.erase(g);
     }
-    // Destroy our reference after unlocking: the last owner may run a push subscription's
+    // Destroy our reference after unlocking: the last owner may run a handler subscription's
     // teardown, which must not happen under the registry lock.
     StatePtr last = std::move(it->second);
     live_.erase(it);
@@ -221,6 +203,24 @@ class BrokerCore final : public Registry<T> {
       s->close(CloseReason::broker_closed);
   }
 
+  /// Calls `visit(const SubscriptionInfo&)` for each live subscription, on a snapshot taken
+  /// under the registry lock and visited outside it.
+  template <class Visitor>
+  void for_each(Visitor& visit) const {
+    std::vector<StatePtr> all;
+    {
+      std::shared_lock lock(mutex_);
+      all.reserve(live_.size());
+      for (const auto& [raw, owner] : live_)
+        all.push_back(owner);
+    }
+    for (const StatePtr& s : all) {
+      const SubscriptionInfo info{s->kind(), s->pattern(), s->options(), s->stats(),
+                                  s->handler_counters()};
+      visit(info);
+    }
+  }
+
   [[nodiscard]] BrokerStats stats() const {
     BrokerStats s;
     s.published = counters_.sum(published);
@@ -295,7 +295,7 @@ class BrokerCore final : public Registry<T> {
   std::atomic<bool> closed_{false};
   alignas(cache_line_size) std::atomic<std::uint64_t> generation_{0};
   alignas(cache_line_size) std::atomic<std::uint64_t> sequence_{0};
-  ShardedCounters<kCounters> counters_;
+  ShardedCounters<counter_count> counters_;
 };
 
 }  // namespace detail
@@ -378,33 +378,31 @@ class Broker {
   }
 
   /// Subscribes `handler(const Message<T>&)` to `pattern`, run by `executor`: a WorkerPool&,
-  /// herald::inline_executor (inside publish, in the publisher's thread) or
-  /// herald::dedicated_thread. Messages wait in the subscription's own queue (so `options` and
-  /// its overflow policy apply as for pull subscriptions); at most one invocation runs at a time,
-  /// in publish order. A handler that throws is counted, reported to `handler_options.on_error`,
-  /// retried per `handler_options.retry`, then dead-lettered if `dead_letters` is set.
-  /// Unsubscribe is quiescent (see HandlerSubscription).
+  /// herald::inline_executor (inside publish, in the publisher's thread),
+  /// herald::dedicated_thread, or any herald::Executor. Messages wait in the subscription's own
+  /// queue (so `options` and its overflow policy apply as for pull subscriptions); at most one
+  /// invocation runs at a time, in publish order. A handler that throws is counted, reported to
+  /// `handler_options.on_error`, retried per `handler_options.retry`, then handed to
+  /// `handler_options.dead_letters`. Unsubscribe is quiescent (see HandlerSubscription).
   /// Throws: InvalidTopic for an invalid pattern; std::invalid_argument for capacity 0.
   template <class Handler>
-  requires std::invocable < Handler&, const Message<T>
-  & > [[nodiscard]] HandlerSubscription<T> subscribe(std::string_view pattern, Handler&& handler,
-                                                     detail::ExecutorRef executor,
-                                                     SubscribeOptions options,
+  requires(MessageHandler<Handler, T>)
+      [[nodiscard]] HandlerSubscription<T> subscribe(std::string_view pattern, Handler&& handler,
+                                                     ExecutorRef executor, SubscribeOptions options,
                                                      HandlerOptions<T> handler_options,
                                                      std::stop_token stop = {}) {
-    auto state = make_state<detail::PushState<T>>(
+    auto state = make_state<detail::HandlerState<T>>(
         pattern, std::move(options),
-        typename detail::PushState<T>::Handler(std::forward<Handler>(handler)), executor,
+        typename detail::HandlerState<T>::Handler(std::forward<Handler>(handler)), executor,
         std::move(handler_options));
-    state->start();
     return HandlerSubscription<T>(register_state(std::move(state), std::move(stop)));
   }
 
   /// As above, without failure-handling options.
   template <class Handler>
-  requires std::invocable < Handler&, const Message<T>
-  & > [[nodiscard]] HandlerSubscription<T> subscribe(std::string_view pattern, Handler&& handler,
-                                                     detail::ExecutorRef executor,
+  requires(MessageHandler<Handler, T>)
+      [[nodiscard]] HandlerSubscription<T> subscribe(std::string_view pattern, Handler&& handler,
+                                                     ExecutorRef executor,
                                                      SubscribeOptions options = {},
                                                      std::stop_token stop = {}) {
     return subscribe(pattern, std::forward<Handler>(handler), executor, std::move(options),
@@ -443,8 +441,19 @@ class Broker {
   /// Totals since construction.
   [[nodiscard]] BrokerStats stats() const { return core_->stats(); }
 
+  /// Calls `visit(const herald::SubscriptionInfo&)` once for every live subscription: its kind,
+  /// pattern, options and counters (what an exporter needs). The set is a snapshot taken when
+  /// the call starts; `visit` runs without any broker lock held, so it may subscribe, unsubscribe
+  /// or publish.
+  /// Complexity: O(subscriptions).
+  template <class Visitor>
+  requires(std::invocable<Visitor&, const SubscriptionInfo&>) void for_each_subscription(
+      Visitor&& visit) const {
+    core_->for_each(visit);
+  }
+
  private:
-  /// Seam for push (handler) subscriptions: builds a state of type S after validating input.
+  /// Builds a subscription state of type S (pull or handler) after validating the pattern.
   template <class S, class... Extra>
   std::shared_ptr<S> make_state(std::string_view pattern, SubscribeOptions options,
                                 Extra&&... extra) {
@@ -467,11 +476,5 @@ class Broker {
 
   std::shared_ptr<detail::BrokerCore<T>> core_ = std::make_shared<detail::BrokerCore<T>>();
 };
-
-template <class T>
-void detail::publish_dead_letter(Broker<DeadLetter<T>>& dlq, DeadLetter<T> letter) {
-  std::string topic = std::string(dead_letter_prefix) + letter.message.topic();
-  dlq.publish(topic, std::move(letter));
-}
 
 }  // namespace herald

@@ -1,16 +1,19 @@
-// What a subscriber asks for: queue size, what happens when its queue is full, queue groups;
-// and why a subscription closed.
+// What a subscriber asks for: queue size, what happens when its queue is full, queue groups,
+// failure handling for handlers; and why a subscription closed.
 #pragma once
 
 #include <herald/message.hpp>
 
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 
 namespace herald {
 
@@ -54,15 +57,6 @@ struct SubscribeOptions {
   std::string queue_group{};
 };
 
-/// Executor for handler subscriptions: the handler runs inside `publish`, in the publisher's
-/// thread (like a signal/slot library), still one invocation at a time per subscription.
-struct InlineExecutor {};
-inline constexpr InlineExecutor inline_executor{};
-
-/// Executor for handler subscriptions: the subscription gets a thread of its own.
-struct DedicatedThread {};
-inline constexpr DedicatedThread dedicated_thread{};
-
 /// How a handler subscription retries a message whose handler threw.
 /// Backoff between attempts uses "decorrelated jitter": each delay is drawn uniformly from
 /// [initial_backoff, 3 x the previous delay], capped at max_backoff.
@@ -81,12 +75,52 @@ struct DeadLetter {
   std::string pattern;         ///< the pattern of the subscription that failed
 };
 
-template <class T>
-class Broker;
-
 /// The prefix of dead-letter topics: a message on topic `orders.eu` that exhausted its retries is
-/// published as DeadLetter<T> on `$DLQ.orders.eu`.
+/// published as DeadLetter<T> on `$DLQ.orders.eu` when the sink is a broker.
 inline constexpr std::string_view dead_letter_prefix = "$DLQ.";
+
+/// Something with `publish(topic, DeadLetter<T>)` returning a result with a `closed` flag: a
+/// Broker<DeadLetter<T>> (named by what it can do, so this floor needs no broker header).
+template <class B, class T>
+concept DeadLetterPublisher = requires(B& b, std::string_view topic, DeadLetter<T>&& letter) {
+  { b.publish(topic, std::move(letter)).closed } -> std::convertible_to<bool>;
+};
+
+/// Where a handler subscription sends the messages whose handler failed every attempt: any
+/// callable `bool(DeadLetter<T>&&)` (true when it accepted the letter), or a pointer to a
+/// Broker<DeadLetter<T>>, which receives each letter on `$DLQ.<original topic>` (accepted unless
+/// that broker is closed). Empty: failed messages are only counted.
+template <class T>
+class DeadLetterSink {
+ public:
+  DeadLetterSink() = default;
+  DeadLetterSink(std::nullptr_t) noexcept {}  // NOLINT(google-explicit-constructor)
+
+  template <class F>
+  requires(std::is_invocable_r_v<bool, F&, DeadLetter<T>&&> && !std::is_pointer_v<F>)
+      DeadLetterSink(F f)
+      : sink_(std::move(f)) {}  // NOLINT(google-explicit-constructor)
+
+  template <class B>
+  requires(DeadLetterPublisher<B, T>)
+      DeadLetterSink(B* broker) {  // NOLINT(google-explicit-constructor)
+    if (broker == nullptr) return;
+    sink_ = [broker](DeadLetter<T>&& letter) {
+      std::string topic(dead_letter_prefix);
+      topic += letter.message.topic();
+      return !broker->publish(topic, std::move(letter)).closed;
+    };
+  }
+
+  explicit operator bool() const noexcept { return static_cast<bool>(sink_); }
+
+  /// Hands over one letter; true when the sink accepted it.
+  /// Throws: what the sink throws.
+  bool operator()(DeadLetter<T>&& letter) const { return sink_(std::move(letter)); }
+
+ private:
+  std::function<bool(DeadLetter<T>&&)> sink_;
+};
 
 /// Options that only handler subscriptions have: failure handling.
 template <class T>
@@ -94,9 +128,9 @@ struct HandlerOptions {
   /// Called (on the handler's thread) after every failed attempt. Exceptions from it are ignored.
   std::function<void(const Message<T>&, std::exception_ptr)> on_error{};
   RetryPolicy retry{};
-  /// When set, messages that failed every attempt are published there as DeadLetter<T> on
-  /// `$DLQ.<original topic>`. It must outlive the subscription.
-  Broker<DeadLetter<T>>* dead_letters = nullptr;
+  /// Where messages that failed every attempt go (see DeadLetterSink): a callable, or a pointer
+  /// to a Broker<DeadLetter<T>> (which must outlive the subscription). Empty: only counted.
+  DeadLetterSink<T> dead_letters{};
   /// How backoff waits are done; tests inject a recorder. Empty: wait on a clock, waking early
   /// when the subscription is unsubscribed.
   std::function<void(std::chrono::nanoseconds)> sleep{};

@@ -2,10 +2,12 @@
 // receive() or range-for; destroying the handle unsubscribes.
 #pragma once
 
-#include <herald/detail/push_state.hpp>
-#include <herald/detail/subscription_state.hpp>
+#include <herald/detail/parking.hpp>
+#include <herald/handler_state.hpp>
 #include <herald/message.hpp>
 #include <herald/policy.hpp>
+#include <herald/stats.hpp>
+#include <herald/subscription_state.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -38,7 +40,7 @@ struct StopUnsubscribe {
   }
 };
 
-/// What pull and push subscription handles share: ownership, unsubscribe, stop_token, stats.
+/// What pull and handler subscription handles share: ownership, unsubscribe, stop_token, stats.
 template <class T>
 class SubscriptionHandle {
  public:
@@ -196,7 +198,7 @@ class Subscription {
   detail::SubscriptionHandle<T> handle_;
 };
 
-/// The handle of a handler (push) subscription: `handler(const Message<T>&)` runs on the chosen
+/// The handle of a handler subscription: `handler(const Message<T>&)` runs on the chosen
 /// executor, at most one invocation at a time, in publish order.
 ///
 ///     auto h = broker.subscribe("orders.>", [](const herald::Message<Order>& m) { ... }, pool);
@@ -246,8 +248,8 @@ class HandlerSubscription {
   explicit HandlerSubscription(detail::SubscriptionHandle<T> handle) noexcept
       : handle_(std::move(handle)) {}
 
-  detail::PushState<T>* state() const noexcept {
-    return static_cast<detail::PushState<T>*>(handle_.state());
+  detail::HandlerState<T>* state() const noexcept {
+    return static_cast<detail::HandlerState<T>*>(handle_.state());
   }
 
   detail::SubscriptionHandle<T> handle_;

@@ -247,7 +247,6 @@ class Pattern {
       if (tok == "*" || tok == ">") literal_ = false;
       return true;
     });
-    full_wildcard_ = text_.back() == '>' && tokens_.back().size == 1;
   }
 
   /// The pattern text as given.
@@ -264,22 +263,7 @@ class Pattern {
   /// True when the literal `topic` is selected by this pattern; false for an invalid topic.
   /// Complexity: O(size of topic). Never allocates.
   [[nodiscard]] bool matches(std::string_view topic) const noexcept {
-    if (!is_valid_topic(topic)) return false;
-    std::size_t i = 0;
-    const std::size_t last = tokens_.size() - 1;
-    bool matched = true;
-    detail::for_each_token(topic, [&](std::string_view tok) noexcept {
-      if (i > last) return matched = false;
-      if (i == last && full_wildcard_) {
-        i = tokens_.size() + 1;  // '>' swallowed the rest; mark as "consumed everything"
-        return false;
-      }
-      const std::string_view pt = token(i++);
-      if (pt != "*" && pt != tok) return matched = false;
-      return true;
-    });
-    if (!matched) return false;
-    return i == tokens_.size() || i == tokens_.size() + 1;
+    return is_valid_topic(topic) && detail::match_valid(topic, text_);
   }
 
   friend bool operator==(const Pattern& a, const Pattern& b) noexcept { return a.text_ == b.text_; }
@@ -292,7 +276,6 @@ class Pattern {
   std::string text_;
   std::vector<Span> tokens_;
   bool literal_ = true;
-  bool full_wildcard_ = false;
 };
 
 }  // namespace herald

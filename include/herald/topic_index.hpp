@@ -7,6 +7,7 @@
 // a match allocates nothing. There is no result cache: the broker keeps its own per-topic routes.
 #pragma once
 
+#include <herald/detail/hashing.hpp>
 #include <herald/topic.hpp>
 
 #include <array>
@@ -26,41 +27,6 @@
 namespace herald {
 
 namespace detail {
-
-/// Hashes a token. Tokens are short, so instead of the byte-oriented std::hash it mixes whole
-/// words: one to three loads for any token up to 16 bytes. TokenMap uses the high 32 bits, the
-/// ones the multiply mixes best.
-struct TokenHash {
-  std::uint64_t operator()(std::string_view s) const noexcept {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-    std::size_t n = s.size();
-    std::uint64_t h = (n + 1) * kMul;
-    if (n >= 8) {
-      for (; n > 8; n -= 8, p += 8)
-        h = mix(h, load<std::uint64_t>(p));
-      h = mix(h, load<std::uint64_t>(p + n - 8));  // the last 8 bytes, overlapping if need be
-    } else if (n >= 4) {
-      h = mix(h, load<std::uint32_t>(p) | std::uint64_t{load<std::uint32_t>(p + n - 4)} << 32);
-    } else if (n > 0) {
-      h = mix(h,
-              std::uint64_t{p[0]} | std::uint64_t{p[n / 2]} << 8 | std::uint64_t{p[n - 1]} << 16);
-    }
-    return h;
-  }
-
- private:
-  static constexpr std::uint64_t kMul = 0x9E3779B97F4A7C15u;  // 2^64 / golden ratio, odd
-  static constexpr std::uint64_t mix(std::uint64_t h, std::uint64_t w) noexcept {
-    h = (h ^ w) * kMul;
-    return h ^ (h >> 29);
-  }
-  template <class U>
-  static U load(const unsigned char* p) noexcept {
-    U u;
-    std::memcpy(&u, p, sizeof u);  // an unaligned load, without the undefined behaviour
-    return u;
-  }
-};
 
 /// The literal children of a trie node: an owning open-addressing table of (hash, child) slots,
 /// looked up by string_view. The key lives in the child itself, so a hit reads the slot and then

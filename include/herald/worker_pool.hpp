@@ -5,16 +5,21 @@
 // (round-robin per submitting thread, or the worker's own queue when a task submits), and any idle
 // worker may steal from it, so plain work load-balances. Its "keyed" queue receives the keys that
 // hash to it and only that worker pops it, so one key's tasks run one at a time, in order.
-// Workers look for work, spin briefly, then park on their own 32-bit futex word; a submitter only
-// pays for a wake-up (one syscall) when some worker is actually parked. The pool's state lives in
-// a shared PoolCore that every worker co-owns, so a task may destroy the pool that runs it.
+// Workers look for work, spin briefly (detail::spin, the one spin policy), then park on their
+// own event count (detail/parking.hpp, the one waiting protocol); a submitter only pays for a
+// wake-up (one syscall) when some worker is actually parked. The pool's state lives in a shared
+// PoolCore that every worker co-owns, so a task may destroy the pool that runs it.
+// WorkerPool is an Executor (executor.hpp): handler subscriptions can run on it.
 #pragma once
 
 #include <herald/bounded_queue.hpp>
 #include <herald/detail/cache_line.hpp>
+#include <herald/detail/counters.hpp>
+#include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
-#include <herald/detail/sharded_counters.hpp>
 #include <herald/detail/unique_function.hpp>
+#include <herald/executor.hpp>
+#include <herald/stats.hpp>
 
 #include <atomic>
 #include <concepts>
@@ -42,22 +47,9 @@ struct WorkerPoolOptions {
   std::function<void(std::exception_ptr)> on_error;
 };
 
-/// Counters of a WorkerPool.
-///
-/// Fields are read one after the other while workers run, so a snapshot taken under load need
-/// not add up; once shutdown() has returned (from a non-worker thread) they are exact and
-/// submitted == completed + failed.
-struct WorkerPoolStats {
-  std::uint64_t submitted = 0;  ///< tasks accepted (rejected submissions are not counted)
-  std::uint64_t completed = 0;  ///< tasks that returned normally (async ones included)
-  std::uint64_t failed = 0;     ///< tasks that threw (the exception went to the error handler)
-  std::size_t queued = 0;       ///< tasks accepted and not yet started (approximate under load)
-  std::size_t threads = 0;      ///< worker threads
-};
-
 namespace detail {
 
-using PoolTask = UniqueFunction<void()>;
+using PoolTask = Task;
 
 /// What the pool accepts as a task: anything callable as `f()` once decayed and stored.
 template <class F>
@@ -86,17 +78,6 @@ inline std::size_t next_round_robin(std::size_t n) noexcept {
   return i;
 }
 
-/// splitmix64's finalizer: spreads keys such as 0, n, 2n, ... over all workers (std::hash of an
-/// integer is the identity in libstdc++).
-constexpr std::uint64_t mix_key(std::uint64_t h) noexcept {
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebULL;
-  h ^= h >> 31;
-  return h;
-}
-
 /// One worker's queues and its hot words, each written by few threads, on separate lines.
 struct PoolWorker {
   explicit PoolWorker(std::size_t capacity) : plain(capacity), keyed(capacity) {}
@@ -106,9 +87,11 @@ struct PoolWorker {
 
   static constexpr std::uint32_t awake = 0;
   static constexpr std::uint32_t parked = 1;
-  // The futex word. Written by the worker when it parks and by whoever wakes it (CAS
-  // parked -> awake, so exactly one waker pays for the notify and fixes the idle count).
+  // Written by the worker when it parks and by whoever wakes it (CAS parked -> awake, so exactly
+  // one waker pays for the notify and fixes the idle count).
   alignas(cache_line_size) std::atomic<std::uint32_t> state{awake};
+  // What the parked worker sleeps on, waiting for `state` to leave `parked`.
+  EventCount wakeup;
   // Written only by this worker (plain load + store, no locked instruction), read by stats().
   alignas(cache_line_size) std::atomic<std::uint64_t> completed{0};
   std::atomic<std::uint64_t> failed{0};
@@ -131,14 +114,13 @@ class PoolCore {
 
   enum class Wait { none, block, stop };
 
-  /// Puts `f` on a plain queue. `wait` says what to do when every queue is full.
-  template <class F>
-  bool submit_plain(F&& f, Wait wait, const std::stop_token* stop) {
+  /// Puts `task` on a plain queue. `wait` says what to do when every queue is full; when the
+  /// task is refused, `task` is left intact.
+  bool submit_plain(PoolTask& task, Wait wait, const std::stop_token* stop) {
     const std::size_t n = workers_.size();
     const PoolWorkerIdentity& me = current_pool_worker();
     // A worker submits to itself: the task's data is hot in its cache, and others steal if idle.
     const std::size_t first = me.pool == this ? me.index : next_round_robin(n);
-    PoolTask task(std::forward<F>(f));
     std::size_t i = first;
     for (std::size_t k = 0; k < n; ++k) {
       if (workers_[i]->plain.try_push(std::move(task))) return accepted_plain(i);
@@ -175,7 +157,7 @@ class PoolCore {
     } else {
       h = static_cast<std::uint64_t>(std::hash<Key>{}(key));
     }
-    return static_cast<std::size_t>(mix_key(h) % workers_.size());
+    return static_cast<std::size_t>(mix64(h) % workers_.size());
   }
 
   /// Closes every queue (pushes fail from now on, pops drain) and wakes every parked worker.
@@ -216,31 +198,28 @@ class PoolCore {
     PoolWorker& me = *workers_[index];
     bool keyed_first = true;
     bool searching = false;  // whether this worker is counted in searching_
-    int misses = 0;
     for (;;) {
-      if (std::optional<PoolTask> t = find_task(index, keyed_first)) {
-        if (searching) {
-          searching = false;
-          stop_searching(index);
+      std::optional<PoolTask> t = find_task(index, keyed_first);
+      if (!t) {
+        if (stopping()) break;
+        if (!searching) {
+          searching = true;
+          searching_->fetch_add(1, std::memory_order_seq_cst);
         }
-        misses = 0;
-        execute(me, std::move(*t));
-        continue;
+        const auto found = [&] {
+          t = find_task(index, keyed_first);
+          return t.has_value() || stopping();
+        };
+        if (!spin(found, Deadline::forever(), {}) || !t) {
+          if (!stopping()) searching = park(index);
+          continue;
+        }
       }
-      if (stopping()) break;
-      if (!searching) {
-        searching = true;
-        searching_->fetch_add(1, std::memory_order_seq_cst);
+      if (searching) {
+        searching = false;
+        stop_searching(index);
       }
-      ++misses;
-      if (misses <= spin_rounds) {
-        cpu_relax();
-      } else if (misses <= spin_rounds + yield_rounds) {
-        std::this_thread::yield();
-      } else {
-        misses = 0;
-        searching = park(index);
-      }
+      execute(me, std::move(*t));
     }
     if (searching) searching_->fetch_sub(1, std::memory_order_relaxed);
     drain(index);
@@ -248,11 +227,6 @@ class PoolCore {
   }
 
  private:
-  // How long an idle worker keeps looking before it parks: long enough to catch the next task
-  // of a burst without a futex round trip, short enough not to starve submitters of CPU.
-  static constexpr int spin_rounds = 128;
-  static constexpr int yield_rounds = 16;
-
   bool accepted_plain(std::size_t index) noexcept {
     submitted_.add(0, 1);
     // Dekker with park() and stop_searching(): either a worker's re-check after its fence sees
@@ -276,7 +250,7 @@ class PoolCore {
       return false;
     searching_->fetch_add(1, std::memory_order_seq_cst);
     idle_->fetch_sub(1, std::memory_order_seq_cst);
-    futex_wake(w.state, 1);
+    w.wakeup.notify_one();
     return true;
   }
 
@@ -327,8 +301,11 @@ class PoolCore {
       }
       return true;
     }
-    while (me.state.load(std::memory_order_acquire) == PoolWorker::parked)
-      futex_wait(me.state, PoolWorker::parked, Deadline::forever());
+    // The search has just spun (run()), so park without spinning again. A waker changes `state`
+    // with a seq_cst CAS, then notifies: the event-count protocol's pairing.
+    wait_until(
+        me.wakeup, [&] { return me.state.load(std::memory_order_seq_cst) != PoolWorker::parked; },
+        Deadline::forever(), {}, SpinPolicy{.pauses = 0, .yields = 0});
     return true;
   }
 
@@ -468,7 +445,8 @@ class WorkerPool {
   /// Thread-safety: any thread. Throws: what constructing the task from `f` throws.
   template <detail::PoolCallable F>
   bool try_submit(F&& f) {
-    return core_->submit_plain(std::forward<F>(f), Wait::none, nullptr);
+    Task task(std::forward<F>(f));
+    return core_->submit_plain(task, Wait::none, nullptr);
   }
 
   /// Queues `f`, waiting for room while the queues are full (back-pressure); false when the pool
@@ -477,7 +455,8 @@ class WorkerPool {
   /// Thread-safety: any thread. Throws: what constructing the task from `f` throws.
   template <detail::PoolCallable F>
   bool submit(F&& f) {
-    return core_->submit_plain(std::forward<F>(f), Wait::block, nullptr);
+    Task task(std::forward<F>(f));
+    return core_->submit_plain(task, Wait::block, nullptr);
   }
 
   /// As submit(f), but gives up (returns false) once `stop` is requested; an already requested
@@ -486,7 +465,8 @@ class WorkerPool {
   template <detail::PoolCallable F>
   bool submit(F&& f, std::stop_token stop) {
     if (stop.stop_requested()) return false;
-    return core_->submit_plain(std::forward<F>(f), Wait::stop, &stop);
+    Task task(std::forward<F>(f));
+    return core_->submit_plain(task, Wait::stop, &stop);
   }
 
   /// Runs `f` on the pool and returns a future of its result. An exception thrown by `f` goes
@@ -550,6 +530,13 @@ class WorkerPool {
     for (std::thread& t : threads_)
       if (t.joinable()) t.join();
   }
+
+  /// Executor concept (executor.hpp): as submit(task).
+  bool execute(Task&& task) { return core_->submit_plain(task, Wait::block, nullptr); }
+  /// Executor concept: as try_submit(task), but a refused `task` is left intact.
+  bool try_execute(Task& task) { return core_->submit_plain(task, Wait::none, nullptr); }
+  /// Executor concept: as on_worker_thread().
+  [[nodiscard]] bool running_in_this_thread() const noexcept { return on_worker_thread(); }
 
   /// True once shutdown() or the destructor has begun: every submission fails from then on.
   [[nodiscard]] bool is_shut_down() const noexcept { return core_->stopping(); }

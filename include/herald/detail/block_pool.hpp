@@ -14,11 +14,12 @@
 //                                        takes single objects from the pool of their size
 #pragma once
 
-#include <herald/bounded_queue.hpp>
+#include <herald/detail/ring.hpp>
 
 #include <cstddef>
 #include <memory>
 #include <new>
+#include <optional>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define HERALD_ASAN 1
@@ -49,7 +50,8 @@ class BlockPool {
   }
 
   void* allocate() {
-    if (auto block = free_.try_pop()) {
+    std::optional<void*> block;
+    if (free_.try_pop(block)) {
 #if defined(HERALD_ASAN)
       ASAN_UNPOISON_MEMORY_REGION(*block, Size);
 #endif
@@ -63,7 +65,7 @@ class BlockPool {
     // A use after free must still be caught while the block waits in the ring.
     ASAN_POISON_MEMORY_REGION(block, Size);
 #endif
-    if (free_.try_push(block)) return;
+    if (free_.try_emplace(block) == Claim::pushed) return;
 #if defined(HERALD_ASAN)
     ASAN_UNPOISON_MEMORY_REGION(block, Size);
 #endif
@@ -86,7 +88,7 @@ class BlockPool {
     }
   }
 
-  BoundedQueue<void*> free_{kCapacity};
+  Ring<void*> free_{kCapacity};
 };
 
 /// Allocates single objects from the BlockPool of their size, arrays from the system. Stateless:

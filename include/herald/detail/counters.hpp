@@ -1,5 +1,5 @@
-// Counters that many threads bump without sharing a cache line: each thread adds to its own
-// shard (threads are spread over the shards round-robin); readers sum the shards.
+// Counters written on hot paths: sharded ones that many threads bump without sharing a cache
+// line, and owned ones that a single thread writes without a locked instruction.
 #pragma once
 
 #include <herald/detail/cache_line.hpp>
@@ -11,6 +11,8 @@
 
 namespace herald::detail {
 
+/// `Fields` counters that any thread may add to: each thread adds to its own shard (threads are
+/// spread over the shards round-robin); readers sum the shards.
 template <std::size_t Fields>
 class ShardedCounters {
  public:
@@ -41,6 +43,19 @@ class ShardedCounters {
     std::array<std::atomic<std::uint64_t>, Fields> values{};
   };
   std::array<Shard, kShards> shards_{};
+};
+
+/// A counter with one writing thread (any number of readers): a plain load and store, no locked
+/// read-modify-write.
+class OwnedCounter {
+ public:
+  void add(std::uint64_t n = 1) noexcept {
+    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  [[nodiscard]] std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::uint64_t> v_{0};
 };
 
 }  // namespace herald::detail

@@ -1,11 +1,13 @@
-// The state one subscription shares between its handle and the broker's routes: the queue, the
-// overflow policy applied by publishers, the counters and the close reason.
+// What a subscription is, beside the pool: the state one subscription shares between its handle
+// and the broker's routes -- its queue, the overflow policy that publishers apply, its counters
+// and its close reason. Handler subscriptions extend it (handler_state.hpp).
 #pragma once
 
 #include <herald/bounded_queue.hpp>
 #include <herald/detail/cache_line.hpp>
 #include <herald/message.hpp>
 #include <herald/policy.hpp>
+#include <herald/stats.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -17,21 +19,6 @@
 #include <utility>
 
 namespace herald {
-
-/// Counters of one subscription. Exact identities, for every policy:
-/// `offered == delivered + dropped` and `delivered == received + evicted + queue_depth`.
-struct SubscriptionStats {
-  std::uint64_t offered = 0;          ///< messages published to a matching topic while it was open
-  std::uint64_t delivered = 0;        ///< accepted into its queue
-  std::uint64_t dropped = 0;          ///< refused: dropped_full + dropped_timeout
-  std::uint64_t dropped_full = 0;     ///< drop_incoming / disconnect: the queue was full
-  std::uint64_t dropped_timeout = 0;  ///< block: no room within block_timeout
-  std::uint64_t evicted = 0;          ///< drop_oldest: accepted, then evicted to make room
-  std::uint64_t received = 0;         ///< taken out of the queue by the consumer
-  std::size_t queue_depth = 0;        ///< messages waiting now (approximate while publishers run)
-  std::size_t high_water_mark = 0;    ///< the largest queue depth seen after an enqueue
-  CloseReason close_reason = CloseReason::open;
-};
 
 namespace detail {
 
@@ -139,8 +126,12 @@ class SubscriptionState {
     return true;
   }
 
-  /// Push subscriptions: waits until no handler invocation runs or will start. Pull: nothing.
+  /// Handler subscriptions: waits until no handler invocation runs or will start. Pull: nothing.
   virtual void quiesce() noexcept {}
+
+  /// What kind of subscription this is, and its handler's counters (zero for pull ones).
+  [[nodiscard]] virtual SubscriptionKind kind() const noexcept { return SubscriptionKind::pull; }
+  [[nodiscard]] virtual HandlerCounters handler_counters() const noexcept { return {}; }
 
   [[nodiscard]] CloseReason close_reason() const noexcept {
     return reason_.load(std::memory_order_acquire);
@@ -167,7 +158,7 @@ class SubscriptionState {
   }
 
  protected:
-  /// Hook for push (handler) subscriptions: a message was enqueued; schedule the strand.
+  /// Hook for handler subscriptions: a message was enqueued; schedule the strand.
   virtual void after_enqueue() noexcept {}
 
  private:

@@ -1,0 +1,293 @@
+// What a handler subscription is: a subscription (subscription_state.hpp) whose queue is drained
+// by a strand posted to an executor (executor.hpp) -- at most one invocation at a time, in
+// publish order; a quiescent unsubscribe; retries with backoff and dead letters.
+#pragma once
+
+#include <herald/detail/backoff.hpp>
+#include <herald/detail/cache_line.hpp>
+#include <herald/detail/error_text.hpp>
+#include <herald/detail/parking.hpp>
+#include <herald/detail/unique_function.hpp>
+#include <herald/executor.hpp>
+#include <herald/message.hpp>
+#include <herald/policy.hpp>
+#include <herald/stats.hpp>
+#include <herald/subscription_state.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+
+namespace herald {
+
+/// What a handler subscription accepts as its handler: callable as `h(const Message<T>&)`.
+template <class H, class T>
+concept MessageHandler = std::invocable < H&,
+        const Message<T>
+& > ;
+
+namespace detail {
+
+/// The handler subscription whose handler this thread is running now (to recognise an
+/// unsubscribe from inside the handler, which must not wait for itself).
+inline thread_local const void* running_handler = nullptr;
+
+template <class T>
+class HandlerState final : public SubscriptionState<T>,
+                           public std::enable_shared_from_this<HandlerState<T>> {
+ public:
+  using Handler = UniqueFunction<void(const Message<T>&)>;
+
+  HandlerState(std::string pattern, SubscribeOptions options, Handler handler, ExecutorRef executor,
+               HandlerOptions<T> handler_options)
+      : SubscriptionState<T>(std::move(pattern), std::move(options)),
+        handler_(std::move(handler)),
+        executor_(executor),
+        hopts_(std::move(handler_options)),
+        backoff_(hopts_.retry.initial_backoff, hopts_.retry.max_backoff, std::random_device{}()) {
+    if (hopts_.retry.max_attempts == 0) hopts_.retry.max_attempts = 1;
+    if (executor_.wants_own_thread()) {
+      own_thread_ = std::make_unique<ThreadExecutor>();
+      executor_ = ExecutorRef(*own_thread_);
+    }
+  }
+
+  /// Waits until every message delivered before the call has been handled (or evicted by
+  /// drop_oldest). False when `deadline` passes first, when the subscription is unsubscribed with
+  /// messages unhandled, or when called from inside this subscription's own handler.
+  bool wait_idle(const Deadline& deadline) noexcept {
+    if (running_handler == this) return false;  // it would wait for itself
+    const std::uint64_t target = this->stats().delivered;
+    for (;;) {
+      const std::uint64_t seen = finished_.load(std::memory_order_seq_cst);
+      if (seen + this->stats().evicted >= target) return true;
+      if (cancelled()) return false;
+      // Waiters of different targets share `idle_`, so each waits for "finished_ moved", which
+      // every notifier's change satisfies (see the protocol in detail/parking.hpp).
+      const auto moved = [&] {
+        return finished_.load(std::memory_order_seq_cst) != seen || cancelled();
+      };
+      if (wait_until(idle_, moved, deadline) == WaitStatus::timeout) return false;
+    }
+  }
+
+  /// Waits until no invocation runs and none will start. From inside the handler: returns at
+  /// once, and no further invocation starts.
+  void quiesce() noexcept override {
+    cancelled_.store(true, std::memory_order_seq_cst);
+    cancel_.wake_all();  // cut a backoff wait short
+    idle_.wake_all();    // wait_idle returns false now
+    if (running_handler == this) {
+      if (own_thread_) own_thread_->stop();  // we run on it: it exits once we return
+      return;
+    }
+    // Dekker with invoke(): it announces `in_handler_` then checks `cancelled_`; we set
+    // `cancelled_` then check `in_handler_`. seq_cst on all four: one of us sees the other.
+    wait_until(quiet_, [&] { return in_handler_.load(std::memory_order_seq_cst) == 0; });
+    if (own_thread_) own_thread_->stop();
+  }
+
+  [[nodiscard]] SubscriptionKind kind() const noexcept override {
+    return SubscriptionKind::handler;
+  }
+
+  [[nodiscard]] HandlerCounters handler_counters() const noexcept override {
+    HandlerCounters c;
+    c.invocations = invocations_.load(std::memory_order_relaxed);
+    c.failures = failures_.load(std::memory_order_relaxed);
+    c.retries = retries_.load(std::memory_order_relaxed);
+    c.dead_lettered = dead_lettered_.load(std::memory_order_relaxed);
+    c.handler_time_total = std::chrono::nanoseconds(time_total_.load(std::memory_order_relaxed));
+    c.handler_time_max = std::chrono::nanoseconds(time_max_.load(std::memory_order_relaxed));
+    return c;
+  }
+
+  [[nodiscard]] HandlerStats handler_stats() const noexcept {
+    HandlerStats s;
+    static_cast<SubscriptionStats&>(s) = this->stats();
+    static_cast<HandlerCounters&>(s) = handler_counters();
+    return s;
+  }
+
+ protected:
+  void after_enqueue() noexcept override {
+    if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;  // the strand is held
+    if (executor_.runs_inline()) {
+      drain(SIZE_MAX);  // nothing to yield to: the publisher's thread is the executor
+    } else {
+      post();
+    }
+  }
+
+ private:
+  // Messages run per posted task before the task yields the executor to other work.
+  static constexpr std::size_t kBatch = 64;
+
+  // Hands the strand to the executor. Only the holder of `scheduled_` calls this.
+  void post() noexcept {
+    try {
+      Task task([self = this->shared_from_this()] { self->drain(kBatch); });
+      if (executor_.try_execute(task)) return;
+      if (task && executor_.running_in_this_thread()) {
+        drain(kBatch);  // a task must not wait for room that only its own executor can make
+        return;
+      }
+      if (task && executor_.execute(std::move(task))) return;
+    } catch (...) {  // the executor threw: treat as refused
+    }
+    // Refused (the executor is shut down): nothing will run this strand again.
+    scheduled_.store(false, std::memory_order_seq_cst);
+  }
+
+  // Runs queued messages in order, at most `budget` before handing the strand back. Only the
+  // holder of `scheduled_` runs this, so invocations never overlap.
+  void drain(std::size_t budget) noexcept {
+    for (;;) {
+      std::size_t n = 0;
+      while (n < budget && !cancelled()) {
+        auto m = this->queue().try_pop();
+        if (!m) break;
+        this->note_received();
+        if (invoke(*m)) note_finished();
+        ++n;
+      }
+      if (n == budget && !cancelled()) {
+        post();  // fairness: let the executor's other work run, keep the strand scheduled
+        return;
+      }
+      scheduled_.store(false, std::memory_order_seq_cst);
+      // A publisher that enqueued after our last try_pop saw `scheduled_` set and left the
+      // message to us: look again, and take the strand back if nobody else did.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (cancelled() || this->queue().approx_size() == 0) return;
+      if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;
+    }
+  }
+
+  bool cancelled() const noexcept { return cancelled_.load(std::memory_order_seq_cst); }
+
+  // One message through the handler, with retries. False once cancelled (nothing was run).
+  bool invoke(const Message<T>& m) noexcept {
+    in_handler_.store(1, std::memory_order_seq_cst);
+    if (cancelled()) {
+      leave_handler();
+      return false;
+    }
+    const void* outer = running_handler;  // inline handlers may publish to other inline ones
+    running_handler = this;
+    backoff_.reset();
+    std::exception_ptr error;
+    std::uint32_t attempt = 0;
+    while (attempt < hopts_.retry.max_attempts) {
+      if (attempt > 0) {
+        if (cancelled()) break;
+        wait_backoff(backoff_.next());
+        if (cancelled()) break;
+        retries_.fetch_add(1, std::memory_order_relaxed);
+      }
+      ++attempt;
+      error = call(m);
+      if (!error) break;
+      failures_.fetch_add(1, std::memory_order_relaxed);
+      if (hopts_.on_error) {
+        try {
+          hopts_.on_error(m, error);
+        } catch (...) {  // an error callback must not take the strand down
+        }
+      }
+    }
+    if (error && attempt == hopts_.retry.max_attempts) dead_letter(m, error, attempt);
+    running_handler = outer;
+    leave_handler();
+    return true;
+  }
+
+  std::exception_ptr call(const Message<T>& m) noexcept {
+    const auto start = std::chrono::steady_clock::now();
+    std::exception_ptr error;
+    try {
+      handler_(m);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    const auto ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                   std::chrono::steady_clock::now() - start)
+                                                   .count());
+    invocations_.fetch_add(1, std::memory_order_relaxed);
+    time_total_.fetch_add(ns, std::memory_order_relaxed);
+    if (ns > time_max_.load(std::memory_order_relaxed)) {
+      time_max_.store(ns, std::memory_order_relaxed);  // one invocation at a time: no race
+    }
+    return error;
+  }
+
+  // Every message that evicted another was delivered, and an eviction needs a full queue, whose
+  // messages the strand will still handle: so the last change a wait_idle() needs is always a
+  // note_finished(), which wakes it.
+  void note_finished() noexcept {
+    finished_.fetch_add(1, std::memory_order_seq_cst);
+    idle_.notify_all();  // a load, no syscall, unless wait_idle() is parked
+  }
+
+  void leave_handler() noexcept {
+    in_handler_.store(0, std::memory_order_seq_cst);
+    quiet_.notify_all();  // a load, no syscall, unless quiesce() is parked
+  }
+
+  void wait_backoff(std::chrono::nanoseconds d) noexcept {
+    if (hopts_.sleep) {
+      try {
+        hopts_.sleep(d);
+      } catch (...) {
+      }
+      return;
+    }
+    wait_until(
+        cancel_, [&] { return cancelled(); }, Deadline::after(d));
+  }
+
+  void dead_letter(const Message<T>& m, const std::exception_ptr& error,
+                   std::uint32_t attempts) noexcept {
+    if (!hopts_.dead_letters) return;
+    try {
+      if (hopts_.dead_letters(DeadLetter<T>{m, exception_text(error), attempts, this->pattern()})) {
+        dead_lettered_.fetch_add(1, std::memory_order_relaxed);
+      }
+    } catch (...) {  // a failing dead-letter sink is counted as a failure, not fatal
+      failures_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  Handler handler_;
+  ExecutorRef executor_;
+  std::unique_ptr<ThreadExecutor> own_thread_;  // dedicated_thread only
+  HandlerOptions<T> hopts_;
+  DecorrelatedJitter backoff_;  // used by the strand only
+
+  alignas(cache_line_size) std::atomic<bool> scheduled_{false};  // the strand is held
+  alignas(cache_line_size) std::atomic<std::uint32_t> in_handler_{0};
+  std::atomic<bool> cancelled_{false};
+  alignas(cache_line_size) std::atomic<std::uint64_t> finished_{0};  // messages handled
+  // One event count per condition, as the protocol requires: quiesce() waits on `quiet_` for
+  // in_handler_ == 0, wait_idle() on `idle_` for finished_ to move, backoff on `cancel_`.
+  EventCount quiet_;
+  EventCount idle_;
+  EventCount cancel_;
+
+  std::atomic<std::uint64_t> invocations_{0};
+  std::atomic<std::uint64_t> failures_{0};
+  std::atomic<std::uint64_t> retries_{0};
+  std::atomic<std::uint64_t> dead_lettered_{0};
+  std::atomic<std::uint64_t> time_total_{0};
+  std::atomic<std::uint64_t> time_max_{0};
+};
+
+}  // namespace detail
+}  // namespace herald

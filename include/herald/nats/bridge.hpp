@@ -1,0 +1,616 @@
+// herald::nats::Bridge<T>: carries a Broker<T>'s topics over NATS, so that a message published in
+// one process reaches subscribers in another with the same wildcard meaning. Optional: it needs
+// the NATS C client (Debian: libnats-dev; CMake: herald::nats) and is not part of herald.hpp.
+#pragma once
+
+#include <herald/broker.hpp>
+#include <herald/detail/counters.hpp>
+#include <herald/detail/error_text.hpp>
+#include <herald/detail/hashing.hpp>
+#include <herald/detail/parking.hpp>
+#include <herald/nats/codec.hpp>
+#include <herald/nats/connection.hpp>
+#include <herald/policy.hpp>
+#include <herald/stats.hpp>
+#include <herald/subscription.hpp>
+#include <herald/topic.hpp>
+
+#include <nats/nats.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace herald::nats {
+
+/// Local topics matching `pattern` are published to NATS as `prefix.topic` (or `topic`).
+struct ExportRule {
+  std::string pattern;
+  std::string prefix{};
+  /// The outbound queue: while NATS is unreachable the bridge stops taking messages out of it, so
+  /// its capacity and overflow policy decide what happens (drop_incoming / drop_oldest count
+  /// drops; block makes local publishers wait up to block_timeout). Overflow::disconnect is
+  /// refused: it would end the export for good.
+  SubscribeOptions queue{.capacity = 8192};
+};
+
+/// NATS subjects matching `prefix.pattern` (or `pattern`) are published into the broker as
+/// `topic` (the subject without the prefix).
+struct ImportRule {
+  std::string pattern;
+  std::string prefix{};
+  /// Non-empty: a NATS queue group, so each message goes to one of the bridges in the group.
+  std::string queue_group{};
+  /// The NATS client's per-subscription buffer; beyond it, it drops and counts (dropped_slow).
+  int pending_messages = 65536;
+  int pending_bytes = 64 * 1024 * 1024;
+};
+
+struct BridgeOptions {
+  /// The NATS server, e.g. "nats://127.0.0.1:4222".
+  std::string url = "nats://127.0.0.1:4222";
+  std::vector<ExportRule> exports{};
+  std::vector<ImportRule> imports{};
+  /// Connection name, shown by the server's monitoring.
+  std::string name{};
+  std::chrono::milliseconds connect_timeout{2000};
+  ReconnectPolicy reconnect{};
+  /// How often the client pings the server; two unanswered pings mean the link is dead.
+  std::chrono::milliseconds ping_interval{10000};
+  /// Bytes the NATS client buffers for messages handed to it just as the link went down.
+  int reconnect_buffer_bytes = 8 * 1024 * 1024;
+  /// NATS servers close a connection whose protocol line exceeds max_control_line (4096 by
+  /// default) and the client does not check, so longer subjects are refused here.
+  std::size_t max_subject_bytes = 4000;
+  /// Adds a `Herald-Seq` header (stream and per-subject sequence number) to every exported
+  /// message, so importing bridges count the messages they missed (`lost`) and drop their own
+  /// that come back (`echoes`). Costs: NATS messages with headers are several times slower.
+  bool track_loss = false;
+  /// Called for every failure, from the bridge's or the NATS client's threads (concurrently).
+  /// Exceptions from it are ignored.
+  std::function<void(const BridgeError&)> on_error{};
+};
+
+/// The bridge's counters (defined with every other stats struct in herald/stats.hpp).
+using BridgeStats = herald::BridgeStats;
+
+namespace detail {
+
+using herald::detail::OwnedCounter;
+using herald::detail::TopicHash;
+
+inline constexpr const char* kSeqHeader = "Herald-Seq";
+
+/// Unbounded topic sets would make the sequence maps unbounded; starting over is cheap and only
+/// forgets where each subject was (no false loss: a restart is recognised as one).
+inline constexpr std::size_t kMaxTrackedSubjects = 65536;
+
+/// Imported topics are unbounded too; a cache miss only costs one route lookup.
+inline constexpr std::size_t kMaxCachedPublishers = 1024;
+
+inline std::string prefix_with_dot(const std::string& prefix) {
+  return prefix.empty() ? std::string() : prefix + ".";
+}
+
+}  // namespace detail
+
+/// Connects a Broker<T> to a NATS server: local topics matching the export rules are published
+/// to NATS, NATS subjects matching the import rules are published into the broker. Wildcards mean
+/// the same on both sides. Messages never go back where they came from: the connection does not
+/// receive its own publishes, and an export skips what its own bridge imported (Message::origin).
+///
+///     herald::Broker<std::string> broker;
+///     herald::nats::Bridge<std::string> bridge(broker, {
+///         .url = "nats://127.0.0.1:4222",
+///         .exports = {{.pattern = "orders.>", .prefix = "eu"}},
+///         .imports = {{.pattern = "orders.>", .prefix = "us"}}});
+///
+/// Each export is a subscription on the broker (its queue is the outbound queue) drained by a
+/// thread of the bridge; each import is a NATS subscription whose callback decodes and calls
+/// `broker.publish_from(Origin{id()}, topic, value)`. While the server is unreachable the export
+/// threads stop taking messages, so each export queue's overflow policy applies, and the client
+/// reconnects forever with jittered backoff. Delivery over NATS is at most once: a message handed
+/// to the client just before the link died can be lost (track_loss counts such losses).
+/// The broker must outlive the bridge. Destroying the bridge ends the imports (waiting for a
+/// running callback), stops the export threads (messages still queued are discarded: call
+/// flush() first), then closes the connection.
+/// Throws: (constructor) InvalidTopic for an invalid pattern or prefix; std::invalid_argument
+/// for other bad rules; std::length_error for an import subject longer than max_subject_bytes;
+/// NatsError when the server cannot be reached. Nothing is left running then.
+/// Thread-safety: every member function may be called concurrently.
+template <class T, class C = DefaultCodec<T>>
+requires Codec<C, T>
+class Bridge {
+ public:
+  Bridge(Broker<T>& broker, BridgeOptions options, C codec = C{})
+      : broker_(broker),
+        options_(std::move(options)),
+        codec_(std::move(codec)),
+        id_(detail::random_id()),
+        id_hex_(hex(id_)),
+        report_(options_.on_error) {
+    validate_rules();
+    conn_ = std::make_unique<detail::Connection>(
+        detail::ConnectionSettings{options_.url, options_.name, options_.connect_timeout,
+                                   options_.reconnect, options_.ping_interval,
+                                   options_.reconnect_buffer_bytes},
+        report_, id_);
+    for (std::size_t i = 0; i < options_.exports.size(); ++i) {
+      exports_.push_back(std::make_unique<Export>(*this, options_.exports[i], i));
+    }
+    for (const ImportRule& rule : options_.imports) {
+      imports_.push_back(std::make_unique<Import>(*this, rule));
+    }
+    if (!imports_.empty()) {
+      // When the constructor returns, the server knows the subscriptions.
+      detail::check(natsConnection_FlushTimeout(conn_->get(), options_.connect_timeout.count()),
+                    "herald::nats: cannot register the imports");
+    }
+  }
+  Bridge(const Bridge&) = delete;
+  Bridge& operator=(const Bridge&) = delete;
+
+  /// Ends the imports, then the exports, then closes the connection (see the class comment).
+  ~Bridge() {
+    imports_.clear();
+    exports_.clear();
+  }
+
+  /// The origin id of what this bridge imports (Message::origin()), random and never 0.
+  [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
+  /// True while the connection to the server is up (as last reported by the client).
+  [[nodiscard]] bool is_connected() const noexcept { return conn_->connected(); }
+  /// The NATS connection, e.g. to use JetStream next to the bridge. Do not close it.
+  [[nodiscard]] natsConnection* native_handle() const noexcept { return conn_->get(); }
+
+  /// Waits until every message queued for export so far has been handled and the server has
+  /// confirmed receiving what was sent (a round trip). False on timeout or while disconnected.
+  /// Blocks: up to `timeout`.
+  bool flush(std::chrono::milliseconds timeout) {
+    const auto deadline = herald::detail::Deadline::after(timeout);
+    for (const auto& e : exports_) {
+      for (;;) {
+        const std::uint64_t handled = e->handled.load(std::memory_order_seq_cst);
+        const SubscriptionStats q = e->sub.stats();
+        if (handled + q.evicted >= q.delivered) break;
+        // Flushers of different targets share `handled_changed`: each waits for "handled moved",
+        // which every notify satisfies (the protocol in detail/parking.hpp).
+        const auto moved = [&] { return e->handled.load(std::memory_order_seq_cst) != handled; };
+        if (herald::detail::wait_until(e->handled_changed, moved, deadline) !=
+            herald::detail::WaitStatus::done) {
+          return false;
+        }
+      }
+    }
+    // What is left of the timeout for the server's round trip (a day stands for "forever").
+    std::int64_t left_ms = 24 * 3600 * 1000;
+    if (!deadline.is_forever()) {
+      if (deadline.passed()) return false;
+      left_ms = std::chrono::ceil<std::chrono::milliseconds>(deadline.when() -
+                                                             std::chrono::steady_clock::now())
+                    .count();
+    }
+    return natsConnection_FlushTimeout(conn_->get(), std::max<std::int64_t>(1, left_ms)) == NATS_OK;
+  }
+
+  /// A snapshot of the counters (see BridgeStats for the identities they satisfy).
+  [[nodiscard]] BridgeStats stats() const {
+    BridgeStats s;
+    for (const auto& e : exports_) {
+      // Read the skips before the imports that caused them, so skipped <= imported_here.
+      const std::uint64_t skipped = e->skipped.get();
+      const SubscriptionStats q = e->sub.stats();
+      const std::uint64_t imported_here = e->imported_here.load(std::memory_order_relaxed);
+      // The export queue cannot tell imported messages from local ones; imported ones are
+      // either skipped by the export thread or were refused or evicted by the queue.
+      const std::uint64_t imported_lost = imported_here - std::min(imported_here, skipped);
+      const std::uint64_t refused = q.dropped + q.evicted;
+      s.exported += q.offered - std::min(q.offered, imported_here);
+      s.dropped_overflow += refused - std::min(refused, imported_lost);
+      s.sent += e->sent.get();
+      s.dropped_subject += e->dropped_subject.get();
+      s.dropped_too_large += e->dropped_too_large.get();
+      s.dropped_encode += e->dropped_encode.get();
+      s.dropped_failed += e->dropped_failed.get();
+      s.skipped_echo += skipped;
+      s.queued += q.queue_depth;
+    }
+    for (const auto& i : imports_) {
+      s.received += i->received.get();
+      s.imported += i->imported.get();
+      s.rejected += i->rejected.get();
+      s.dropped_decode += i->dropped_decode.get();
+      s.import_failed += i->import_failed.get();
+      s.echoes += i->echoes.get();
+      s.lost += i->lost.get();
+      std::int64_t dropped = 0;
+      if (natsSubscription_GetDropped(i->sub, &dropped) == NATS_OK && dropped > 0) {
+        s.dropped_slow += static_cast<std::uint64_t>(dropped);
+      }
+    }
+    s.disconnects = conn_->disconnects();
+    s.reconnects = conn_->reconnects();
+    s.errors = report_.errors();
+    s.connected = conn_->connected();
+    return s;
+  }
+
+ private:
+  struct Export {
+    Export(Bridge& b, const ExportRule& rule, std::size_t index)
+        : pattern(rule.pattern),
+          prefix(detail::prefix_with_dot(rule.prefix)),
+          stream(b.id_hex_ + "-" + std::to_string(index)),
+          sub(b.broker_.subscribe(rule.pattern, rule.queue)),
+          thread([this, &b](std::stop_token stop) { b.run_export(*this, stop); }) {}
+
+    const Pattern pattern;
+    const std::string prefix;  // "" or "prefix."
+    const std::string stream;  // track_loss: this export's stream id, "<bridge id>-<index>"
+    Subscription<T> sub;
+    std::atomic<std::uint64_t> imported_here{0};  // imports offered to this export's queue
+    detail::OwnedCounter skipped, sent, dropped_subject, dropped_too_large, dropped_encode,
+        dropped_failed;
+    // Messages taken off the queue and dealt with; flush() waits on handled_changed for it.
+    std::atomic<std::uint64_t> handled{0};
+    herald::detail::EventCount handled_changed;
+    // track_loss, export thread only: the next sequence number of each subject.
+    std::unordered_map<std::string, std::uint64_t, herald::detail::TopicHash, std::equal_to<>>
+        sequences;
+    std::jthread thread;  // last: starts once everything above exists, stops first
+  };
+
+  struct Import {
+    Import(Bridge& b, const ImportRule& rule)
+        : bridge(b), prefix_size(detail::prefix_with_dot(rule.prefix).size()) {
+      const std::string subject = detail::prefix_with_dot(rule.prefix) + rule.pattern;
+      natsStatus s = NATS_OK;
+      if (rule.queue_group.empty()) {
+        s = natsConnection_Subscribe(&sub, b.conn_->get(), subject.c_str(), &Bridge::on_message,
+                                     this);
+      } else {
+        s = natsConnection_QueueSubscribe(&sub, b.conn_->get(), subject.c_str(),
+                                          rule.queue_group.c_str(), &Bridge::on_message, this);
+      }
+      detail::check(s, ("herald::nats: cannot subscribe to '" + subject + "'").c_str());
+      s = natsSubscription_SetOnCompleteCB(sub, &Import::on_complete, this);
+      if (s != NATS_OK) complete.store(true);  // no completion callback to wait for
+      if (s == NATS_OK) {
+        s = natsSubscription_SetPendingLimits(sub, rule.pending_messages, rule.pending_bytes);
+      }
+      if (s != NATS_OK) {
+        end();
+        throw NatsError("herald::nats: cannot set up the subscription to '" + subject + "'", s);
+      }
+    }
+    Import(const Import&) = delete;
+    Import& operator=(const Import&) = delete;
+    ~Import() { end(); }
+
+    /// Unsubscribes and waits until no callback runs or will run, then frees the subscription.
+    void end() noexcept {
+      if (!sub) return;
+      natsSubscription_Unsubscribe(sub);
+      herald::detail::wait_until(done, [&] { return complete.load(std::memory_order_seq_cst); });
+      // on_complete finishes under `mutex`: once we hold it, it no longer touches this Import.
+      { const std::lock_guard lock(mutex); }
+      natsSubscription_Destroy(sub);
+      sub = nullptr;
+    }
+
+    static void on_complete(void* self) {
+      auto& i = *static_cast<Import*>(self);
+      const std::lock_guard lock(i.mutex);
+      i.complete.store(true, std::memory_order_seq_cst);
+      i.done.notify_all();
+    }
+
+    Bridge& bridge;
+    const std::size_t prefix_size;
+    natsSubscription* sub = nullptr;
+    std::mutex mutex;  // held by on_complete while it touches this Import
+    herald::detail::EventCount done;
+    std::atomic<bool> complete{false};
+    detail::OwnedCounter received, imported, rejected, dropped_decode, import_failed, echoes, lost;
+    // track_loss, callback thread only: last sequence number per stream, per subject.
+    using SubjectSeqs =
+        std::unordered_map<std::string, std::uint64_t, herald::detail::TopicHash, std::equal_to<>>;
+    std::unordered_map<std::string, SubjectSeqs, herald::detail::TopicHash, std::equal_to<>>
+        streams;
+    std::size_t tracked = 0;
+    // Callback thread only (one Publisher per thread, as Publisher requires).
+    std::unordered_map<std::string, Publisher<T>, herald::detail::TopicHash, std::equal_to<>>
+        publishers;
+  };
+
+  static std::string hex(std::uint64_t v) {
+    std::string s(16, '0');
+    for (int i = 15; i >= 0; --i, v >>= 4)
+      s[static_cast<std::size_t>(i)] = "0123456789abcdef"[v & 15];
+    return s;
+  }
+
+  void validate_rules() const {
+    for (const ExportRule& r : options_.exports) {
+      validate_pattern(r.pattern);
+      if (!r.prefix.empty()) validate_topic(r.prefix);
+      if (r.queue.capacity == 0) {
+        throw std::invalid_argument("herald::nats: the export of '" + r.pattern +
+                                    "' has a queue capacity of 0");
+      }
+      if (r.queue.overflow == Overflow::disconnect) {
+        throw std::invalid_argument("herald::nats: the export of '" + r.pattern +
+                                    "' cannot use Overflow::disconnect (it would end the export "
+                                    "for good); use drop_incoming, drop_oldest or block");
+      }
+    }
+    for (const ImportRule& r : options_.imports) {
+      validate_pattern(r.pattern);
+      if (!r.prefix.empty()) validate_topic(r.prefix);
+      const std::size_t size = detail::prefix_with_dot(r.prefix).size() + r.pattern.size();
+      if (size > options_.max_subject_bytes) {
+        throw std::length_error("herald::nats: the import subject '" +
+                                detail::prefix_with_dot(r.prefix) + r.pattern + "' is " +
+                                std::to_string(size) + " bytes; max_subject_bytes is " +
+                                std::to_string(options_.max_subject_bytes));
+      }
+      if (!r.queue_group.empty() &&
+          std::any_of(r.queue_group.begin(), r.queue_group.end(), herald::detail::is_topic_space)) {
+        throw std::invalid_argument("herald::nats: queue group '" + r.queue_group +
+                                    "' contains whitespace");
+      }
+    }
+  }
+
+  // ----- export -----
+
+  void run_export(Export& e, std::stop_token stop) {
+    std::string subject = e.prefix;
+    std::string scratch;
+    while (auto m = e.sub.receive(stop)) {
+      if (const auto payload = prepare(e, *m, subject, scratch)) {
+        send(e, subject, *payload, stop);
+      }
+      e.handled.fetch_add(1, std::memory_order_seq_cst);
+      e.handled_changed.notify_all();  // a load, unless flush() waits
+    }
+    nats_ReleaseThreadMemory();  // the client keeps per-thread buffers for threads it did not start
+  }
+
+  /// Everything before the wire: skips echoes, builds `prefix.topic` into `subject`, encodes and
+  /// checks the sizes. The payload to send, or nothing (counted and reported).
+  std::optional<std::string_view> prepare(Export& e, const Message<T>& m, std::string& subject,
+                                          std::string& scratch) {
+    if (m.origin() == id_) {
+      e.skipped.add();
+      return std::nullopt;
+    }
+    // The topic passed the broker's validation and the prefix ours, so `prefix.topic` is a valid
+    // subject; only its length can still upset the server.
+    subject.resize(e.prefix.size());
+    subject += m.topic();
+    if (subject.size() > options_.max_subject_bytes) {
+      e.dropped_subject.add();
+      report_(ErrorKind::subject_too_long, subject,
+              "herald::nats: subject is " + std::to_string(subject.size()) +
+                  " bytes; max_subject_bytes is " + std::to_string(options_.max_subject_bytes));
+      return std::nullopt;
+    }
+    std::string_view payload;
+    try {
+      payload = codec_.encode(*m, scratch);
+    } catch (...) {
+      e.dropped_encode.add();
+      report_(ErrorKind::encode_failed, subject,
+              "herald::nats: encode: " + herald::detail::exception_text(std::current_exception()));
+      return std::nullopt;
+    }
+    const std::int64_t max_payload = conn_->max_payload();
+    if (max_payload > 0 && payload.size() > static_cast<std::uint64_t>(max_payload)) {
+      too_large(e, subject, payload.size(), max_payload);
+      return std::nullopt;
+    }
+    return payload;
+  }
+
+  /// Hands one message to the NATS client, holding it through disconnects (the export queue
+  /// behind it fills meanwhile, and its overflow policy applies) until it is sent, refused for
+  /// good, or the bridge stops.
+  void send(Export& e, const std::string& subject, std::string_view payload,
+            const std::stop_token& stop) {
+    std::uint64_t* seq = options_.track_loss ? &next_sequence(e, subject) : nullptr;
+    for (;;) {
+      if (!conn_->wait_connected(stop)) {  // stopping, or the connection closed
+        e.dropped_failed.add();
+        return;
+      }
+      const natsStatus s = publish(e, subject, payload, seq);
+      switch (s) {
+        case NATS_OK:
+          e.sent.add();
+          if (seq) ++*seq;
+          return;
+        case NATS_CONNECTION_DISCONNECTED:
+        case NATS_INSUFFICIENT_BUFFER:  // the client's reconnect buffer is full
+        case NATS_IO_ERROR:
+        case NATS_TIMEOUT:
+        case NATS_NOT_YET_CONNECTED:  // the link went down under us: try again once it is up
+          conn_->pause(stop, std::chrono::milliseconds(5));
+          if (stop.stop_requested()) {
+            e.dropped_failed.add();
+            return;
+          }
+          continue;
+        case NATS_MAX_PAYLOAD:
+          too_large(e, subject, payload.size(), conn_->max_payload());
+          return;
+        default:
+          e.dropped_failed.add();
+          report_(ErrorKind::publish_failed, subject,
+                  std::string("herald::nats: publish: ") + natsStatus_GetText(s), s);
+          return;
+      }
+    }
+  }
+
+  void too_large(Export& e, std::string_view subject, std::size_t size, std::int64_t max) {
+    e.dropped_too_large.add();
+    report_(ErrorKind::payload_too_large, subject,
+            "herald::nats: message is " + std::to_string(size) +
+                " bytes; the server's max_payload is " + std::to_string(max),
+            NATS_MAX_PAYLOAD);
+  }
+
+  std::uint64_t& next_sequence(Export& e, const std::string& subject) {
+    auto it = e.sequences.find(subject);
+    if (it == e.sequences.end()) {
+      if (e.sequences.size() >= detail::kMaxTrackedSubjects) e.sequences.clear();
+      it = e.sequences.emplace(subject, 1).first;
+    }
+    return it->second;
+  }
+
+  natsStatus publish(Export& e, const std::string& subject, std::string_view payload,
+                     const std::uint64_t* seq) {
+    const int size = static_cast<int>(payload.size());  // <= max_payload, which is an int64
+    if (!seq) return natsConnection_Publish(conn_->get(), subject.c_str(), payload.data(), size);
+    natsMsg* msg = nullptr;
+    natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, payload.data(), size);
+    if (s != NATS_OK) return s;
+    std::string value = e.stream + " " + std::to_string(*seq);
+    s = natsMsgHeader_Set(msg, detail::kSeqHeader, value.c_str());
+    if (s == NATS_OK) s = natsConnection_PublishMsg(conn_->get(), msg);
+    natsMsg_Destroy(msg);
+    return s;
+  }
+
+  // ----- import -----
+
+  static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
+    auto& imp = *static_cast<Import*>(self);
+    try {
+      imp.bridge.import_one(imp, msg);
+    } catch (...) {  // only an allocation failure while reporting gets here; never unwind into C
+    }
+    natsMsg_Destroy(msg);
+  }
+
+  void import_one(Import& imp, natsMsg* msg) {
+    imp.received.add();
+    const std::string_view subject = natsMsg_GetSubject(msg);
+    if (options_.track_loss && !check_sequence(imp, msg, subject)) return;
+    const std::string_view topic = subject.substr(std::min(imp.prefix_size, subject.size()));
+    // The server matched the subject against our subscription, but it does not validate what
+    // publishers send (e.g. "a..b"): herald's rules apply before anything enters the broker.
+    if (!is_valid_topic(topic)) {
+      imp.rejected.add();
+      report_(ErrorKind::invalid_topic, subject,
+              "herald::nats: subject '" + std::string(subject) + "' is not a valid herald topic");
+      return;
+    }
+    const std::string_view data(natsMsg_GetData(msg),
+                                static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+    std::optional<T> value;
+    try {
+      value.emplace(codec_.decode(data));
+    } catch (...) {
+      imp.dropped_decode.add();
+      report_(ErrorKind::decode_failed, subject,
+              "herald::nats: decode: " + herald::detail::exception_text(std::current_exception()));
+      return;
+    }
+    // Count before publishing: an export thread may skip the message before publish returns.
+    for (const auto& e : exports_) {
+      if (e->pattern.matches(topic)) e->imported_here.fetch_add(1, std::memory_order_relaxed);
+    }
+    try {
+      if (!publisher_for(imp, topic).publish(std::move(*value)).closed) {
+        imp.imported.add();
+        return;
+      }
+      report_(ErrorKind::import_failed, subject, "herald::nats: the broker is closed");
+    } catch (...) {
+      report_(ErrorKind::import_failed, subject,
+              "herald::nats: publish: " + herald::detail::exception_text(std::current_exception()));
+    }
+    imp.import_failed.add();
+    for (const auto& e : exports_) {
+      if (e->pattern.matches(topic)) e->imported_here.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  /// A Publisher per topic (tagged with our origin): it skips validating the topic and looking up
+  /// its route on every message. Same semantics as Broker::publish_from.
+  Publisher<T>& publisher_for(Import& imp, std::string_view topic) {
+    auto it = imp.publishers.find(topic);
+    if (it == imp.publishers.end()) {
+      if (imp.publishers.size() >= detail::kMaxCachedPublishers) imp.publishers.clear();
+      it = imp.publishers.emplace(std::string(topic), broker_.publisher(topic, Origin{id_})).first;
+    }
+    return it->second;
+  }
+
+  /// track_loss: false for this bridge's own message coming back; counts gaps otherwise.
+  bool check_sequence(Import& imp, natsMsg* msg, std::string_view subject) {
+    const char* raw = nullptr;
+    if (natsMsgHeader_Get(msg, detail::kSeqHeader, &raw) != NATS_OK || !raw) return true;
+    const std::string_view value(raw);
+    const std::size_t space = value.find(' ');
+    if (space == std::string_view::npos) return true;
+    const std::string_view stream = value.substr(0, space);
+    if (stream.substr(0, id_hex_.size()) == id_hex_) {
+      imp.echoes.add();
+      return false;
+    }
+    std::uint64_t seq = 0;
+    const std::string_view digits = value.substr(space + 1);
+    if (std::from_chars(digits.data(), digits.data() + digits.size(), seq).ec != std::errc{}) {
+      return true;
+    }
+    if (imp.tracked >= detail::kMaxTrackedSubjects) {
+      imp.streams.clear();
+      imp.tracked = 0;
+    }
+    auto s = imp.streams.find(stream);
+    if (s == imp.streams.end()) s = imp.streams.emplace(std::string(stream), 0).first;
+    auto last = s->second.find(subject);
+    if (last == s->second.end()) {
+      s->second.emplace(std::string(subject), seq);
+      ++imp.tracked;
+      return true;
+    }
+    // A smaller number means the exporter forgot its sequences (see kMaxTrackedSubjects).
+    if (seq > last->second + 1) imp.lost.add(seq - last->second - 1);
+    last->second = seq;
+    return true;
+  }
+
+  Broker<T>& broker_;
+  const BridgeOptions options_;
+  const C codec_;
+  const std::uint64_t id_;
+  const std::string id_hex_;
+  detail::Reporter report_;
+  // Destroyed in reverse: the imports end first (their callbacks read exports_), then the
+  // export threads stop, then the connection closes.
+  std::unique_ptr<detail::Connection> conn_;
+  std::vector<std::unique_ptr<Export>> exports_;
+  std::vector<std::unique_ptr<Import>> imports_;
+};
+
+}  // namespace herald::nats

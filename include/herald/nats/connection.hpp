@@ -1,0 +1,259 @@
+// herald::nats connection: a wrapper of the NATS C client's connection with the settings a bridge
+// needs (no echo, reconnect forever with jittered backoff, connected/closed state others can wait
+// for), plus the errors and the failure reporter the bridge shares with it.
+#pragma once
+
+#include <herald/detail/backoff.hpp>
+#include <herald/detail/hashing.hpp>
+#include <herald/detail/parking.hpp>
+
+#include <nats/nats.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace herald::nats {
+
+/// A NATS client call failed (connect, subscribe, initial flush); the message says which and why.
+class NatsError : public std::runtime_error {
+ public:
+  NatsError(const std::string& what, natsStatus status)
+      : std::runtime_error(what + ": " + natsStatus_GetText(status) + detail_text()),
+        status_(status) {}
+  /// The NATS client's status code.
+  [[nodiscard]] natsStatus status() const noexcept { return status_; }
+
+ private:
+  static std::string detail_text() {
+    natsStatus s = NATS_OK;
+    const char* text = nats_GetLastError(&s);
+    return text && *text ? std::string(" (") + text + ")" : std::string();
+  }
+  natsStatus status_;
+};
+
+/// Delay between reconnect rounds: "decorrelated jitter", each delay drawn uniformly from
+/// [initial, 3 x the previous delay], capped at max; it starts over after a reconnect.
+struct ReconnectPolicy {
+  std::chrono::milliseconds initial{20};
+  std::chrono::milliseconds max{2000};
+};
+
+/// What went wrong with one message or with the connection (reported to BridgeOptions::on_error).
+enum class ErrorKind : std::uint8_t {
+  subject_too_long,   ///< export: `prefix.topic` is longer than max_subject_bytes
+  payload_too_large,  ///< export: the encoded message exceeds the server's max_payload
+  encode_failed,      ///< export: the codec threw
+  publish_failed,     ///< export: the NATS client refused the message (see status)
+  invalid_topic,      ///< import: the subject (without prefix) is not a valid herald topic
+  decode_failed,      ///< import: the codec threw
+  import_failed,      ///< import: publishing into the broker threw, or the broker is closed
+  connection,         ///< asynchronous error from the NATS client (e.g. slow consumer)
+};
+
+/// One failure, with a message that names the subject and the reason.
+struct BridgeError {
+  ErrorKind kind;
+  std::string subject;
+  std::string message;
+  natsStatus status = NATS_OK;
+};
+
+namespace detail {
+
+using herald::detail::Deadline;
+using herald::detail::EventCount;
+using herald::detail::wait_until;
+using herald::detail::WaitStatus;
+
+/// Counts failures and hands them to the user's callback.
+class Reporter {
+ public:
+  explicit Reporter(std::function<void(const BridgeError&)> f) : on_error_(std::move(f)) {}
+
+  void operator()(ErrorKind kind, std::string_view subject, std::string message,
+                  natsStatus status = NATS_OK) noexcept {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    if (!on_error_) return;
+    try {
+      on_error_(BridgeError{kind, std::string(subject), std::move(message), status});
+    } catch (...) {  // a failing error handler must not take the bridge down
+    }
+  }
+  [[nodiscard]] std::uint64_t errors() const noexcept {
+    return errors_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  std::function<void(const BridgeError&)> on_error_;
+  std::atomic<std::uint64_t> errors_{0};
+};
+
+/// A random id, never 0 (the origin of local publishes).
+inline std::uint64_t random_id() {
+  std::random_device rd;
+  const auto now =
+      static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const std::uint64_t id = herald::detail::mix64((std::uint64_t{rd()} << 32) ^ rd() ^ now);
+  return id ? id : 1;
+}
+
+inline void check(natsStatus s, const char* what) {
+  if (s != NATS_OK) throw NatsError(what, s);
+}
+
+/// What a Connection is made with (the connection part of BridgeOptions).
+struct ConnectionSettings {
+  std::string url;
+  std::string name;
+  std::chrono::milliseconds connect_timeout;
+  ReconnectPolicy reconnect;
+  std::chrono::milliseconds ping_interval;
+  int reconnect_buffer_bytes;
+};
+
+/// One NATS connection with the settings a bridge needs: never echoes its own publishes,
+/// reconnects forever with jittered backoff, and tracks whether it is connected.
+class Connection {
+ public:
+  Connection(const ConnectionSettings& o, Reporter& report, std::uint64_t seed)
+      : report_(report), backoff_(o.reconnect.initial, o.reconnect.max, seed) {
+    natsOptions* opts = nullptr;
+    check(natsOptions_Create(&opts), "herald::nats: cannot create NATS options");
+    std::unique_ptr<natsOptions, void (*)(natsOptions*)> guard(opts, natsOptions_Destroy);
+    check(natsOptions_SetURL(opts, o.url.c_str()), "herald::nats: invalid URL");
+    if (!o.name.empty()) check(natsOptions_SetName(opts, o.name.c_str()), "herald::nats: name");
+    check(natsOptions_SetNoEcho(opts, true), "herald::nats: no-echo");
+    check(natsOptions_SetTimeout(opts, o.connect_timeout.count()), "herald::nats: timeout");
+    check(natsOptions_SetPingInterval(opts, o.ping_interval.count()), "herald::nats: ping");
+    check(natsOptions_SetAllowReconnect(opts, true), "herald::nats: reconnect");
+    check(natsOptions_SetMaxReconnect(opts, -1), "herald::nats: max reconnect");
+    check(natsOptions_SetCustomReconnectDelay(opts, &Connection::on_reconnect_delay, this),
+          "herald::nats: reconnect delay");
+    check(natsOptions_SetReconnectBufSize(opts, o.reconnect_buffer_bytes),
+          "herald::nats: reconnect buffer");
+    check(natsOptions_SetDisconnectedCB(opts, &Connection::on_disconnected, this),
+          "herald::nats: disconnected callback");
+    check(natsOptions_SetReconnectedCB(opts, &Connection::on_reconnected, this),
+          "herald::nats: reconnected callback");
+    check(natsOptions_SetClosedCB(opts, &Connection::on_closed, this),
+          "herald::nats: closed callback");
+    check(natsOptions_SetErrorHandler(opts, &Connection::on_async_error, this),
+          "herald::nats: error handler");
+    // Set before connecting: a disconnect callback may run before Connect returns.
+    connected_.store(true, std::memory_order_seq_cst);
+    natsConnection* nc = nullptr;
+    const natsStatus s = natsConnection_Connect(&nc, opts);
+    if (s != NATS_OK) throw NatsError("herald::nats: cannot connect to " + o.url, s);
+    nc_ = nc;
+    max_payload_.store(natsConnection_GetMaxPayload(nc_), std::memory_order_relaxed);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  /// Closes the connection and waits for its last callback: after that, the client never calls
+  /// back into this object.
+  ~Connection() {
+    natsConnection_Close(nc_);
+    wait_until(changed_, [&] { return closed(); });
+    // on_closed may still be inside its wake-up: it finishes under close_mutex_, so taking the
+    // lock once means it is done with this object (unlocking a mutex that is then destroyed is
+    // safe, unlike touching the event count after the waiter returned).
+    { const std::lock_guard lock(close_mutex_); }
+    natsConnection_Destroy(nc_);
+  }
+
+  [[nodiscard]] natsConnection* get() const noexcept { return nc_; }
+  [[nodiscard]] bool connected() const noexcept {
+    return connected_.load(std::memory_order_seq_cst);
+  }
+  [[nodiscard]] std::int64_t max_payload() const noexcept {
+    return max_payload_.load(std::memory_order_relaxed);
+  }
+  [[nodiscard]] std::uint64_t disconnects() const noexcept { return disconnects_.load(); }
+  [[nodiscard]] std::uint64_t reconnects() const noexcept { return reconnects_.load(); }
+
+  /// Waits until connected (true), the connection closed (false) or a stop request (false).
+  bool wait_connected(const std::stop_token& stop) {
+    wait_until(
+        changed_, [&] { return connected() || closed(); }, Deadline::forever(), stop);
+    return connected();
+  }
+
+  /// Waits at most `d` for the connection to close (or a stop request): a pause between tries.
+  void pause(const std::stop_token& stop, std::chrono::milliseconds d) {
+    wait_until(
+        changed_, [&] { return closed(); }, Deadline::after(d), stop);
+  }
+
+ private:
+  [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_seq_cst); }
+
+  // The waiters of `changed_` wait for different conditions ("connected or closed", "closed"),
+  // so a change wakes them all unconditionally (wake_all) rather than through notify_all, which
+  // may leave the wake-up to a waiter that does not care. State changes are rare.
+  void set(std::atomic<bool>& flag, bool value) noexcept {
+    flag.store(value, std::memory_order_seq_cst);
+    changed_.wake_all();
+  }
+
+  static void on_disconnected(natsConnection*, void* self) {
+    auto& c = *static_cast<Connection*>(self);
+    c.disconnects_.fetch_add(1, std::memory_order_relaxed);
+    c.set(c.connected_, false);
+  }
+  static void on_reconnected(natsConnection* nc, void* self) {
+    auto& c = *static_cast<Connection*>(self);
+    c.reconnects_.fetch_add(1, std::memory_order_relaxed);
+    {
+      const std::lock_guard lock(c.backoff_mutex_);
+      c.backoff_.reset();
+    }
+    // Another server of the cluster may have another limit.
+    c.max_payload_.store(natsConnection_GetMaxPayload(nc), std::memory_order_relaxed);
+    c.set(c.connected_, true);
+  }
+  static void on_closed(natsConnection*, void* self) {
+    auto& c = *static_cast<Connection*>(self);
+    const std::lock_guard lock(c.close_mutex_);  // see the destructor
+    c.connected_.store(false, std::memory_order_seq_cst);
+    c.set(c.closed_, true);
+  }
+  static void on_async_error(natsConnection*, natsSubscription* sub, natsStatus err, void* self) {
+    auto& c = *static_cast<Connection*>(self);
+    const char* subject = sub ? natsSubscription_GetSubject(sub) : nullptr;
+    c.report_(ErrorKind::connection, subject ? subject : "",
+              std::string("herald::nats: ") + natsStatus_GetText(err), err);
+  }
+  static std::int64_t on_reconnect_delay(natsConnection*, int /*attempts*/, void* self) {
+    auto& c = *static_cast<Connection*>(self);
+    const std::lock_guard lock(c.backoff_mutex_);
+    const auto d = std::chrono::duration_cast<std::chrono::milliseconds>(c.backoff_.next());
+    return std::max<std::int64_t>(1, d.count());
+  }
+
+  Reporter& report_;
+  std::mutex backoff_mutex_;  // the client's reconnect thread and reconnect callback
+  herald::detail::DecorrelatedJitter backoff_;
+  natsConnection* nc_ = nullptr;
+  std::atomic<bool> connected_{false};
+  std::atomic<bool> closed_{false};
+  std::atomic<std::int64_t> max_payload_{0};
+  std::atomic<std::uint64_t> disconnects_{0};
+  std::atomic<std::uint64_t> reconnects_{0};
+  EventCount changed_;      // connected_ or closed_ changed
+  std::mutex close_mutex_;  // held by on_closed while it touches this object
+};
+
+}  // namespace detail
+}  // namespace herald::nats

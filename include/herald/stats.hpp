@@ -1,0 +1,135 @@
+// Every public counter struct of herald in one place: what one publish did, a broker's totals, a
+// subscription's and a handler's counters, a worker pool's and the NATS bridge's. Plain values
+// (snapshots), so exporters and formatters need nothing else.
+#pragma once
+
+#include <herald/policy.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace herald {
+
+/// What one publish did.
+struct PublishResult {
+  std::size_t matched = 0;    ///< open subscriptions (a queue group counts once) it was offered to
+  std::size_t delivered = 0;  ///< of those, how many queued it
+  std::size_t dropped = 0;    ///< of those, how many refused it (full, or block timeout)
+  std::size_t evicted = 0;    ///< drop_oldest subscribers that evicted an older message for it
+  bool closed = false;        ///< the broker was closed: nothing was offered to anyone
+
+  /// True when at least one subscriber queued the message.
+  explicit operator bool() const noexcept { return delivered != 0; }
+};
+
+/// Broker totals. `delivered + dropped` is the number of offers made.
+struct BrokerStats {
+  std::uint64_t published = 0;      ///< publish calls on an open broker
+  std::uint64_t delivered = 0;      ///< messages queued, summed over subscribers
+  std::uint64_t dropped = 0;        ///< offers refused (full, block timeout)
+  std::uint64_t evicted = 0;        ///< offers that evicted older messages (drop_oldest); a
+                                    ///< subscription's own stats count every eviction
+  std::uint64_t no_subscriber = 0;  ///< publishes that matched no subscription
+  std::size_t subscriptions = 0;    ///< live subscriptions now
+};
+
+/// Counters of one subscription's queue. Exact identities, for every policy:
+/// `offered == delivered + dropped` and `delivered == received + evicted + queue_depth`.
+struct SubscriptionStats {
+  std::uint64_t offered = 0;          ///< messages published to a matching topic while it was open
+  std::uint64_t delivered = 0;        ///< accepted into its queue
+  std::uint64_t dropped = 0;          ///< refused: dropped_full + dropped_timeout
+  std::uint64_t dropped_full = 0;     ///< drop_incoming / disconnect: the queue was full
+  std::uint64_t dropped_timeout = 0;  ///< block: no room within block_timeout
+  std::uint64_t evicted = 0;          ///< drop_oldest: accepted, then evicted to make room
+  std::uint64_t received = 0;         ///< taken out of the queue by the consumer
+  std::size_t queue_depth = 0;        ///< messages waiting now (approximate while publishers run)
+  std::size_t high_water_mark = 0;    ///< the largest queue depth seen after an enqueue
+  CloseReason close_reason = CloseReason::open;
+};
+
+/// What a handler subscription's handler did.
+struct HandlerCounters {
+  std::uint64_t invocations = 0;    ///< handler calls, retries included
+  std::uint64_t failures = 0;       ///< calls that threw
+  std::uint64_t retries = 0;        ///< calls that were retries of a failed message
+  std::uint64_t dead_lettered = 0;  ///< messages that failed every attempt, accepted by the sink
+  std::chrono::nanoseconds handler_time_total{0};
+  std::chrono::nanoseconds handler_time_max{0};
+};
+
+/// Counters of a handler subscription: its queue's and its handler's.
+struct HandlerStats : SubscriptionStats, HandlerCounters {};
+
+/// The two kinds of subscription.
+enum class SubscriptionKind : std::uint8_t {
+  pull,     ///< Subscription<T>: the consumer receives
+  handler,  ///< HandlerSubscription<T>: a handler runs on an executor
+};
+
+/// The enumerator's name, "pull" or "handler".
+[[nodiscard]] constexpr std::string_view to_string(SubscriptionKind k) noexcept {
+  return k == SubscriptionKind::pull ? "pull" : "handler";
+}
+
+/// One subscription as Broker::for_each_subscription shows it: what it asked for and its counters.
+/// The views are valid during the visitor call only.
+struct SubscriptionInfo {
+  SubscriptionKind kind = SubscriptionKind::pull;
+  std::string_view pattern;
+  const SubscribeOptions& options;
+  SubscriptionStats stats;
+  HandlerCounters handler{};  ///< zero for pull subscriptions
+};
+
+/// Counters of a WorkerPool.
+///
+/// Fields are read one after the other while workers run, so a snapshot taken under load need
+/// not add up; once shutdown() has returned (from a non-worker thread) they are exact and
+/// submitted == completed + failed.
+struct WorkerPoolStats {
+  std::uint64_t submitted = 0;  ///< tasks accepted (rejected submissions are not counted)
+  std::uint64_t completed = 0;  ///< tasks that returned normally (async ones included)
+  std::uint64_t failed = 0;     ///< tasks that threw (the exception went to the error handler)
+  std::size_t queued = 0;       ///< tasks accepted and not yet started (approximate under load)
+  std::size_t threads = 0;      ///< worker threads
+};
+
+/// Counters of a NATS bridge (herald/nats.hpp). Identities (exact once the export queues are
+/// empty, e.g. after flush()): `exported == sent + dropped()` and
+/// `received == imported + rejected + dropped_decode + import_failed + echoes`.
+struct BridgeStats {
+  // To NATS.
+  std::uint64_t exported = 0;           ///< local messages that matched an export
+  std::uint64_t sent = 0;               ///< accepted by the NATS connection
+  std::uint64_t dropped_overflow = 0;   ///< refused or evicted by an export queue's policy
+  std::uint64_t dropped_subject = 0;    ///< subject longer than max_subject_bytes
+  std::uint64_t dropped_too_large = 0;  ///< encoded size above the server's max_payload
+  std::uint64_t dropped_encode = 0;     ///< the codec threw
+  std::uint64_t dropped_failed = 0;     ///< the NATS client refused it for another reason
+  std::uint64_t skipped_echo = 0;       ///< imported messages an export saw and did not send back
+  std::size_t queued = 0;               ///< waiting in the export queues now (approximate)
+  // From NATS.
+  std::uint64_t received = 0;        ///< messages NATS delivered to the imports
+  std::uint64_t imported = 0;        ///< published into the broker
+  std::uint64_t rejected = 0;        ///< subject not a valid herald topic
+  std::uint64_t dropped_decode = 0;  ///< the codec threw
+  std::uint64_t import_failed = 0;   ///< the broker threw or was closed
+  std::uint64_t echoes = 0;          ///< (track_loss) this bridge's own messages that came back
+  std::uint64_t dropped_slow = 0;    ///< dropped by the NATS client: an import fell behind
+  std::uint64_t lost = 0;            ///< (track_loss) gaps in the sequence of the messages received
+  // The connection.
+  std::uint64_t disconnects = 0;
+  std::uint64_t reconnects = 0;
+  std::uint64_t errors = 0;  ///< failures reported (see BridgeOptions::on_error)
+  bool connected = false;
+
+  /// Everything dropped on the way to NATS.
+  [[nodiscard]] std::uint64_t dropped() const noexcept {
+    return dropped_overflow + dropped_subject + dropped_too_large + dropped_encode + dropped_failed;
+  }
+};
+
+}  // namespace herald
