@@ -42,7 +42,9 @@ cmake --preset bench >/dev/null
 cmake --build --preset bench
 bin=build/bench/bench
 peers=$PWD/build/bench/peers
-bash bench/peers/build.sh "$peers"
+peer_tests=()
+[ "$mode" = smoke ] && peer_tests=(--test)  # CI: the Go peers' own tests too
+bash bench/peers/build.sh "${peer_tests[@]}" "$peers"
 out=build/report$([ "$mode" = smoke ] && echo -smoke || true)
 rm -rf "$out"
 mkdir -p "$out"

@@ -7,12 +7,18 @@
 # golang-github-nats-io-nats-server-dev (with their dependencies) under /usr/share/gocode, built
 # in GOPATH mode (no modules, no proxy, no download). nats-server's import path ends in /v2, which
 # the Debian tree does not have: OUTDIR/gopath adds it as a symlink. The build cache stays in
-# OUTDIR/gocache.
+# OUTDIR/gocache. --test also runs go vet and the programs' tests (the broker's NATS matching
+# semantics and delivery guarantees, the generator's std::mt19937_64 sequence).
 #
-#   bash bench/peers/build.sh [OUTDIR]
+#   bash bench/peers/build.sh [--test] [OUTDIR]
 set -euo pipefail
 peers="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$peers/../.." && pwd)"
+test=0
+if [ "${1:-}" = --test ]; then
+  test=1
+  shift
+fi
 out="${1:-$root/build/bench/peers}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -38,6 +44,9 @@ for program in refbroker sublist; do
     echo "bench/peers/build.sh: building $program failed (GOPATH=$GOPATH; is every package" \
       "nats-server imports installed under /usr/share/gocode?)" >&2
     exit 1
+  fi
+  if [ "$test" = 1 ]; then
+    (cd "$peers/$program" && go vet . && go test -p 2 -count=1 .)
   fi
 done
 echo "bench/peers/build.sh: built $out/refbroker and $out/sublist with $(go version | cut -d' ' -f3)"
