@@ -1,31 +1,43 @@
-// herald::Broker against the brokers a C++ user would otherwise pick, in one process and one run:
-// the "reference design" of DESIGN.md (bench/reference_broker.hpp: mutex-guarded topic map,
-// mutex + condvar queue per subscriber, wildcards by scanning every pattern) and ZeroMQ inproc
-// PUB/SUB (one PUB socket, one SUB socket per subscriber thread).
+// herald::Broker against the brokers a C++ user would otherwise pick, in one run: the Go reference
+// broker of DESIGN.md (bench/peers/refbroker: a typed Broker[T], a map of per-subscriber buffered
+// channels behind a sync.RWMutex, one goroutine per subscriber; run as a subprocess, once per
+// repetition, when --go-peer names it), the C++ translation of that design
+// (bench/reference_broker.hpp: mutex-guarded topic map, mutex + condvar queue per subscriber,
+// wildcards by scanning every pattern) and ZeroMQ inproc PUB/SUB (one PUB socket, one SUB socket
+// per subscriber thread).
 //
 // A custom harness rather than Google Benchmark cases: repetitions are interleaved round-robin
 // over the contenders (so a burst of background load hits everybody alike) and medians reported.
 // Payload: a 32-byte struct on topic "market.eu.quote"; every subscriber has a queue of 1024
-// (ZeroMQ: SNDHWM = RCVHWM = 1024). Workloads:
-//   fan-out, block   1 publisher thread, N = 1/8/64 subscribers each drained by its own thread;
-//                    nothing may be lost (herald: Overflow::block; reference: waits on its
-//                    condvar). Deliveries/s = messages received by all subscribers / wall time
-//                    until the last one got everything. ZeroMQ PUB drops at the high-water mark,
-//                    so it is measured on what arrived and its loss is shown; a second ZeroMQ row
-//                    sets ZMQ_XPUB_NODROP (the publisher waits instead: lossless, comparable).
+// (ZeroMQ: SNDHWM = RCVHWM = 1024; Go: a channel buffer of 1024). Workloads:
+//   fan-out, block   1 publisher thread, N = 1/8/64 subscribers each drained by its own thread
+//                    (Go: goroutine); nothing may be lost (herald: Overflow::block; reference:
+//                    waits on its condvar; Go: a blocking channel send). Deliveries/s = messages
+//                    received by all subscribers / wall time until the last one got everything.
+//                    ZeroMQ PUB drops at the high-water mark, so it is measured on what arrived
+//                    and its loss is shown; a second ZeroMQ row sets ZMQ_XPUB_NODROP (the
+//                    publisher waits instead: lossless, comparable).
 //   fan-out, drop    the same with a dropping policy (herald: drop_incoming): publisher-side
 //                    ns/publish while the consumers drain as fast as they can, and the loss.
+//   round trip       thread A publishes on "ping", thread B receives it and publishes on "pong",
+//                    A receives that: ns per round trip (herald: pull subscriptions; Go: the two
+//                    subscriptions' goroutines answer each other), with the two threads left to
+//                    the scheduler and pinned to two CPUs; beside it the same round trip through
+//                    two bare herald BoundedQueues (bench_queue's ping-pong), the goal's yardstick.
+//                    Go runs unpinned only (its scheduler places goroutines itself).
 //   wildcard         single thread: CPU ns/publish to a topic matched by 3 wildcard subscriptions
 //                    while 100 / 1k / 10k non-matching wildcard subscriptions exist (the reference
-//                    scans them all; herald's cost must stay flat). Timed in batches of 256, the
-//                    3 queues drained between batches, outside the clock.
+//                    designs scan them all; herald's cost must stay flat). Timed in batches of
+//                    256, the 3 queues drained between batches, outside the clock.
 //
-//   bench_broker [--reps=N] [--only=block|drop|wildcard] [--deliveries=N] [--budget-ms=N]
-//                [--fanout=N] [--nonmatching=N] [--peer=substring] [--pin]   (the last four
-//                narrow a run down for diagnosis; --pin fixes thread placement, see g_pin)
+//   bench_broker [--reps=N] [--only=block|drop|roundtrip|wildcard] [--go-peer=PATH]
+//                [--deliveries=N] [--budget-ms=N] [--fanout=N] [--nonmatching=N]
+//                [--peer=substring] [--pin]   (the last four narrow a run down for diagnosis;
+//                --pin fixes thread placement of the fan-out, see g_pin)
 //   HERALD_BENCH_SMOKE=1        tiny sizes, fan-out 1 and 8 only, one repetition
 //   HERALD_BENCH_RESULTS=path   also append machine-readable rows for bench/report.sh
 // Google Benchmark flags are accepted and ignored.
+#include <herald/bounded_queue.hpp>
 #include <herald/broker.hpp>
 
 #include <fmt/core.h>
@@ -33,7 +45,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include "go_peer.hpp"
 #include "reference_broker.hpp"
 #include "results.hpp"
 
@@ -96,6 +110,9 @@ std::chrono::nanoseconds g_run_budget = std::chrono::milliseconds(800);
 // --pin (diagnosis only): the publisher on CPU 0, consumers on the other CPUs, so that A/B runs
 // of one contender are not decided by where the scheduler happens to put two threads.
 bool g_pin = false;
+// --go-peer=PATH: the Go reference broker program (bench/peers/refbroker); empty: not run.
+std::string g_go_peer;
+constexpr std::string_view kGoName = "Go reference broker (goroutine per subscriber)";
 
 void pin_to_cpu(unsigned cpu) {
   cpu_set_t set;
@@ -408,6 +425,25 @@ Outcome fanout_zmq(unsigned n, std::uint64_t messages, Mode mode) {
 }
 #endif
 
+// The Go reference broker: one run of bench/peers/refbroker, which checks what its subscribers
+// receive itself and answers "value loss cpu_ns csw" (deliveries/s or ns/publish as here).
+Outcome fanout_go(unsigned n, std::uint64_t messages, Mode mode) {
+  const auto budget_ms = std::chrono::duration_cast<std::chrono::milliseconds>(g_run_budget);
+  const herald_bench::PeerAnswer a = herald_bench::run_peer(
+      g_go_peer,
+      {"-workload=fanout", fmt::format("-subs={}", n), fmt::format("-messages={}", messages),
+       mode == Mode::block ? "-mode=block" : "-mode=drop",
+       fmt::format("-budget-ms={}", std::max<long long>(1, budget_ms.count()))},
+      4);
+  if (!a.ok) {
+    fail(kGoName, a.error);
+    return {};
+  }
+  Outcome o{a.values[0], a.values[1], a.values[2], a.values[3]};
+  if (mode == Mode::block && o.loss != 0) fail(kGoName, "lost messages under the block policy");
+  return o;
+}
+
 struct FanoutContender {
   std::string name;
   Outcome (*run)(unsigned, std::uint64_t, Mode);
@@ -532,9 +568,143 @@ double wildcard_reference(std::size_t nonmatching, std::chrono::nanoseconds budg
   return ns;
 }
 
+double wildcard_go(std::size_t nonmatching, std::chrono::nanoseconds budget) {
+  const auto budget_ms = std::chrono::duration_cast<std::chrono::milliseconds>(budget);
+  const herald_bench::PeerAnswer a = herald_bench::run_peer(
+      g_go_peer, {"-workload=wildcard", fmt::format("-nonmatching={}", nonmatching),
+                  fmt::format("-budget-ms={}", std::max<long long>(1, budget_ms.count()))});
+  if (!a.ok) fail(kGoName, a.error);
+  return a.ok ? a.values[0] : 0;
+}
+
 struct WildContender {
   std::string name;
   double (*run)(std::size_t, std::chrono::nanoseconds);
+};
+
+// ---- the round trip workload ----
+
+/// Starts threads A and B of a round trip together, optionally pinned to two different CPUs
+/// (B on CPU 0, A on CPU 1, as bench_queue pins its ping-pong); returns ns per round trip.
+template <class Echo, class Ping>
+double round_trip(std::uint64_t rounds, bool pinned, Echo&& echo, Ping&& ping) {
+  const bool pin = pinned && std::thread::hardware_concurrency() > 1;
+  std::latch ready(3);
+  std::thread b([&] {
+    if (pin) pin_to_cpu(0);
+    ready.arrive_and_wait();
+    echo();
+  });
+  Clock::time_point t0, t1;
+  std::thread a([&] {
+    if (pin) pin_to_cpu(1);
+    ready.arrive_and_wait();
+    t0 = Clock::now();
+    ping();
+    t1 = Clock::now();
+  });
+  ready.arrive_and_wait();
+  a.join();
+  b.join();
+  return std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(rounds);
+}
+
+template <bool Prepared>
+double roundtrip_herald(std::uint64_t rounds, bool pinned) {
+  const std::string_view who = Prepared ? "herald Publisher round trip" : "herald round trip";
+  herald::Broker<Tick> broker;
+  const herald::SubscribeOptions options{.capacity = kCapacity,
+                                         .overflow = herald::Overflow::block};
+  auto pings = broker.subscribe("ping", options);
+  auto pongs = broker.subscribe("pong", options);
+  auto ping_publisher = broker.publisher("ping");
+  auto pong_publisher = broker.publisher("pong");
+  bool ok = true;
+  const double ns = round_trip(
+      rounds, pinned,
+      [&] {
+        for (std::uint64_t i = 0; i < rounds; ++i) {
+          auto m = pings.receive();
+          if (!m) return;
+          if constexpr (Prepared) {
+            pong_publisher.publish(m->value());
+          } else {
+            broker.publish("pong", m->value());
+          }
+        }
+      },
+      [&] {
+        for (std::uint64_t i = 1; i <= rounds; ++i) {
+          if constexpr (Prepared) {
+            ping_publisher.publish(make_tick(i));
+          } else {
+            broker.publish("ping", make_tick(i));
+          }
+          auto m = pongs.receive();
+          ok = ok && m && m->value().seq == i;
+        }
+      });
+  if (!ok) fail(who, "a pong was lost or out of order");
+  return ns;
+}
+
+/// bench_queue's ping-pong: one 8-byte value bounces through two bare BoundedQueues.
+double roundtrip_queue(std::uint64_t rounds, bool pinned) {
+  herald::BoundedQueue<std::uint64_t> there(kCapacity), back(kCapacity);
+  bool ok = true;
+  const double ns = round_trip(
+      rounds, pinned,
+      [&] {
+        for (std::uint64_t i = 0; i < rounds; ++i)
+          back.push(there.pop().value_or(0));
+      },
+      [&] {
+        for (std::uint64_t i = 1; i <= rounds; ++i) {
+          there.push(i);
+          ok = back.pop() == i && ok;
+        }
+      });
+  if (!ok) fail("herald BoundedQueue ping-pong", "a value was lost or out of order");
+  return ns;
+}
+
+double roundtrip_reference(std::uint64_t rounds, bool pinned) {
+  herald_bench::ReferenceBroker<Tick> broker;
+  auto pings = broker.subscribe("ping", kCapacity, herald_bench::RefPolicy::block);
+  auto pongs = broker.subscribe("pong", kCapacity, herald_bench::RefPolicy::block);
+  bool ok = true;
+  const double ns = round_trip(
+      rounds, pinned,
+      [&] {
+        for (std::uint64_t i = 0; i < rounds; ++i) {
+          auto m = pings->pop();
+          if (!m) return;
+          broker.publish("pong", m->value);
+        }
+      },
+      [&] {
+        for (std::uint64_t i = 1; i <= rounds; ++i) {
+          broker.publish("ping", make_tick(i));
+          auto m = pongs->pop();
+          ok = ok && m && m->value.seq == i;
+        }
+      });
+  if (!ok) fail("reference round trip", "a pong was lost or out of order");
+  return ns;
+}
+
+/// The Go broker's goroutines are placed by Go's scheduler: only the unpinned run is measured.
+double roundtrip_go(std::uint64_t rounds, bool /*pinned*/) {
+  const herald_bench::PeerAnswer a =
+      herald_bench::run_peer(g_go_peer, {"-workload=pingpong", fmt::format("-rounds={}", rounds)});
+  if (!a.ok) fail(kGoName, a.error);
+  return a.ok ? a.values[0] : 0;
+}
+
+struct RoundTripContender {
+  std::string name;
+  double (*run)(std::uint64_t, bool);
+  bool unpinned_only = false;
 };
 
 // ---- reporting ----
@@ -609,6 +779,7 @@ int main(int argc, char** argv) {
     if (a.rfind("--reps=", 0) == 0) reps = std::max(1, std::atoi(argv[i] + 7));
     if (a.rfind("--only=", 0) == 0) only = std::string(a.substr(7));
     if (a.rfind("--peer=", 0) == 0) peer = std::string(a.substr(7));
+    if (a.rfind("--go-peer=", 0) == 0) g_go_peer = std::string(a.substr(10));
     if (a.rfind("--budget-ms=", 0) == 0) {
       g_run_budget = std::chrono::milliseconds(std::max(1, std::atoi(argv[i] + 12)));
     }
@@ -620,6 +791,10 @@ int main(int argc, char** argv) {
     if (a.rfind("--deliveries=", 0) == 0) {
       deliveries = std::max<std::uint64_t>(1000, std::strtoull(argv[i] + 13, nullptr, 10));
     }
+  }
+  if (!g_go_peer.empty() && access(g_go_peer.c_str(), X_OK) != 0) {
+    fmt::print(stderr, "bench_broker: --go-peer={} is not an executable program\n", g_go_peer);
+    return 2;
   }
   const auto wanted = [&](std::string_view section) {
     return only.empty() || section.find(only) != std::string_view::npos;
@@ -636,24 +811,46 @@ int main(int argc, char** argv) {
   const auto messages_for = [&](unsigned n) {
     return std::max<std::uint64_t>(deliveries / n, 100);
   };
+  const std::uint64_t rounds = smoke ? 2'000 : 20'000;  // bench_queue's ping-pong count
+  const bool go = !g_go_peer.empty();
 
+  // herald first (the ratios are against it), then the headline peer, the Go reference broker.
   std::vector<FanoutContender> fan = {
-    {"herald publish", &fanout_herald<false>},
-    {"herald Publisher", &fanout_herald<true>},
-    {"reference design", &fanout_reference},
-#if defined(HERALD_HAVE_ZMQ)
-    {"ZeroMQ inproc PUB/SUB", &fanout_zmq<false>},
-    {"ZeroMQ inproc, XPUB_NODROP", &fanout_zmq<true>, true},
-#endif
+      {"herald publish", &fanout_herald<false>},
+      {"herald Publisher", &fanout_herald<true>},
   };
-  constexpr std::size_t kHeraldPublish = 0, kHeraldPublisher = 1, kReference = 2, kZmq = 3,
-                        kZmqNoDrop = 4;
-  const std::vector<WildContender> wild = {
+  if (go) fan.push_back({std::string(kGoName), &fanout_go});
+  fan.push_back({"reference design", &fanout_reference});
+#if defined(HERALD_HAVE_ZMQ)
+  fan.push_back({"ZeroMQ inproc PUB/SUB", &fanout_zmq<false>});
+  fan.push_back({"ZeroMQ inproc, XPUB_NODROP", &fanout_zmq<true>, true});
+#endif
+  const auto fan_index = [&](std::string_view name) {
+    for (std::size_t i = 0; i < fan.size(); ++i)
+      if (fan[i].name == name) return i;
+    return fan.size();
+  };
+  const std::size_t kHeraldPublish = 0, kHeraldPublisher = 1, kGo = fan_index(kGoName),
+                    kReference = fan_index("reference design"),
+                    kZmq = fan_index("ZeroMQ inproc PUB/SUB"),
+                    kZmqNoDrop = fan_index("ZeroMQ inproc, XPUB_NODROP");
+  std::vector<WildContender> wild = {
       {"herald publish (route cached)", &wildcard_herald<HeraldWild::cached>},
       {"herald publish (8192 topics, uncached)", &wildcard_herald<HeraldWild::rotating>},
       {"herald Publisher", &wildcard_herald<HeraldWild::prepared>},
-      {"reference design", &wildcard_reference},
   };
+  if (go) wild.push_back({std::string(kGoName), &wildcard_go});
+  wild.push_back({"reference design", &wildcard_reference});
+  std::vector<RoundTripContender> trip = {
+      {"herald publish", &roundtrip_herald<false>},
+      {"herald Publisher", &roundtrip_herald<true>},
+      {"herald BoundedQueue ping-pong (two queues, no broker)", &roundtrip_queue},
+  };
+  if (go) trip.push_back({std::string(kGoName), &roundtrip_go, true});
+  trip.push_back({"reference design", &roundtrip_reference});
+  constexpr std::size_t kTripQueue = 2;
+  const std::array<bool, 2> placements = {false, true};
+  const std::array<std::string_view, 2> placement_names = {"unpinned", "pinned"};
 
   std::string zmq_ver = "not built";
 #if defined(HERALD_HAVE_ZMQ)
@@ -664,7 +861,7 @@ int main(int argc, char** argv) {
   }
 #endif
   const std::string header = fmt::format(
-      "bench_broker: {} | {} cores | {} Release (-O3) | libzmq {} | {} repetitions "
+      "bench_broker: {} | {} cores | {} Release (-O3) | libzmq {} | Go peer {} | {} repetitions "
       "interleaved round-robin, medians | load average at start {}{}",
       first_line("/proc/cpuinfo", "model name"), std::thread::hardware_concurrency(),
 #if defined(__clang__)
@@ -672,13 +869,15 @@ int main(int argc, char** argv) {
 #else
       "g++ " __VERSION__,
 #endif
-      zmq_ver, reps, first_line("/proc/loadavg", ""), smoke ? " | SMOKE sizes" : "");
+      zmq_ver, go ? g_go_peer : std::string("not run (no --go-peer)"), reps,
+      first_line("/proc/loadavg", ""), smoke ? " | SMOKE sizes" : "");
   const std::string setup = fmt::format(
       "32-byte payload on one topic, queue capacity {} per subscriber (ZeroMQ SNDHWM = RCVHWM = "
-      "{}); a fan-out run publishes {} / subscribers messages, or fewer if its {} ms budget runs "
-      "out; one consumer thread per subscriber",
-      kCapacity, kCapacity, deliveries,
-      std::chrono::duration_cast<std::chrono::milliseconds>(g_run_budget).count());
+      "{}, Go channel buffer {}); a fan-out run publishes {} / subscribers messages, or fewer if "
+      "its {} ms budget runs out; one consumer thread (Go: goroutine) per subscriber; round trip "
+      "{} rounds",
+      kCapacity, kCapacity, kCapacity, deliveries,
+      std::chrono::duration_cast<std::chrono::milliseconds>(g_run_budget).count(), rounds);
   fmt::print("{}\n{}\n\n", header, setup);
 
   // samples[mode][fanout index][contender]
@@ -687,6 +886,9 @@ int main(int argc, char** argv) {
              fanouts.size(), std::vector<std::vector<Outcome>>(fan.size())));
   std::vector<std::vector<std::vector<double>>> wild_samples(
       sizes.size(), std::vector<std::vector<double>>(wild.size()));
+  // trip_samples[placement][contender]
+  std::vector<std::vector<std::vector<double>>> trip_samples(
+      placements.size(), std::vector<std::vector<double>>(trip.size()));
   const std::array<Mode, 2> modes = {Mode::block, Mode::drop};
   const std::array<std::string_view, 2> mode_names = {"block", "drop"};
 
@@ -699,6 +901,13 @@ int main(int argc, char** argv) {
           if ((modes[mi] == Mode::drop && fan[i].block_only) || !chosen(fan[i].name)) continue;
           samples[mi][f][i].push_back(fan[i].run(fanouts[f], messages_for(fanouts[f]), modes[mi]));
         }
+      }
+    }
+    for (std::size_t pl = 0; pl < placements.size() && wanted("roundtrip"); ++pl) {
+      for (std::size_t k = 0; k < trip.size(); ++k) {
+        const std::size_t i = (k + static_cast<std::size_t>(rep)) % trip.size();
+        if ((placements[pl] && trip[i].unpinned_only) || !chosen(trip[i].name)) continue;
+        trip_samples[pl][i].push_back(trip[i].run(rounds, placements[pl]));
       }
     }
     // Wildcard samples are cheap and single-threaded: three per repetition.
@@ -739,7 +948,7 @@ int main(int argc, char** argv) {
     t.note = block ? "vs it = herald's deliveries/s / its deliveries/s (> 1: herald faster); "
                      "ZeroMQ PUB drops at its high-water mark: its rate counts what arrived; CPU "
                      "ns/msg and csw/1k msgs = process CPU time and context switches per message "
-                     "received (medians; diagnostics, no target)"
+                     "received (medians; diagnostics, no target; the Go program's own process)"
                    : "vs it = its ns/publish / herald's (> 1: herald faster); dropped = share of "
                      "deliveries refused because a queue was full (ZeroMQ: lost at its high-water "
                      "mark); CPU ns/msg and csw/1k msgs = per delivery offered (published x "
@@ -775,30 +984,84 @@ int main(int argc, char** argv) {
                           fixed(cpu[i], 0), fixed(csw[i], 1), ratio(vs(kHeraldPublish, i)),
                           ratio(vs(kHeraldPublisher, i))});
       }
-      const auto ran = [&](std::size_t i) { return !samples[mi][f][i].empty(); };
-      if (block && ran(kHeraldPublish) && ran(kHeraldPublisher) && ran(kReference) &&
-          (fan.size() <= kZmq || (ran(kZmq) && ran(kZmqNoDrop)))) {
-        for (std::size_t h : {kHeraldPublish, kHeraldPublisher}) {
-          const auto goal = [&](std::size_t peer_index, double target) {
-            const double r = vs(h, peer_index);
-            results.goal("broker",
-                         fmt::format("fan-out {} lossless deliveries/s, {} / {}", fanouts[f],
-                                     fan[h].name, fan[peer_index].name),
-                         r, fmt::format(">= {}x", target), r >= target);
-            return verdict(r >= target);
-          };
-          const char* vs_reference = goal(kReference, 3);
-          std::string line = fmt::format("fan-out {:>2}: {} / reference = {:.2f}x (>= 3: {})",
-                                         fanouts[f], fan[h].name, vs(h, kReference), vs_reference);
-#if defined(HERALD_HAVE_ZMQ)
-          const char* vs_zmq = goal(kZmq, 1);  // in this order in the results file
-          const char* vs_zmq_nodrop = goal(kZmqNoDrop, 1);
-          line +=
-              fmt::format("; / ZeroMQ = {:.2f}x (>= 1: {}); / ZeroMQ NODROP = {:.2f}x (>= 1: {})",
-                          vs(h, kZmq), vs_zmq, vs(h, kZmqNoDrop), vs_zmq_nodrop);
-#endif
-          targets.push_back(line);
+      const auto ran = [&](std::size_t i) { return i < fan.size() && !samples[mi][f][i].empty(); };
+      if (!block || !ran(kHeraldPublish) || !ran(kHeraldPublisher)) continue;
+      for (std::size_t h : {kHeraldPublish, kHeraldPublisher}) {
+        // Records the goal "herald / peer >= target" and returns the printed verdict.
+        const auto goal = [&](std::size_t peer_index, double target) {
+          const double r = vs(h, peer_index);
+          results.goal("broker",
+                       fmt::format("fan-out {} lossless deliveries/s, {} / {}", fanouts[f],
+                                   fan[h].name, fan[peer_index].name),
+                       r, fmt::format(">= {}x", target), r >= target);
+          return verdict(r >= target);
+        };
+        std::string line = fmt::format("fan-out {:>2}: {}", fanouts[f], fan[h].name);
+        if (ran(kGo)) {  // the headline peer first, in the results file too
+          const char* v = goal(kGo, 3);
+          line += fmt::format(" / Go = {:.2f}x (>= 3: {});", vs(h, kGo), v);
         }
+        if (ran(kReference)) {
+          const char* v = goal(kReference, 3);
+          line += fmt::format(" / C++ reference = {:.2f}x (>= 3: {});", vs(h, kReference), v);
+        }
+        if (ran(kZmq) && ran(kZmqNoDrop)) {
+          const char* v = goal(kZmq, 1);
+          const char* v_nodrop = goal(kZmqNoDrop, 1);
+          line +=
+              fmt::format(" / ZeroMQ = {:.2f}x (>= 1: {}); / ZeroMQ NODROP = {:.2f}x (>= 1: {})",
+                          vs(h, kZmq), v, vs(h, kZmqNoDrop), v_nodrop);
+        }
+        targets.push_back(line);
+      }
+    }
+    tables.push_back(std::move(t));
+  }
+
+  // Round trip table.
+  if (wanted("roundtrip")) {
+    Table t;
+    t.title =
+        "Round trip, ping/pong topics (A publishes ping, B answers on pong): ns per round "
+        "trip, lower is better";
+    t.header = {"threads",
+                "contender",
+                "ns/round trip",
+                "min",
+                "max",
+                "herald publish vs it",
+                "vs BoundedQueue ping-pong"};
+    t.note =
+        "vs it = its ns / herald publish's ns (> 1: herald faster); vs BoundedQueue "
+        "ping-pong = its ns / the two bare queues' ns (the goal: herald <= 2); pinned = B on "
+        "CPU 0, A on CPU 1; the Go broker runs unpinned only";
+    for (std::size_t pl = 0; pl < placements.size(); ++pl) {
+      std::vector<Stat> st(trip.size());
+      for (std::size_t i = 0; i < trip.size(); ++i) {
+        if (trip_samples[pl][i].empty()) continue;
+        st[i] = summarize(trip_samples[pl][i]);
+        results.measure("broker", "round trip (ping/pong topics)", std::string(placement_names[pl]),
+                        trip[i].name, "ns/round trip", false, trip_samples[pl][i]);
+      }
+      for (std::size_t i = 0; i < trip.size(); ++i) {
+        if (trip_samples[pl][i].empty()) continue;
+        t.rows.push_back({std::string(placement_names[pl]), trip[i].name, fixed(st[i].median, 0),
+                          fixed(st[i].min, 0), fixed(st[i].max, 0),
+                          ratio(st[i].median / st[0].median),
+                          ratio(st[i].median / st[kTripQueue].median)});
+      }
+      if (trip_samples[pl][kTripQueue].empty()) continue;
+      for (std::size_t h : {std::size_t{0}, std::size_t{1}}) {
+        if (trip_samples[pl][h].empty()) continue;
+        const double r = st[h].median / st[kTripQueue].median;
+        results.goal("broker",
+                     fmt::format("round trip {}, {} / herald BoundedQueue ping-pong",
+                                 placement_names[pl], trip[h].name),
+                     r, "<= 2x", r <= 2);
+        targets.push_back(
+            fmt::format("round trip {}: {} / BoundedQueue ping-pong = {:.2f} (<= 2: "
+                        "{})",
+                        placement_names[pl], trip[h].name, r, verdict(r <= 2)));
       }
     }
     tables.push_back(std::move(t));
@@ -813,10 +1076,11 @@ int main(int argc, char** argv) {
     t.header = {"non-matching", "contender",       "ns/publish", "min",
                 "max",          "reference vs it", "vs own 100"};
     t.note =
-        "reference vs it = reference ns / its ns (> 1: faster than the reference); vs own 100 "
+        "reference vs it = C++ reference ns / its ns (> 1: faster than the reference); vs own 100 "
         "= its ns / its ns at 100 non-matching subscriptions (flat: about 1); 3 samples per "
         "repetition; the uncached row publishes to 8192 distinct topics (more than herald's "
-        "4096-route cache), so every publish matches in the trie";
+        "4096-route cache), so every publish matches in the trie; Go: the publishing goroutine's "
+        "OS thread (locked), the subscriber goroutines catch up between batches";
     std::vector<std::vector<Stat>> st(sizes.size(), std::vector<Stat>(wild.size()));
     for (std::size_t s = 0; s < sizes.size(); ++s)
       for (std::size_t i = 0; i < wild.size(); ++i)
@@ -825,7 +1089,7 @@ int main(int argc, char** argv) {
           results.measure("broker", "wildcard publish", std::to_string(sizes[s]), wild[i].name,
                           "ns/publish", false, wild_samples[s][i]);
         }
-    const std::size_t ref = wild.size() - 1;
+    const std::size_t ref = wild.size() - 1;  // the C++ reference design, last
     for (std::size_t s = 0; s < sizes.size(); ++s) {
       for (std::size_t i = 0; i < wild.size(); ++i) {
         if (wild_samples[s][i].empty()) continue;
@@ -835,7 +1099,8 @@ int main(int argc, char** argv) {
              ratio(st[s][ref].median / st[s][i].median), ratio(st[s][i].median / st[0][i].median)});
       }
     }
-    for (std::size_t i = 0; i + 1 < wild.size() && sizes.size() > 1; ++i) {
+    for (std::size_t i = 0; i < wild.size() && sizes.size() > 1; ++i) {
+      if (wild[i].name.rfind("herald", 0) != 0) continue;
       if (wild_samples.front()[i].empty() || wild_samples.front()[ref].empty()) continue;
       const double growth = st.back()[i].median / st.front()[i].median;
       results.goal("broker",

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The benchmark report: installs what is missing, builds the bench preset, runs every comparison
-# (queue, pool, broker, matching, and the NATS bridge when libnats is installed) and writes
+# The benchmark report: installs what is missing, builds the bench preset and the Go peers
+# (bench/peers/build.sh: the Go reference broker and NATS's sublist, offline, from Debian
+# packages), runs every comparison (queue, pool, broker, matching, and the NATS bridge when libnats
+# is installed; the harnesses run the Go peers between their own repetitions) and writes
 # build/report/benchmarks.md plus build/report/benchmarks.png (gnuplot).
 #
 #   bash bench/report.sh              full run, 5 repetitions (about 5 minutes on 2 cores + build)
@@ -33,11 +35,16 @@ fi
 
 herald_need_packages cmake make g++ python3 gnuplot-nox libbenchmark-dev libfmt-dev \
   libatomic-queue-dev libxenium-dev libconcurrentqueue-dev libboost-dev libtbb-dev libzmq3-dev \
-  nats-server libnats-dev
+  nats-server libnats-dev golang-go golang-github-nats-io-go-nats-dev \
+  golang-github-nats-io-nats-server-dev
 
 cmake --preset bench >/dev/null
 cmake --build --preset bench
 bin=build/bench/bench
+peers=$PWD/build/bench/peers
+peer_tests=()
+[ "$mode" = smoke ] && peer_tests=(--test)  # CI: the Go peers' own tests too
+bash bench/peers/build.sh "${peer_tests[@]}" "$peers"
 out=build/report$([ "$mode" = smoke ] && echo -smoke || true)
 rm -rf "$out"
 mkdir -p "$out"
@@ -61,6 +68,7 @@ nats=absent
   echo "cores: $(nproc)"
   echo "os: $(. /etc/os-release && echo "$PRETTY_NAME"), Linux $(uname -r)"
   echo "compiler: $(g++ --version | head -1)"
+  echo "go: $(go version | cut -d' ' -f3)"
   echo "flags: -std=c++20 $flags (CMAKE_BUILD_TYPE=Release)"
   echo "repetitions: $reps"
   echo "mode: $mode"
@@ -85,10 +93,13 @@ run() {
 
 run bench_queue --reps="$reps"
 run bench_pool --benchmark_filter=NONE_the_round_robin_report_is_enough
-run bench_broker --reps="$reps"
+run bench_broker --reps="$reps" --go-peer="$peers/refbroker"
 smoke_time=()
 [ "$mode" = smoke ] && smoke_time=(--benchmark_min_time=0.01)
-run bench_topic_index "${gbench_flags[@]}" "${smoke_time[@]}" --benchmark_out="$out/topic_index.json"
+# TopicIndex::match against the NATS sublist runs interleaved (--reps, --go-peer); Google Benchmark
+# runs the rest (BM_index_match* would only repeat the interleaved rows).
+run bench_topic_index --reps="$reps" --go-peer="$peers/sublist" "${gbench_flags[@]}" \
+  "${smoke_time[@]}" --benchmark_filter=-BM_index_match --benchmark_out="$out/topic_index.json"
 if [ "$nats" = built ]; then
   run bench_nats_bridge "${gbench_flags[@]}" --benchmark_out="$out/nats_bridge.json"
 fi

@@ -3,7 +3,7 @@
 //
 // When HERALD_BENCH_RESULTS names a file, every harness appends tab-separated rows to it:
 //   measure  suite  workload  x  contender  unit  higher|lower  median  min  max  samples
-//   goal     suite  goal      measured-ratio  target  met|MISSED
+//   goal     suite  goal      measured-ratio  target  met|MISSED|info
 // `x` is the workload's parameter (subscribers, patterns) or empty. Harnesses print their own
 // human-readable tables as before; the file is only for the report.
 #pragma once
@@ -68,6 +68,13 @@ class ResultsFile {
     if (file_ == nullptr) return;
     std::fprintf(file_, "goal\t%s\t%s\t%.4g\t%s\t%s\n", clean(suite).c_str(), clean(what).c_str(),
                  measured, clean(target).c_str(), met ? "met" : "MISSED");
+  }
+
+  /// A figure shown beside the goals but not judged (verdict "info", target "-").
+  void info(std::string_view suite, std::string_view what, double measured) {
+    if (file_ == nullptr) return;
+    std::fprintf(file_, "goal\t%s\t%s\t%.4g\t-\tinfo\n", clean(suite).c_str(), clean(what).c_str(),
+                 measured);
   }
 
  private:

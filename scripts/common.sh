@@ -30,8 +30,15 @@ herald_need_packages() {
       exit 1
     fi
   fi
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # An offline machine may still install from its package cache: only the install must succeed.
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
+    echo "herald: apt-get update failed; trying the package lists already on this machine" >&2
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    --no-install-recommends "${missing[@]}"; then
+    echo "herald: could not install these packages; install them and rerun:" >&2
+    echo "  ${missing[*]}" >&2
+    exit 1
+  fi
 }
 
 # herald_step NAME COMMAND...: runs one step, printing its name and how long it took.
