@@ -36,10 +36,10 @@ namespace herald {
 /// Progress: like every Vyukov ring, not strictly lock-free: a producer stalled between claiming
 /// a slot and writing it delays the consumer of that slot (try_pop reports empty meanwhile).
 ///
-/// The capacity is rounded up to a power of two, at most `max_capacity`. After close(), pushes
-/// fail and pops drain what is left, then report empty. Order: FIFO per producer; elements from
-/// different producers are ordered by their (linearizable) claim of a slot.
-/// Thread-safety: every member except the destructor may be called concurrently.
+/// The capacity is rounded up to a power of two, at most herald::max_capacity. After close(),
+/// pushes fail and pops drain what is left, then report empty. Order: FIFO per producer; elements
+/// from different producers are ordered by their (linearizable) claim of a slot. Thread-safety:
+/// every member except the destructor may be called concurrently.
 template <class T>
 class BoundedQueue {
   using Claim = detail::Claim;
@@ -47,12 +47,9 @@ class BoundedQueue {
  public:
   using value_type = T;
 
-  /// The largest capacity accepted (platform-dependent; 2^57 cells of 16 bytes do not fit).
-  static constexpr std::size_t max_capacity = detail::Ring<T>::max_capacity;
-
   /// Creates an empty queue for at least `capacity` elements (rounded up to a power of two).
   ///
-  /// Throws: std::invalid_argument if capacity is 0; std::length_error above max_capacity;
+  /// Throws: std::invalid_argument unless 1 <= capacity <= herald::max_capacity (2^30);
   /// std::bad_alloc.
   explicit BoundedQueue(std::size_t capacity) : ring_(capacity) {}
 
@@ -206,8 +203,14 @@ class BoundedQueue {
     not_full_->wake_all();
   }
 
-  /// Whether the queue is closed (true once close() has returned).
+  /// Whether the queue is closed (true once close() has returned, and whenever a push failed
+  /// because of a close).
   bool is_closed() const noexcept { return ring_.is_closed(); }
+
+  /// Elements pushed since construction (exact when read; for statistics, not hot paths).
+  std::uint64_t push_count() const noexcept { return ring_.push_count(); }
+  /// Elements popped since construction (exact when read; for statistics, not hot paths).
+  std::uint64_t pop_count() const noexcept { return ring_.pop_count(); }
 
   /// The number of cells (the requested capacity rounded up to a power of two).
   std::size_t capacity() const noexcept { return ring_.capacity(); }

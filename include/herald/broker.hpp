@@ -19,6 +19,8 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -76,6 +78,7 @@ class BrokerCore final : public Registry<T> {
   };
 
   /// Registers a subscription. The caller has validated the pattern.
+  /// Throws: std::bad_alloc, and then nothing is registered (strong guarantee).
   void add(const StatePtr& s) {
     std::unique_lock lock(mutex_);
     if (closed_.load(std::memory_order_relaxed)) {
@@ -83,13 +86,22 @@ class BrokerCore final : public Registry<T> {
       s->close(CloseReason::broker_closed);
       return;
     }
-    live_.emplace(s.get(), s);
-    if (!s->options().queue_group.empty()) {
-      GroupInfo& g = groups_[group_key(*s)];
-      if (!g.cursor) g.cursor = std::make_shared<std::atomic<std::uint32_t>>(0);
-      ++g.members;
+    // Closed already (its executor had stopped): nothing to route to. A close racing with this
+    // add still finds it: close_and_leave closes, then takes this lock to remove it.
+    if (s->close_reason() != CloseReason::open) return;
+    const auto live = live_.emplace(s.get(), s).first;
+    bool grouped = false;
+    try {
+      if (!s->group_key().empty()) {
+        join_group(s->group_key());
+        grouped = true;
+      }
+      index_.insert(s->pattern(), s);
+    } catch (...) {
+      if (grouped) leave_group(s->group_key());
+      live_.erase(live);
+      throw;
     }
-    index_.insert(s->pattern(), s);
     changed();
   }
 
@@ -98,11 +110,9 @@ class BrokerCore final : public Registry<T> {
     const auto it = live_.find(&s);
     if (it == live_.end()) return;
     // A non-owning alias compares equal to the owning entry (shared_ptr == compares pointers).
+    // Nothing here allocates: the group key was built at subscribe time.
     index_.erase(s.pattern(), StatePtr(StatePtr{}, &s));
-    if (!s.options().queue_group.empty()) {
-      const auto g = groups_.find(group_key(s));
-      if (g != groups_.end() && --g->second.members == 0) groups_.erase(g);
-    }
+    if (!s.group_key().empty()) leave_group(s.group_key());
     // Destroy our reference after unlocking: the last owner may run a handler subscription's
     // teardown, which must not happen under the registry lock.
     StatePtr last = std::move(it->second);
@@ -135,7 +145,7 @@ class BrokerCore final : public Registry<T> {
         r->plain.push_back(owner);
         return;
       }
-      const auto g = groups_.find(group_key(*s));
+      const auto g = groups_.find(s->group_key());
       for (auto& [key, slot] : group_slots) {
         if (*key == g->first) {
           r->groups[slot].members.push_back(owner);
@@ -145,9 +155,14 @@ class BrokerCore final : public Registry<T> {
       group_slots.emplace_back(&g->first, r->groups.size());
       r->groups.push_back(GroupRoute{{owner}, g->second.cursor});
     });
-    // Topics are unbounded; the cache is not. Starting over is cheap and rare.
-    if (cache_.size() >= kMaxCachedRoutes) cache_.clear();
+    // Topics are unbounded (and may come from untrusted input); the cache is not, in entries
+    // and in bytes. Starting over is cheap and rare.
+    const std::size_t bytes = cached_bytes(topic, *r);
+    if (cache_.size() >= kMaxCachedRoutes || cache_bytes_ + bytes > kMaxCachedRouteBytes) {
+      clear_cache();
+    }
     cache_.emplace(std::string(topic), r);
+    cache_bytes_ += bytes;
     return r;
   }
 
@@ -166,15 +181,17 @@ class BrokerCore final : public Registry<T> {
       counters_.add(no_subscriber, 1);
       return r;
     }
-    auto m = Message<T>::make(topic, route.long_topic,
-                              sequence_.fetch_add(1, std::memory_order_relaxed) + 1, origin,
-                              std::forward<Args>(args)...);
+    // The sequence number is drawn once the value is built: a throwing copy consumes none.
+    auto m = Message<T>::make_drawn(
+        topic, route.long_topic,
+        [this] { return sequence_.fetch_add(1, std::memory_order_relaxed) + 1; }, origin,
+        std::forward<Args>(args)...);
     // The last plain subscriber (when no group follows) takes the message itself: no reference
     // count increment here and decrement later, on a line the consumer is about to write too.
     const std::size_t copies = route.groups.empty() ? route.plain.size() - 1 : route.plain.size();
     for (std::size_t i = 0; i < copies; ++i)
-      tally(r, route.plain[i]->offer(m, *this));
-    if (copies < route.plain.size()) tally(r, route.plain.back()->offer(std::move(m), *this));
+      tally(r, route.plain[i]->offer(m));
+    if (copies < route.plain.size()) tally(r, route.plain.back()->offer(std::move(m)));
     for (const GroupRoute& g : route.groups)
       offer_to_group(r, g, m);
     counters_.add(published, 1);
@@ -185,22 +202,20 @@ class BrokerCore final : public Registry<T> {
     return r;
   }
 
-  /// Closes every subscription with CloseReason::broker_closed and refuses new ones.
+  /// Closes every subscription with CloseReason::broker_closed and refuses new ones. Allocates
+  /// nothing: the registry's map is taken whole.
   void close() noexcept {
-    std::vector<StatePtr> all;
+    std::unordered_map<State*, StatePtr> all;
     {
       std::unique_lock lock(mutex_);
       if (closed_.exchange(true, std::memory_order_acq_rel)) return;
-      all.reserve(live_.size());
-      for (auto& [raw, owner] : live_)
-        all.push_back(std::move(owner));
-      live_.clear();
+      all.swap(live_);
       groups_.clear();
       index_.clear();
       changed();
     }
-    for (const StatePtr& s : all)
-      s->close(CloseReason::broker_closed);
+    for (const auto& [raw, owner] : all)
+      owner->close(CloseReason::broker_closed);
   }
 
   /// Calls `visit(const SubscriptionInfo&)` for each live subscription, on a snapshot taken
@@ -239,16 +254,46 @@ class BrokerCore final : public Registry<T> {
     std::size_t members = 0;
   };
 
+  // The route cache's bounds: entries, and bytes of what it holds (the topic twice, as key and
+  // as a long route's shared topic, and the route's subscriber lists).
   static constexpr std::size_t kMaxCachedRoutes = 4096;
+  static constexpr std::size_t kMaxCachedRouteBytes = std::size_t{4} << 20;
 
-  // Queue groups are per (pattern, name), as in NATS. Patterns never contain a space.
-  static std::string group_key(const State& s) {
-    return s.pattern() + ' ' + s.options().queue_group;
+  static std::size_t cached_bytes(std::string_view topic, const Route& r) noexcept {
+    std::size_t n = sizeof(Route) + 2 * topic.size() + r.plain.size() * sizeof(StatePtr);
+    for (const GroupRoute& g : r.groups)
+      n += sizeof(GroupRoute) + g.members.size() * sizeof(StatePtr);
+    return n;
+  }
+
+  void clear_cache() noexcept {
+    cache_.clear();
+    cache_bytes_ = 0;
+  }
+
+  // Counts a member into its group (per (pattern, name), see State::group_key), creating the
+  // group's round-robin cursor with its first member. Strong guarantee.
+  void join_group(const std::string& key) {
+    const auto [g, fresh] = groups_.try_emplace(key);
+    if (!g->second.cursor) {
+      try {
+        g->second.cursor = std::make_shared<std::atomic<std::uint32_t>>(0);
+      } catch (...) {
+        if (fresh) groups_.erase(g);
+        throw;
+      }
+    }
+    ++g->second.members;
+  }
+
+  void leave_group(const std::string& key) noexcept {
+    const auto g = groups_.find(key);
+    if (g != groups_.end() && --g->second.members == 0) groups_.erase(g);
   }
 
   // Called under the exclusive lock whenever the subscription set changes.
   void changed() {
-    cache_.clear();
+    clear_cache();
     generation_.fetch_add(1, std::memory_order_release);
   }
 
@@ -284,7 +329,7 @@ class BrokerCore final : public Registry<T> {
       if (s.try_offer(m)) return tally(r, Offer::delivered);
       if (!fallback) fallback = &s;
     }
-    if (fallback) tally(r, fallback->offer(m, *this));
+    if (fallback) tally(r, fallback->offer(m));
   }
 
   mutable std::shared_mutex mutex_;  // guards index_, live_, groups_, cache_
@@ -292,6 +337,7 @@ class BrokerCore final : public Registry<T> {
   std::unordered_map<State*, StatePtr> live_;
   std::unordered_map<std::string, GroupInfo> groups_;
   std::unordered_map<std::string, std::shared_ptr<const Route>, TopicHash, std::equal_to<>> cache_;
+  std::size_t cache_bytes_ = 0;  // what cache_ holds, by cached_bytes()
   std::atomic<bool> closed_{false};
   alignas(cache_line_size) std::atomic<std::uint64_t> generation_{0};
   alignas(cache_line_size) std::atomic<std::uint64_t> sequence_{0};
@@ -348,7 +394,12 @@ class Publisher {
 /// to each without holding any lock, so a slow subscriber never stalls the registry or other
 /// publishers; each subscriber's overflow policy decides what happens when its queue is full.
 /// Every subscriber sees the messages of one publishing thread in publish order.
-/// Thread-safety: every member function may be called concurrently.
+/// Thread-safety: every member function may be called concurrently, except the destructor.
+/// Lifetime: as for any C++ object, no call may be in progress on another thread when the
+/// broker is destroyed -- in particular a publish blocked by an Overflow::block subscriber
+/// (destroying the broker would wake it into freed memory; debug builds abort with a message
+/// instead). Subscriptions, Publishers and messages may outlive the broker: they stay valid,
+/// closed (CloseReason::broker_closed), and Publisher::publish returns `closed`.
 template <class T>
 class Broker {
   static_assert(std::is_nothrow_destructible_v<T>, "T must be nothrow destructible");
@@ -362,7 +413,19 @@ class Broker {
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;
   /// Closes the broker (see close()); subscriptions that outlive it stay valid and drain.
-  ~Broker() { core_->close(); }
+  /// No publish may be in progress on another thread (see the class comment).
+  ~Broker() {
+#if !defined(NDEBUG)
+    if (publishing_.load(std::memory_order_seq_cst) != 0) {
+      std::fputs(
+          "herald: a Broker was destroyed while another thread was publishing on it "
+          "(a publish blocked by Overflow::block?); the broker must outlive every call\n",
+          stderr);
+      std::abort();
+    }
+#endif
+    core_->close();
+  }
 
   /// Subscribes to `pattern` with a pull subscription.
   /// A stop request on `stop` unsubscribes it (CloseReason::stopped); if the stop was already
@@ -423,6 +486,9 @@ class Broker {
   template <class... Args>
   PublishResult publish_from(Origin origin, std::string_view topic, Args&&... args) {
     if (core_->closed()) return PublishResult{.closed = true};
+#if !defined(NDEBUG)
+    const InFlight in_flight(publishing_);  // debug builds check the lifetime rule
+#endif
     return core_->deliver(*core_->route(topic), topic, origin.id, std::forward<Args>(args)...);
   }
 
@@ -435,11 +501,17 @@ class Broker {
 
   /// Closes every subscription with CloseReason::broker_closed (consumers still drain what is
   /// queued) and makes later publishes return `closed` at once. Idempotent.
-  void close() noexcept { core_->close(); }
-  [[nodiscard]] bool is_closed() const noexcept { return core_->closed(); }
+  void close() noexcept {
+    core_->close();
+  }
+  [[nodiscard]] bool is_closed() const noexcept {
+    return core_->closed();
+  }
 
   /// Totals since construction.
-  [[nodiscard]] BrokerStats stats() const { return core_->stats(); }
+  [[nodiscard]] BrokerStats stats() const {
+    return core_->stats();
+  }
 
   /// Calls `visit(const herald::SubscriptionInfo&)` once for every live subscription: its kind,
   /// pattern, options and counters (what an exporter needs). The set is a snapshot taken when
@@ -462,19 +534,33 @@ class Broker {
                                std::forward<Extra>(extra)...);
   }
 
-  /// Registers a state and returns its owning handle (stop_token wired).
+  /// Registers a state and returns its owning handle (stop_token wired). All or nothing: if
+  /// anything throws, nothing is registered and the state is destroyed unused.
   detail::SubscriptionHandle<T> register_state(std::shared_ptr<detail::SubscriptionState<T>> state,
                                                std::stop_token stop) {
     if (stop.stop_requested()) {
       state->close(CloseReason::stopped);
-      return detail::SubscriptionHandle<T>(std::move(state), {}, {});
+      return detail::SubscriptionHandle<T>(std::move(state), {}, nullptr);
     }
-    core_->add(state);
-    std::weak_ptr<detail::Registry<T>> registry = core_;
-    return detail::SubscriptionHandle<T>(std::move(state), std::move(registry), std::move(stop));
+    auto slot = stop.stop_possible() ? std::make_unique<detail::StopSlot<T>>() : nullptr;
+    state->set_registry(core_);  // before anything (an executor's listener) can close it
+    state->attach();
+    core_->add(state);  // the last step that can throw
+    return detail::SubscriptionHandle<T>(std::move(state), std::move(stop), std::move(slot));
   }
 
   std::shared_ptr<detail::BrokerCore<T>> core_ = std::make_shared<detail::BrokerCore<T>>();
+#if !defined(NDEBUG)
+  // Publishes in progress, to catch a destructor running concurrently with one (debug only).
+  struct InFlight {
+    explicit InFlight(std::atomic<int>& n) noexcept : n_(n) { n_.fetch_add(1); }
+    ~InFlight() { n_.fetch_sub(1); }
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+    std::atomic<int>& n_;
+  };
+  std::atomic<int> publishing_{0};
+#endif
 };
 
 }  // namespace herald

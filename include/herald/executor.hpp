@@ -39,10 +39,27 @@ using Task = detail::UniqueFunction<void()>;
 /// - `bool running_in_this_thread() const`: true on the executor's own threads, so that a task
 ///   posting to a full executor from inside it runs the work itself instead of waiting for room
 ///   only it could make;
-/// - `static constexpr bool runs_inline = true`: execute() runs the task before returning.
+/// - `static constexpr bool runs_inline = true`: execute() runs the task before returning;
+/// - `void watch(std::weak_ptr<ExecutorListener>)`: the executor calls `executor_stopped()` on
+///   each live listener once it stops accepting work (at once if it already has); a handler
+///   subscription then closes (CloseReason::executor_stopped) instead of accepting messages that
+///   nothing would run;
+/// - `std::shared_ptr<X> shared_executor()`, X an Executor: herald runs tasks on that X and keeps
+///   it alive, so the user's handle may be destroyed while subscriptions still refer to it (then
+///   X refuses work, and those subscriptions close with CloseReason::executor_stopped).
+///   WorkerPool has it. An executor without it must outlive the subscriptions it runs.
 template <class E>
 concept Executor = requires(E& e, Task&& task) {
   e.execute(std::move(task));
+};
+
+/// Told when an executor that it watches stops accepting work (see Executor, `watch`).
+class ExecutorListener {
+ public:
+  virtual void executor_stopped() noexcept = 0;
+
+ protected:
+  ~ExecutorListener() = default;
 };
 
 /// Runs handlers inside `publish`, in the publisher's thread (like a signal/slot library), still
@@ -111,6 +128,7 @@ struct ExecutorOps {
   bool (*execute)(void* target, Task&& task);
   bool (*try_execute)(void* target, Task& task);
   bool (*running_here)(void* target);
+  void (*watch)(void* target, std::weak_ptr<ExecutorListener> listener);
   bool runs_inline;
 };
 
@@ -157,6 +175,13 @@ bool running_on(void* target) {
 }
 
 template <class E>
+void watch_on(void* target, std::weak_ptr<ExecutorListener> listener) {
+  if constexpr (requires(E & e) { e.watch(std::move(listener)); }) {
+    executor_from<E>(target).watch(std::move(listener));
+  }
+}
+
+template <class E>
 constexpr bool runs_inline() noexcept {
   if constexpr (requires { E::runs_inline; }) {
     return E::runs_inline;
@@ -165,9 +190,13 @@ constexpr bool runs_inline() noexcept {
   }
 }
 
+/// What ExecutorRef binds to by reference: a non-const Executor other than ExecutorRef itself.
+template <class E, class Ref>
+concept BindableExecutor = Executor<E> && !std::is_const_v<E> && !std::is_same_v<E, Ref>;
+
 template <class E>
 inline constexpr ExecutorOps executor_ops{&execute_on<E>, &try_execute_on<E>, &running_on<E>,
-                                          runs_inline<E>()};
+                                          &watch_on<E>, runs_inline<E>()};
 
 }  // namespace detail
 
@@ -176,11 +205,18 @@ inline constexpr ExecutorOps executor_ops{&execute_on<E>, &try_execute_on<E>, &r
 /// dedicated_thread, or any Executor.
 class ExecutorRef {
  public:
-  template <class E>
-  requires(Executor<E> && !std::is_const_v<E> && !std::is_same_v<E, ExecutorRef>)
-      ExecutorRef(E& executor)
-  noexcept  // NOLINT(google-explicit-constructor)
-      : target_(std::addressof(executor)), ops_(&detail::executor_ops<E>) {}
+  template <detail::BindableExecutor<ExecutorRef> E>
+  ExecutorRef(E& executor) noexcept  // NOLINT(google-explicit-constructor)
+      : target_(std::addressof(executor)), ops_(&detail::executor_ops<E>) {
+    if constexpr (requires { executor.shared_executor(); }) {
+      auto shared = executor.shared_executor();
+      using X = typename decltype(shared)::element_type;
+      static_assert(Executor<X>, "shared_executor() must return a std::shared_ptr to an Executor");
+      target_ = shared.get();
+      ops_ = &detail::executor_ops<X>;
+      keep_ = std::move(shared);
+    }
+  }
   ExecutorRef(const InlineExecutor&) noexcept  // NOLINT(google-explicit-constructor)
       : target_(nullptr), ops_(&detail::executor_ops<const InlineExecutor>) {}
   ExecutorRef(const DedicatedThread&) noexcept  // NOLINT(google-explicit-constructor)
@@ -197,10 +233,16 @@ class ExecutorRef {
   /// the executor has no try_execute (then it may have been consumed).
   bool try_execute(Task& task) const { return ops_->try_execute(target_, task); }
   [[nodiscard]] bool running_in_this_thread() const { return ops_->running_here(target_); }
+  /// Asks the executor to tell `listener` when it stops accepting work (if it can tell).
+  /// Throws: std::bad_alloc.
+  void watch(std::weak_ptr<ExecutorListener> listener) const {
+    ops_->watch(target_, std::move(listener));
+  }
 
  private:
   void* target_;
   const detail::ExecutorOps* ops_;
+  std::shared_ptr<void> keep_;  // the shared executor, for those that hand one out
 };
 
 }  // namespace herald

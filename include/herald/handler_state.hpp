@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -28,51 +29,78 @@
 namespace herald {
 
 /// What a handler subscription accepts as its handler: callable as `h(const Message<T>&)`.
+// In parentheses: clang-format 14 splits a bare `std::invocable<H&, const Message<T>&>` apart.
 template <class H, class T>
-concept MessageHandler = std::invocable < H&,
-        const Message<T>
-& > ;
+concept MessageHandler = (std::invocable<H&, const Message<T>&>);
 
 namespace detail {
 
-/// The handler subscription whose handler this thread is running now (to recognise an
-/// unsubscribe from inside the handler, which must not wait for itself).
-inline thread_local const void* running_handler = nullptr;
+/// The handler invocations running on this thread, innermost first: an inline handler may
+/// publish to another inline one, which may unsubscribe a handler further up the same stack.
+/// Such an unsubscribe must not wait for an invocation that can only finish after it returns.
+struct RunningHandler {
+  const void* state;
+  const RunningHandler* outer;
+};
+inline thread_local const RunningHandler* running_handlers = nullptr;
+
+/// True when this thread is inside an invocation of `state`'s handler, at any depth.
+inline bool running_on_this_thread(const void* state) noexcept {
+  for (const RunningHandler* r = running_handlers; r != nullptr; r = r->outer) {
+    if (r->state == state) return true;
+  }
+  return false;
+}
 
 template <class T>
 class HandlerState final : public SubscriptionState<T>,
+                           public ExecutorListener,
                            public std::enable_shared_from_this<HandlerState<T>> {
  public:
   using Handler = UniqueFunction<void(const Message<T>&)>;
 
+  /// Throws: std::invalid_argument for an option out of range (SubscribeOptions, RetryPolicy);
+  /// std::system_error when dedicated_thread cannot start one; std::bad_alloc.
   HandlerState(std::string pattern, SubscribeOptions options, Handler handler, ExecutorRef executor,
                HandlerOptions<T> handler_options)
       : SubscriptionState<T>(std::move(pattern), std::move(options)),
         handler_(std::move(handler)),
-        executor_(executor),
-        hopts_(std::move(handler_options)),
+        executor_(std::move(executor)),
+        hopts_(validated(std::move(handler_options))),
         backoff_(hopts_.retry.initial_backoff, hopts_.retry.max_backoff, std::random_device{}()) {
-    if (hopts_.retry.max_attempts == 0) hopts_.retry.max_attempts = 1;
     if (executor_.wants_own_thread()) {
       own_thread_ = std::make_unique<ThreadExecutor>();
       executor_ = ExecutorRef(*own_thread_);
     }
   }
 
+  /// Asks the executor to say when it stops accepting work (see executor_stopped). Called once
+  /// the state is owned by a shared_ptr, before it is registered.
+  /// Throws: std::bad_alloc.
+  void attach() override { executor_.watch(this->weak_from_this()); }
+
+  /// The executor stopped accepting work (a WorkerPool was shut down or destroyed): close, so
+  /// that publishers are refused from now on instead of queueing messages nothing would run.
+  /// What was queued before still runs if the executor runs the strand's pending task (a
+  /// shutting-down WorkerPool does); wait_idle() tells.
+  void executor_stopped() noexcept override {
+    this->close_and_leave(CloseReason::executor_stopped);
+  }
+
   /// Waits until every message delivered before the call has been handled (or evicted by
   /// drop_oldest). False when `deadline` passes first, when the subscription is unsubscribed with
   /// messages unhandled, or when called from inside this subscription's own handler.
   bool wait_idle(const Deadline& deadline) noexcept {
-    if (running_handler == this) return false;  // it would wait for itself
+    if (running_on_this_thread(this)) return false;  // it would wait for itself
     const std::uint64_t target = this->stats().delivered;
     for (;;) {
       const std::uint64_t seen = finished_.load(std::memory_order_seq_cst);
       if (seen + this->stats().evicted >= target) return true;
-      if (cancelled()) return false;
+      if (cancelled() || stranded()) return false;
       // Waiters of different targets share `idle_`, so each waits for "finished_ moved", which
       // every notifier's change satisfies (see the protocol in detail/parking.hpp).
       const auto moved = [&] {
-        return finished_.load(std::memory_order_seq_cst) != seen || cancelled();
+        return finished_.load(std::memory_order_seq_cst) != seen || cancelled() || stranded();
       };
       if (wait_until(idle_, moved, deadline) == WaitStatus::timeout) return false;
     }
@@ -84,14 +112,21 @@ class HandlerState final : public SubscriptionState<T>,
     cancelled_.store(true, std::memory_order_seq_cst);
     cancel_.wake_all();  // cut a backoff wait short
     idle_.wake_all();    // wait_idle returns false now
-    if (running_handler == this) {
+    if (running_on_this_thread(this)) {
       if (own_thread_) own_thread_->stop();  // we run on it: it exits once we return
       return;
     }
-    // Dekker with invoke(): it announces `in_handler_` then checks `cancelled_`; we set
+    // Dekker with run_one(): it announces `in_handler_` then checks `cancelled_`; we set
     // `cancelled_` then check `in_handler_`. seq_cst on all four: one of us sees the other.
     wait_until(quiet_, [&] { return in_handler_.load(std::memory_order_seq_cst) == 0; });
     if (own_thread_) own_thread_->stop();
+  }
+
+  /// After the last handle: what is queued is let go (SubscriptionState::release), and so is the
+  /// handler with its captures, unless this thread is inside it (then it goes with the state).
+  void release() noexcept override {
+    SubscriptionState<T>::release();
+    if (!running_on_this_thread(this)) handler_ = nullptr;  // quiesced: it is never called again
   }
 
   [[nodiscard]] SubscriptionKind kind() const noexcept override {
@@ -142,8 +177,13 @@ class HandlerState final : public SubscriptionState<T>,
       if (task && executor_.execute(std::move(task))) return;
     } catch (...) {  // the executor threw: treat as refused
     }
-    // Refused (the executor is shut down): nothing will run this strand again.
+    // Refused: the executor is shut down (or gone) and nothing will run this strand again. Say
+    // so rather than keep accepting messages nobody handles: close, leave the routes, wake
+    // wait_idle(). What is queued stays counted in queue_depth.
+    stranded_.store(true, std::memory_order_seq_cst);
     scheduled_.store(false, std::memory_order_seq_cst);
+    this->close_and_leave(CloseReason::executor_stopped);
+    idle_.wake_all();
   }
 
   // Runs queued messages in order, at most `budget` before handing the strand back. Only the
@@ -151,13 +191,8 @@ class HandlerState final : public SubscriptionState<T>,
   void drain(std::size_t budget) noexcept {
     for (;;) {
       std::size_t n = 0;
-      while (n < budget && !cancelled()) {
-        auto m = this->queue().try_pop();
-        if (!m) break;
-        this->note_received();
-        if (invoke(*m)) note_finished();
+      while (n < budget && run_one())
         ++n;
-      }
       if (n == budget && !cancelled()) {
         post();  // fairness: let the executor's other work run, keep the strand scheduled
         return;
@@ -172,16 +207,34 @@ class HandlerState final : public SubscriptionState<T>,
   }
 
   bool cancelled() const noexcept { return cancelled_.load(std::memory_order_seq_cst); }
+  bool stranded() const noexcept { return stranded_.load(std::memory_order_seq_cst); }
 
-  // One message through the handler, with retries. False once cancelled (nothing was run).
-  bool invoke(const Message<T>& m) noexcept {
+  // Takes the next message and handles it; false when there is none or once cancelled. The
+  // invocation is announced (in_handler_) before the message is taken, and the cancellation
+  // checked after: a quiesce() either waits for this message to be handled or is seen before
+  // anything is taken, so a message taken off the queue is always handled.
+  // Dekker with quiesce(): we announce `in_handler_` then check `cancelled_`; it sets
+  // `cancelled_` then checks `in_handler_`. seq_cst on all four: one of us sees the other.
+  bool run_one() noexcept {
     in_handler_.store(1, std::memory_order_seq_cst);
-    if (cancelled()) {
+    std::optional<Message<T>> m;
+    if (!cancelled()) m = this->queue().try_pop();
+    if (!m) {
       leave_handler();
       return false;
     }
-    const void* outer = running_handler;  // inline handlers may publish to other inline ones
-    running_handler = this;
+    this->note_received();
+    const RunningHandler frame{this, running_handlers};
+    running_handlers = &frame;
+    handle(*m);
+    running_handlers = frame.outer;
+    note_finished();
+    leave_handler();
+    return true;
+  }
+
+  // One message through the handler, with retries, then to the dead-letter sink.
+  void handle(const Message<T>& m) noexcept {
     backoff_.reset();
     std::exception_ptr error;
     std::uint32_t attempt = 0;
@@ -204,9 +257,6 @@ class HandlerState final : public SubscriptionState<T>,
       }
     }
     if (error && attempt == hopts_.retry.max_attempts) dead_letter(m, error, attempt);
-    running_handler = outer;
-    leave_handler();
-    return true;
   }
 
   std::exception_ptr call(const Message<T>& m) noexcept {
@@ -226,6 +276,11 @@ class HandlerState final : public SubscriptionState<T>,
       time_max_.store(ns, std::memory_order_relaxed);  // one invocation at a time: no race
     }
     return error;
+  }
+
+  static HandlerOptions<T> validated(HandlerOptions<T> o) {
+    validate(o.retry);
+    return o;
   }
 
   // Every message that evicted another was delivered, and an eviction needs a full queue, whose
@@ -274,6 +329,7 @@ class HandlerState final : public SubscriptionState<T>,
   alignas(cache_line_size) std::atomic<bool> scheduled_{false};  // the strand is held
   alignas(cache_line_size) std::atomic<std::uint32_t> in_handler_{0};
   std::atomic<bool> cancelled_{false};
+  std::atomic<bool> stranded_{false};  // the executor refused: closed with executor_stopped
   alignas(cache_line_size) std::atomic<std::uint64_t> finished_{0};  // messages handled
   // One event count per condition, as the protocol requires: quiesce() waits on `quiet_` for
   // in_handler_ == 0, wait_idle() on `idle_` for finished_ to move, backoff on `cancel_`.

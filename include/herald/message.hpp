@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 namespace herald {
@@ -20,16 +21,28 @@ namespace detail {
 /// allocation); longer ones are shared with the route that resolved them (see Message::make).
 inline constexpr std::size_t kInlineTopicBytes = 15;
 
+/// A sequence number given as is, or drawn by calling a function.
+template <class Seq>
+std::uint64_t draw_sequence(Seq& seq) {
+  if constexpr (std::is_integral_v<Seq>) {
+    return seq;
+  } else {
+    return seq();
+  }
+}
+
 template <class T>
 struct Envelope {
   // One constructor, so that the common case (a short topic, no shared string) stays inline.
-  template <class... Args>
-  Envelope(std::string_view t, const std::shared_ptr<const std::string>& shared, std::uint64_t seq,
+  // The members are built in order: the value first, so that a value whose construction throws
+  // consumes no sequence number.
+  template <class Seq, class... Args>
+  Envelope(std::string_view t, const std::shared_ptr<const std::string>& shared, Seq&& seq,
            std::uint64_t org, Args&&... args)
       : value(std::forward<Args>(args)...),
         own_topic(shared ? std::string_view{} : t),
         shared_topic(shared),
-        sequence(seq),
+        sequence(draw_sequence(seq)),
         origin(org),
         published_at(std::chrono::steady_clock::now()) {}
   [[nodiscard]] const std::string& topic() const noexcept {
@@ -85,14 +98,31 @@ class Message {
   [[nodiscard]] static Message make(std::string_view topic,
                                     const std::shared_ptr<const std::string>& shared_topic,
                                     std::uint64_t sequence, std::uint64_t origin, Args&&... args) {
-    // The envelope comes from the pool of its size (detail/block_pool.hpp): it is usually freed
-    // on another thread, which is malloc's slow path.
-    return Message(std::allocate_shared<detail::Envelope<T>>(
-        detail::PoolAllocator<detail::Envelope<T>>{}, topic, shared_topic, sequence, origin,
-        std::forward<Args>(args)...));
+    return build(topic, shared_topic, sequence, origin, std::forward<Args>(args)...);
+  }
+
+  /// As above, with the sequence number drawn by `next_sequence()` once the value is built: a
+  /// value whose construction throws consumes no number (the broker publishes this way).
+  template <class NextSequence, class... Args>
+  requires(std::is_invocable_r_v<std::uint64_t, NextSequence&>) [[nodiscard]] static Message
+      make_drawn(std::string_view topic, const std::shared_ptr<const std::string>& shared_topic,
+                 NextSequence&& next_sequence, std::uint64_t origin, Args&&... args) {
+    return build(topic, shared_topic, next_sequence, origin, std::forward<Args>(args)...);
   }
 
  private:
+  // Seq: a std::uint64_t, or a function drawing one (see Envelope).
+  template <class Seq, class... Args>
+  static Message build(std::string_view topic,
+                       const std::shared_ptr<const std::string>& shared_topic, Seq&& seq,
+                       std::uint64_t origin, Args&&... args) {
+    // The envelope comes from the pool of its size (detail/block_pool.hpp): it is usually freed
+    // on another thread, which is malloc's slow path.
+    return Message(std::allocate_shared<detail::Envelope<T>>(
+        detail::PoolAllocator<detail::Envelope<T>>{}, topic, shared_topic, std::forward<Seq>(seq),
+        origin, std::forward<Args>(args)...));
+  }
+
   explicit Message(std::shared_ptr<const detail::Envelope<T>> env) noexcept
       : env_(std::move(env)) {}
   std::shared_ptr<const detail::Envelope<T>> env_;

@@ -2,7 +2,9 @@
 // failure handling for handlers; and why a subscription closed.
 #pragma once
 
+#include <herald/detail/ring.hpp>
 #include <herald/message.hpp>
+#include <herald/topic.hpp>
 
 #include <chrono>
 #include <concepts>
@@ -10,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -33,27 +36,34 @@ enum class Overflow : std::uint8_t {
 
 /// Why a subscription stopped receiving new messages.
 enum class CloseReason : std::uint8_t {
-  open,           ///< not closed
-  unsubscribed,   ///< unsubscribe() or the handle's destructor
-  stopped,        ///< a stop was requested on the subscription's std::stop_token
-  slow_consumer,  ///< Overflow::disconnect gave up on it
-  broker_closed,  ///< Broker::close() or the broker's destructor
+  open,              ///< not closed
+  unsubscribed,      ///< unsubscribe() or the handle's destructor
+  stopped,           ///< a stop was requested on the subscription's std::stop_token
+  slow_consumer,     ///< Overflow::disconnect gave up on it
+  broker_closed,     ///< Broker::close() or the broker's destructor
+  executor_stopped,  ///< handler subscriptions: the executor refused work (e.g. a WorkerPool was
+                     ///< shut down or destroyed); what it had queued stays unhandled, counted
+                     ///< in queue_depth
 };
 
-/// Per-subscription options. Designated initialisers read well:
+/// Per-subscription options; Broker::subscribe validates every field (see validate()).
+/// Designated initialisers read well:
 /// `broker.subscribe("a.>", {.capacity = 64, .overflow = herald::Overflow::drop_oldest})`.
 struct SubscribeOptions {
-  /// Queue capacity in messages, rounded up to a power of two; 0 throws std::invalid_argument.
+  /// Queue capacity in messages, in [1, max_capacity], rounded up to a power of two.
   std::size_t capacity = 1024;
   /// Full-queue policy. The default drops the new message for this subscriber only, so one slow
   /// consumer never stalls publishers or the other subscribers.
   Overflow overflow = Overflow::drop_incoming;
-  /// For Overflow::block: how long a publisher waits for room. The default waits forever.
+  /// For Overflow::block: how long a publisher waits for room (>= 0; 0 tries once). The default
+  /// waits forever; only then is every message delivered exactly once.
   std::chrono::nanoseconds block_timeout = std::chrono::nanoseconds::max();
   /// For Overflow::disconnect: consecutive overflows tolerated before closing (at least 1).
   std::uint32_t disconnect_after = 1;
-  /// Non-empty: join this queue group. Among the subscriptions of one group on the same pattern,
-  /// each message goes to exactly one member (one with room when there is one).
+  /// Non-empty: join this queue group. Named like a topic (dot-separated non-empty tokens, no
+  /// whitespace or control characters, no wildcard token), at most 256 bytes.
+  /// Among the subscriptions of one group on the same pattern, each message goes to exactly one
+  /// member (one with room when there is one).
   std::string queue_group{};
 };
 
@@ -61,9 +71,9 @@ struct SubscribeOptions {
 /// Backoff between attempts uses "decorrelated jitter": each delay is drawn uniformly from
 /// [initial_backoff, 3 x the previous delay], capped at max_backoff.
 struct RetryPolicy {
-  std::uint32_t max_attempts = 1;  ///< 1: no retry
-  std::chrono::nanoseconds initial_backoff = std::chrono::milliseconds(1);
-  std::chrono::nanoseconds max_backoff = std::chrono::seconds(1);
+  std::uint32_t max_attempts = 1;                                           ///< >= 1; 1: no retry
+  std::chrono::nanoseconds initial_backoff = std::chrono::milliseconds(1);  ///< >= 0
+  std::chrono::nanoseconds max_backoff = std::chrono::seconds(1);           ///< >= initial_backoff
 };
 
 /// What a dead-letter consumer receives for a message whose handler failed every attempt.
@@ -136,6 +146,66 @@ struct HandlerOptions {
   std::function<void(std::chrono::nanoseconds)> sleep{};
 };
 
+/// Throws std::invalid_argument, naming the field and the value, unless every field of
+/// `options` is in range: capacity in [1, max_capacity], a known Overflow, block_timeout >= 0,
+/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes).
+inline void validate(const SubscribeOptions& options) {
+  const auto fail = [](const std::string& what) {
+    throw std::invalid_argument("herald: SubscribeOptions::" + what);
+  };
+  if (options.capacity == 0 || options.capacity > max_capacity) {
+    fail("capacity is " + std::to_string(options.capacity) + "; it must be in [1, " +
+         std::to_string(max_capacity) + "]");
+  }
+  switch (options.overflow) {
+    case Overflow::block:
+    case Overflow::drop_incoming:
+    case Overflow::drop_oldest:
+    case Overflow::disconnect:
+      break;
+    default:
+      fail("overflow is " + std::to_string(static_cast<int>(options.overflow)) +
+           ", not an Overflow policy");
+  }
+  if (options.block_timeout < std::chrono::nanoseconds::zero()) {
+    fail("block_timeout is negative (" + std::to_string(options.block_timeout.count()) + " ns)");
+  }
+  if (options.disconnect_after == 0) fail("disconnect_after is 0; it must be at least 1");
+  if (options.queue_group.size() > 256) {
+    fail("queue_group is " + std::to_string(options.queue_group.size()) +
+         " bytes long; at most 256");
+  }
+  for (const char c : options.queue_group) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u == 0x7f) {
+      fail("queue_group contains a space or control character (byte " + std::to_string(u) + ")");
+    }
+  }
+  // As in NATS, queue group names follow the rules of subjects: dot-separated non-empty tokens,
+  // no wildcard token.
+  if (!options.queue_group.empty() && !is_valid_topic(options.queue_group)) {
+    fail("queue_group '" + options.queue_group +
+         "' is not a valid name (non-empty tokens separated by '.', no '*' or '>' token)");
+  }
+}
+
+/// Throws std::invalid_argument, naming the field, unless the retry policy is in range:
+/// max_attempts >= 1, 0 <= initial_backoff <= max_backoff.
+inline void validate(const RetryPolicy& retry) {
+  const auto fail = [](const std::string& what) {
+    throw std::invalid_argument("herald: RetryPolicy::" + what);
+  };
+  if (retry.max_attempts == 0) fail("max_attempts is 0; it must be at least 1 (1: no retry)");
+  if (retry.initial_backoff < std::chrono::nanoseconds::zero()) {
+    fail("initial_backoff is negative (" + std::to_string(retry.initial_backoff.count()) + " ns)");
+  }
+  if (retry.max_backoff < retry.initial_backoff) {
+    fail("max_backoff (" + std::to_string(retry.max_backoff.count()) +
+         " ns) is below initial_backoff (" + std::to_string(retry.initial_backoff.count()) +
+         " ns)");
+  }
+}
+
 /// The enumerator's name, e.g. "drop_oldest".
 [[nodiscard]] constexpr std::string_view to_string(Overflow o) noexcept {
   switch (o) {
@@ -164,6 +234,8 @@ struct HandlerOptions {
       return "slow_consumer";
     case CloseReason::broker_closed:
       return "broker_closed";
+    case CloseReason::executor_stopped:
+      return "executor_stopped";
   }
   return "?";
 }

@@ -17,6 +17,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace herald {
@@ -27,53 +28,52 @@ class Broker;
 namespace detail {
 
 /// Runs on a stop request: closes the subscription and takes it out of the broker's routes,
-/// without a helper thread. Holds the state strongly and the broker weakly.
+/// without a helper thread. Holds the state strongly (the state knows its broker weakly).
 template <class T>
 struct StopUnsubscribe {
   std::shared_ptr<SubscriptionState<T>> state;
-  std::weak_ptr<Registry<T>> registry;
   void operator()() const noexcept {
-    if (state->close(CloseReason::stopped)) {
-      if (auto r = registry.lock()) r->remove(*state);
-    }
+    state->close_and_leave(CloseReason::stopped);
     state->quiesce();
   }
 };
+
+/// Where a handle's stop callback lives: allocated before the subscription is registered (so
+/// that registering is the last step that can fail), constructed after (which cannot fail).
+template <class T>
+using StopSlot = std::optional<std::stop_callback<StopUnsubscribe<T>>>;
 
 /// What pull and handler subscription handles share: ownership, unsubscribe, stop_token, stats.
 template <class T>
 class SubscriptionHandle {
  public:
   SubscriptionHandle() = default;
-  SubscriptionHandle(std::shared_ptr<SubscriptionState<T>> state,
-                     std::weak_ptr<Registry<T>> registry, std::stop_token stop)
-      : state_(std::move(state)), registry_(std::move(registry)) {
-    if (stop.stop_possible()) {
-      // If the stop is already requested, the callback runs here, before we return.
-      on_stop_ = std::make_unique<std::stop_callback<StopUnsubscribe<T>>>(
-          std::move(stop), StopUnsubscribe<T>{state_, registry_});
-    }
+  /// Takes ownership of a registered `state`; `slot` (non-null when `stop` can be requested)
+  /// receives the stop callback. If the stop is already requested, the callback runs here.
+  SubscriptionHandle(std::shared_ptr<SubscriptionState<T>> state, std::stop_token stop,
+                     std::unique_ptr<StopSlot<T>> slot) noexcept
+      : state_(std::move(state)), on_stop_(std::move(slot)) {
+    static_assert(std::is_nothrow_constructible_v<std::stop_callback<StopUnsubscribe<T>>,
+                                                  std::stop_token, StopUnsubscribe<T>>);
+    if (on_stop_) on_stop_->emplace(std::move(stop), StopUnsubscribe<T>{state_});
   }
   SubscriptionHandle(SubscriptionHandle&&) noexcept = default;
   SubscriptionHandle& operator=(SubscriptionHandle&& other) noexcept {
     if (this != &other) {
-      unsubscribe();
+      reset();
       state_ = std::move(other.state_);
-      registry_ = std::move(other.registry_);
       on_stop_ = std::move(other.on_stop_);
     }
     return *this;
   }
-  ~SubscriptionHandle() { unsubscribe(); }
+  ~SubscriptionHandle() { reset(); }
 
   void unsubscribe() noexcept {
     if (!state_) return;
     // First make sure a concurrent stop callback has finished (the destructor waits for it),
     // then close: the first reason wins, so a stop that got there first keeps its reason.
     on_stop_.reset();
-    if (state_->close(CloseReason::unsubscribed)) {
-      if (auto r = registry_.lock()) r->remove(*state_);
-    }
+    state_->close_and_leave(CloseReason::unsubscribed);
     state_->quiesce();  // handler subscriptions: no invocation runs or will start after this
   }
 
@@ -89,9 +89,16 @@ class SubscriptionHandle {
   }
 
  private:
+  // The handle is going away: unsubscribe, and let go of what nobody can receive any more.
+  void reset() noexcept {
+    if (!state_) return;
+    unsubscribe();
+    state_->release();
+    state_.reset();
+  }
+
   std::shared_ptr<SubscriptionState<T>> state_;
-  std::weak_ptr<Registry<T>> registry_;
-  std::unique_ptr<std::stop_callback<StopUnsubscribe<T>>> on_stop_;
+  std::unique_ptr<StopSlot<T>> on_stop_;
 };
 
 }  // namespace detail

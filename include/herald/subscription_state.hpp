@@ -42,9 +42,12 @@ enum class Offer : std::uint8_t { delivered, dropped, evicted_and_delivered, clo
 template <class T>
 class SubscriptionState {
  public:
+  /// Throws: std::invalid_argument for an option out of range (see validate()); std::bad_alloc.
   SubscriptionState(std::string pattern, SubscribeOptions options)
       : pattern_(std::move(pattern)),
         options_(validated(std::move(options))),
+        group_key_(options_.queue_group.empty() ? std::string()
+                                                : pattern_ + ' ' + options_.queue_group),
         queue_(options_.capacity) {}
   virtual ~SubscriptionState() = default;
   SubscriptionState(const SubscriptionState&) = delete;
@@ -53,6 +56,14 @@ class SubscriptionState {
   [[nodiscard]] const std::string& pattern() const noexcept { return pattern_; }
   [[nodiscard]] const SubscribeOptions& options() const noexcept { return options_; }
   [[nodiscard]] BoundedQueue<Message<T>>& queue() noexcept { return queue_; }
+  /// Queue groups are per (pattern, name), as in NATS: "pattern name" (patterns have no space).
+  /// Built at subscribe time, so that unsubscribing never allocates. Empty without a group.
+  [[nodiscard]] const std::string& group_key() const noexcept { return group_key_; }
+
+  /// Set once, before the subscription is registered or visible to any other thread.
+  void set_registry(std::weak_ptr<Registry<T>> registry) noexcept {
+    registry_ = std::move(registry);
+  }
 
   /// Tries to enqueue without waiting; true when there was room. Queue groups use this to find
   /// a member with room before applying the policy of one of them.
@@ -72,48 +83,24 @@ class SubscriptionState {
 
   /// Applies this subscriber's overflow policy to one message. Called by publishers, concurrently.
   template <class M>
-  Offer offer(M&& m, Registry<T>& registry) {
+  Offer offer(M&& m) {
+    if (try_offer(std::forward<M>(m))) return Offer::delivered;
+    // Full, or closed. A push fails because of a close only once is_closed() is true.
+    if (queue_.is_closed()) return Offer::closed;
     switch (options_.overflow) {
       case Overflow::drop_incoming:
-        if (try_offer(std::forward<M>(m))) return Offer::delivered;
-        return refuse_full();
+        return refuse(dropped_full_);
       case Overflow::disconnect:
-        if (try_offer(std::forward<M>(m))) return Offer::delivered;
-        if (queue_.is_closed()) return Offer::closed;
-        dropped_full_.fetch_add(1, std::memory_order_relaxed);
-        if (overflows_.fetch_add(1, std::memory_order_relaxed) + 1 >= options_.disconnect_after &&
-            close(CloseReason::slow_consumer)) {
-          registry.remove(*this);
+        if (overflows_.fetch_add(1, std::memory_order_relaxed) + 1 >= options_.disconnect_after) {
+          close_and_leave(CloseReason::slow_consumer);
         }
-        return Offer::dropped;
-      case Overflow::drop_oldest: {
-        bool evicted = false;
-        while (!try_offer(std::forward<M>(m))) {
-          if (queue_.is_closed()) return Offer::closed;
-          // Evict one; the consumer may have made room meanwhile, in which case try again.
-          if (queue_.try_pop()) {
-            evicted_.fetch_add(1, std::memory_order_relaxed);
-            evicted = true;
-          }
-        }
-        return evicted ? Offer::evicted_and_delivered : Offer::delivered;
-      }
-      case Overflow::block: {
-        if (try_offer(std::forward<M>(m))) return Offer::delivered;
-        if (queue_.is_closed()) return Offer::closed;
-        const bool forever = options_.block_timeout == std::chrono::nanoseconds::max();
-        const bool ok = forever ? queue_.push(std::forward<M>(m))
-                                : queue_.push_for(std::forward<M>(m), options_.block_timeout);
-        if (ok) {
-          on_delivered();
-          return Offer::delivered;
-        }
-        if (queue_.is_closed()) return Offer::closed;
-        dropped_timeout_.fetch_add(1, std::memory_order_relaxed);
-        return Offer::dropped;
-      }
+        return refuse(dropped_full_);
+      case Overflow::drop_oldest:
+        return evict_and_offer(std::forward<M>(m));
+      case Overflow::block:
+        return block_and_offer(std::forward<M>(m));
     }
-    return Offer::closed;
+    return Offer::closed;  // unreachable: the options were validated
   }
 
   /// Closes once: the first reason wins. True for the call that closed it. After it returns no
@@ -126,8 +113,26 @@ class SubscriptionState {
     return true;
   }
 
+  /// Closes for `why` and, if this call closed it, takes it out of the broker's routes.
+  void close_and_leave(CloseReason why) noexcept {
+    if (!close(why)) return;
+    if (auto r = registry_.lock()) r->remove(*this);
+  }
+
+  /// Called once the state is owned by a shared_ptr, before it is registered: handler
+  /// subscriptions start watching their executor. Throws: std::bad_alloc.
+  virtual void attach() {}
+
   /// Handler subscriptions: waits until no handler invocation runs or will start. Pull: nothing.
   virtual void quiesce() noexcept {}
+
+  /// The last handle is gone: nothing can receive what is queued any more, so let it go now
+  /// rather than when the last route that refers to this state is dropped (an idle Publisher
+  /// may hold one for a long time). Called after close; the messages count as received.
+  virtual void release() noexcept {
+    while (queue_.try_pop())
+      note_received();
+  }
 
   /// What kind of subscription this is, and its handler's counters (zero for pull ones).
   [[nodiscard]] virtual SubscriptionKind kind() const noexcept { return SubscriptionKind::pull; }
@@ -142,13 +147,15 @@ class SubscriptionState {
     received_.fetch_add(n, std::memory_order_relaxed);
   }
 
+  /// The counters. `delivered` is read from the queue's own push count and `offered` is counted
+  /// apart, so `offered == delivered + dropped` is a check, not an identity by construction.
   [[nodiscard]] SubscriptionStats stats() const noexcept {
     SubscriptionStats s;
-    s.delivered = delivered_.load(std::memory_order_relaxed);
+    s.offered = offered_.load(std::memory_order_relaxed);
+    s.delivered = queue_.push_count();
     s.dropped_full = dropped_full_.load(std::memory_order_relaxed);
     s.dropped_timeout = dropped_timeout_.load(std::memory_order_relaxed);
     s.dropped = s.dropped_full + s.dropped_timeout;
-    s.offered = s.delivered + s.dropped;
     s.evicted = evicted_.load(std::memory_order_relaxed);
     s.received = received_.load(std::memory_order_relaxed);
     s.queue_depth = queue_.approx_size();
@@ -163,18 +170,12 @@ class SubscriptionState {
 
  private:
   static SubscribeOptions validated(SubscribeOptions o) {
-    if (o.capacity == 0) throw std::invalid_argument("herald: subscription capacity must be > 0");
-    if (o.overflow == Overflow::disconnect && o.disconnect_after == 0) {
-      throw std::invalid_argument("herald: disconnect_after must be > 0");
-    }
-    if (o.block_timeout < std::chrono::nanoseconds::zero()) {
-      throw std::invalid_argument("herald: block_timeout must not be negative");
-    }
+    validate(o);
     return o;
   }
 
   void on_delivered() noexcept {
-    delivered_.fetch_add(1, std::memory_order_relaxed);
+    offered_.fetch_add(1, std::memory_order_relaxed);
     // The high-water mark is read-mostly: only write when it actually grows.
     const std::size_t depth = queue_.approx_size();
     std::size_t hw = high_water_.load(std::memory_order_relaxed);
@@ -183,19 +184,52 @@ class SubscriptionState {
     after_enqueue();
   }
 
-  Offer refuse_full() noexcept {
-    if (queue_.is_closed()) return Offer::closed;
-    dropped_full_.fetch_add(1, std::memory_order_relaxed);
+  Offer refuse(std::atomic<std::uint64_t>& reason) noexcept {
+    offered_.fetch_add(1, std::memory_order_relaxed);
+    reason.fetch_add(1, std::memory_order_relaxed);
     return Offer::dropped;
+  }
+
+  template <class M>
+  Offer evict_and_offer(M&& m) {
+    bool evicted = false;
+    do {
+      // Evict one; the consumer may have made room meanwhile, in which case try again.
+      if (queue_.try_pop()) {
+        evicted_.fetch_add(1, std::memory_order_relaxed);
+        evicted = true;
+      }
+      if (try_offer(std::forward<M>(m))) {
+        return evicted ? Offer::evicted_and_delivered : Offer::delivered;
+      }
+    } while (!queue_.is_closed());
+    return Offer::closed;
+  }
+
+  template <class M>
+  Offer block_and_offer(M&& m) {
+    const bool forever = options_.block_timeout == std::chrono::nanoseconds::max();
+    const bool ok = forever ? queue_.push(std::forward<M>(m))
+                            : queue_.push_for(std::forward<M>(m), options_.block_timeout);
+    if (ok) {
+      on_delivered();
+      return Offer::delivered;
+    }
+    // Without a timeout only a close makes push fail; with one, is_closed() tells which it was
+    // (a push refused by a close always finds it true).
+    if (forever || queue_.is_closed()) return Offer::closed;
+    return refuse(dropped_timeout_);
   }
 
   const std::string pattern_;
   const SubscribeOptions options_;
+  const std::string group_key_;
   BoundedQueue<Message<T>> queue_;
   std::atomic<CloseReason> reason_{CloseReason::open};
+  std::weak_ptr<Registry<T>> registry_;
 
   // Written by publishers; kept off the queue's and the consumer's cache lines.
-  alignas(cache_line_size) std::atomic<std::uint64_t> delivered_{0};
+  alignas(cache_line_size) std::atomic<std::uint64_t> offered_{0};
   std::atomic<std::uint64_t> dropped_full_{0};
   std::atomic<std::uint64_t> dropped_timeout_{0};
   std::atomic<std::uint64_t> evicted_{0};

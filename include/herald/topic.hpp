@@ -114,13 +114,52 @@ constexpr bool topic_is_valid(std::string_view s) noexcept {
   return topic_is_valid_words(s);
 }
 
+/// Appends `s` to `out` printably: whitespace as \t \n ..., other control bytes as \xNN.
+inline void append_escaped(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  for (const char ch : s) {
+    const auto u = static_cast<unsigned char>(ch);
+    switch (ch) {
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\v':
+        out += "\\v";
+        break;
+      default:
+        if (u < 0x20 || u == 0x7f) {
+          out += "\\x";
+          out += hex[u >> 4];
+          out += hex[u & 15];
+        } else {
+          out += ch;
+        }
+    }
+  }
+}
+
+/// How much of an invalid string an error message quotes: all of it up to this many bytes,
+/// otherwise a window around the fault (topics may come from untrusted input, and a 1 MiB
+/// topic must not become a 1 MiB exception message).
+inline constexpr std::size_t kQuotedBytes = 96;
+
+/// The message of InvalidTopic: the fault, its offset, and the string quoted (bounded, escaped).
 inline std::string describe(std::string_view kind, std::string_view s, TopicCheck c) {
-  std::string why;
+  const char* why = "";
   switch (c.fault) {
     case TopicFault::none:
       return {};
     case TopicFault::empty:
-      return std::string("empty ") + std::string(kind);
+      return "empty " + std::string(kind);
     case TopicFault::empty_token:
       why = "empty token";
       break;
@@ -134,30 +173,20 @@ inline std::string describe(std::string_view kind, std::string_view s, TopicChec
       why = "'>' that is not the last token";
       break;
   }
-  std::string msg =
-      why + " at offset " + std::to_string(c.offset) + " in " + std::string(kind) + " '";
-  for (const char ch : s) {  // keep the message printable: show control characters escaped
-    switch (ch) {
-      case '\t':
-        msg += "\\t";
-        break;
-      case '\n':
-        msg += "\\n";
-        break;
-      case '\r':
-        msg += "\\r";
-        break;
-      case '\f':
-        msg += "\\f";
-        break;
-      case '\v':
-        msg += "\\v";
-        break;
-      default:
-        msg += ch;
-    }
+  std::string msg = std::string(why) + " at offset " + std::to_string(c.offset) + " in " +
+                    std::string(kind) + " '";
+  if (s.size() <= kQuotedBytes) {
+    append_escaped(msg, s);
+    msg += "'";
+    return msg;
   }
-  msg += "'";
+  const std::size_t half = kQuotedBytes / 2;
+  const std::size_t begin =
+      c.offset > half ? std::min(c.offset - half, s.size() - kQuotedBytes) : 0;
+  if (begin > 0) msg += "...";
+  append_escaped(msg, s.substr(begin, kQuotedBytes));
+  if (begin + kQuotedBytes < s.size()) msg += "...";
+  msg += "' (" + std::to_string(s.size()) + " bytes)";
   return msg;
 }
 

@@ -33,6 +33,7 @@
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -160,9 +161,15 @@ class PoolCore {
     return static_cast<std::size_t>(mix64(h) % workers_.size());
   }
 
-  /// Closes every queue (pushes fail from now on, pops drain) and wakes every parked worker.
+  /// Closes every queue (pushes fail from now on, pops drain), wakes every parked worker, and
+  /// tells the watchers (handler subscriptions) that no new work is accepted.
   void begin_shutdown() noexcept {
-    if (stopping_.exchange(true, std::memory_order_seq_cst)) return;
+    std::vector<std::weak_ptr<ExecutorListener>> watchers;
+    {
+      const std::lock_guard lock(watchers_mutex_);  // watch() checks stopping() under it
+      if (stopping_.exchange(true, std::memory_order_seq_cst)) return;
+      watchers.swap(watchers_);
+    }
     for (auto& w : workers_) {
       w->plain.close();
       w->keyed.close();
@@ -170,9 +177,38 @@ class PoolCore {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     for (auto& w : workers_)
       wake(*w);
+    for (const auto& w : watchers) {
+      if (auto l = w.lock()) l->executor_stopped();
+    }
   }
 
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+
+  /// Executor concept: tells `listener` once the pool stops accepting work (now, if it has).
+  /// Throws: std::bad_alloc.
+  void watch(std::weak_ptr<ExecutorListener> listener) {
+    {
+      const std::lock_guard lock(watchers_mutex_);
+      if (!stopping()) {
+        // Drop the listeners that are gone before growing, so churn cannot grow the list.
+        if (watchers_.size() == watchers_.capacity()) {
+          std::erase_if(watchers_, [](const auto& w) { return w.expired(); });
+        }
+        watchers_.push_back(std::move(listener));
+        return;
+      }
+    }
+    if (auto l = listener.lock()) l->executor_stopped();
+  }
+
+  // The Executor concept (executor.hpp), for handler subscriptions that keep the core alive
+  // through WorkerPool::shared_executor(): they outlive the WorkerPool handle safely, and once
+  // it has shut down every call here refuses.
+  bool execute(Task&& task) { return submit_plain(task, Wait::block, nullptr); }
+  bool try_execute(Task& task) { return submit_plain(task, Wait::none, nullptr); }
+  [[nodiscard]] bool running_in_this_thread() const noexcept {
+    return current_pool_worker().pool == this;
+  }
 
   void set_error_handler(ErrorHandler handler) {
     auto h = handler ? std::make_shared<const ErrorHandler>(std::move(handler)) : nullptr;
@@ -382,6 +418,8 @@ class PoolCore {
   ShardedCounters<1> submitted_;
   std::mutex error_mutex_;
   std::shared_ptr<const ErrorHandler> on_error_;
+  std::mutex watchers_mutex_;
+  std::vector<std::weak_ptr<ExecutorListener>> watchers_;  // told at shutdown
 };
 
 }  // namespace detail
@@ -405,9 +443,13 @@ class WorkerPool {
   using Stats = WorkerPoolStats;
   using Options = WorkerPoolOptions;
 
-  /// Starts `threads` workers.
-  /// Throws: std::invalid_argument when `threads` or `queue_capacity` is 0; std::system_error
-  /// when a thread cannot be started (the ones already started are stopped first).
+  /// The most worker threads a pool accepts.
+  static constexpr std::size_t max_threads = 4096;
+
+  /// Starts `threads` workers, each with two queues of `queue_capacity` tasks (plain and keyed).
+  /// Throws: std::invalid_argument when `threads` is not in [1, max_threads] or `queue_capacity`
+  /// not in [1, herald::max_capacity]; std::system_error when a thread cannot be started (the
+  /// ones already started are stopped first).
   WorkerPool(std::size_t threads, std::size_t queue_capacity, Options options = {})
       : core_(make_core(threads, queue_capacity, std::move(options.on_error))) {
     threads_.reserve(threads);
@@ -537,6 +579,10 @@ class WorkerPool {
   bool try_execute(Task& task) { return core_->submit_plain(task, Wait::none, nullptr); }
   /// Executor concept: as on_worker_thread().
   [[nodiscard]] bool running_in_this_thread() const noexcept { return on_worker_thread(); }
+  /// Executor concept: the pool's shared state, which handler subscriptions hold on to. After
+  /// the pool is shut down or destroyed it refuses every task, and those subscriptions close
+  /// with CloseReason::executor_stopped instead of touching freed memory.
+  [[nodiscard]] std::shared_ptr<detail::PoolCore> shared_executor() const noexcept { return core_; }
 
   /// True once shutdown() or the destructor has begun: every submission fails from then on.
   [[nodiscard]] bool is_shut_down() const noexcept { return core_->stopping(); }
@@ -563,8 +609,15 @@ class WorkerPool {
 
   static std::shared_ptr<detail::PoolCore> make_core(
       std::size_t threads, std::size_t capacity, std::function<void(std::exception_ptr)> on_error) {
-    if (threads == 0) throw std::invalid_argument("herald::WorkerPool: 0 threads");
-    if (capacity == 0) throw std::invalid_argument("herald::WorkerPool: queue capacity 0");
+    if (threads == 0 || threads > max_threads) {
+      throw std::invalid_argument("herald::WorkerPool: threads is " + std::to_string(threads) +
+                                  "; it must be in [1, " + std::to_string(max_threads) + "]");
+    }
+    if (capacity == 0 || capacity > max_capacity) {
+      throw std::invalid_argument("herald::WorkerPool: queue_capacity is " +
+                                  std::to_string(capacity) + "; it must be in [1, " +
+                                  std::to_string(max_capacity) + "]");
+    }
     return std::make_shared<detail::PoolCore>(threads, capacity, std::move(on_error));
   }
 

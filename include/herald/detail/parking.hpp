@@ -8,7 +8,7 @@
 //   cpu_relax()                  one spin-wait hint (x86 `pause`, ARM `yield`).
 //   Deadline                     when a wait gives up: Deadline::forever(), Deadline::at(tp) on
 //                                std::chrono::steady_clock, Deadline::after(timeout), which maps a
-//                                timeout <= 0 to "already passed" (try once) and a huge one
+//                                timeout <= 0 (or NaN) to "already passed" (try once), a huge one
 //                                (duration::max(), anything over ~95 years) to forever, never
 //                                overflowing. d.passed() reads the clock only for real deadlines.
 //   futex_wait(word, v, d)       sleeps while `word == v`, until woken, the deadline passes, or a
@@ -89,10 +89,12 @@ class Deadline {
   static constexpr Deadline at(clock::time_point when) noexcept { return Deadline(Kind::at, when); }
   static constexpr Deadline already_passed() noexcept { return Deadline(Kind::passed, {}); }
 
-  /// The deadline `timeout` from now; <= 0 means already passed, > ~95 years means forever.
+  /// The deadline `timeout` from now; <= 0 means already passed, > ~95 years means forever. A
+  /// floating-point NaN counts as "already passed" (try once): it must not reach the integer
+  /// conversion below, whose result would be undefined.
   template <class Rep, class Period>
   static Deadline after(std::chrono::duration<Rep, Period> timeout) noexcept {
-    if (timeout <= timeout.zero()) return already_passed();
+    if (!(timeout > timeout.zero())) return already_passed();
     // Compare in floating seconds: converting duration::max() to nanoseconds, or adding it to
     // now(), would overflow. 3e9 s keeps now() + timeout far inside the int64 nanosecond range.
     if (std::chrono::duration<double>(timeout).count() >= 3.0e9) return forever();

@@ -25,12 +25,21 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <new>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
+
+namespace herald {
+
+/// The largest capacity any herald queue accepts (BoundedQueue, subscriptions, WorkerPool
+/// queues): 2^30 elements. Beyond that a request is a mistake whose memory could not be had;
+/// it is refused with std::invalid_argument before anything is allocated.
+inline constexpr std::size_t max_capacity = std::size_t{1} << 30;
+
+}  // namespace herald
 
 namespace herald::detail {
 
@@ -58,18 +67,15 @@ class Ring {
   };
 
  public:
-  /// The largest capacity a Ring (and so a BoundedQueue) accepts: 2^k cells must fit in memory
-  /// addressable by std::ptrdiff_t, and positions (64-bit, doubled) must not wrap.
-  static constexpr std::size_t max_capacity = std::bit_floor(
-      static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(Cell) / 2);
-
   /// Creates an empty ring for at least `capacity` elements (rounded up to a power of two).
   ///
-  /// Throws: std::invalid_argument if capacity is 0; std::length_error above max_capacity;
+  /// Throws: std::invalid_argument unless 1 <= capacity <= herald::max_capacity;
   /// std::bad_alloc.
   explicit Ring(std::size_t capacity) {
-    if (capacity == 0) throw std::invalid_argument("herald: queue capacity must be > 0");
-    if (capacity > max_capacity) throw std::length_error("herald: queue capacity too large");
+    if (capacity == 0 || capacity > max_capacity) {
+      throw std::invalid_argument("herald: queue capacity is " + std::to_string(capacity) +
+                                  "; it must be in [1, " + std::to_string(max_capacity) + "]");
+    }
     const std::size_t n = std::bit_ceil(capacity);
     mask_ = n - 1;
     // Swap the within-line and line bits of the index so consecutive positions fall on different
@@ -170,8 +176,21 @@ class Ring {
     closed_.store(true, std::memory_order_seq_cst);
   }
 
-  /// Whether the ring is closed (true once close() has returned).
-  [[nodiscard]] bool is_closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+  /// Whether the ring is closed. Reads the closed bit of the producers' index itself, so a push
+  /// that failed because of a close always finds is_closed() true afterwards.
+  [[nodiscard]] bool is_closed() const noexcept {
+    return (tail_->load(std::memory_order_acquire) & closed_bit) != 0;
+  }
+
+  /// Elements pushed since construction (a count of successful claims, exact at the moment of
+  /// the load). Reads the producers' index: for statistics, not for hot paths.
+  [[nodiscard]] std::uint64_t push_count() const noexcept {
+    return tail_->load(std::memory_order_acquire) & ~closed_bit;
+  }
+  /// Elements popped since construction (see push_count).
+  [[nodiscard]] std::uint64_t pop_count() const noexcept {
+    return head_->load(std::memory_order_acquire);
+  }
 
   /// The number of cells (the requested capacity rounded up to a power of two).
   [[nodiscard]] std::size_t capacity() const noexcept { return mask_ + 1; }
@@ -304,7 +323,8 @@ class Ring {
   alignas(cache_line_size) Cell* cells_ = nullptr;
   std::size_t mask_ = 0;
   int shuffle_bits_ = 0;
-  // Mirrors the closed bit of tail_ (set just after it) where waiters can poll it for free.
+  // Mirrors the closed bit of tail_ (set just after it) where spinning consumers can poll it
+  // without pulling the producers' hot line (closed_and_drained).
   std::atomic<bool> closed_{false};
   // Producers write tail_, consumers head_: separate lines.
   CachePadded<std::atomic<std::uint64_t>> tail_{std::in_place, std::uint64_t{0}};
