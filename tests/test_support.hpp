@@ -129,12 +129,6 @@ constexpr int scaled(int n) {
 #endif
 }
 
-/// Gives a thread that is about to block time to actually park. Superseded by BlockedProbe;
-/// kept until the last test using it moves over.
-inline void let_it_park() {
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-}
-
 /// Where threads other than the test's record failed expectations; the test thread checks
 /// `failures() == 0` once it has joined them.
 class ThreadChecks {
