@@ -8,8 +8,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <latch>
 #include <random>
 #include <stop_token>
@@ -18,8 +16,10 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 using herald::BoundedQueue;
+using herald_test::ThreadChecks;
 using namespace std::chrono_literals;
 
 namespace {
@@ -34,18 +34,6 @@ struct Item {
   std::uint32_t producer;
   std::uint32_t seq;
 };
-
-std::uint64_t seed_for(const char* what) {
-  static const std::uint64_t base = [] {
-    if (const char* s = std::getenv("HERALD_SEED"))
-      return static_cast<std::uint64_t>(std::strtoull(s, nullptr, 10));
-    return static_cast<std::uint64_t>(std::random_device{}());
-  }();
-  std::printf("%s: seed %llu (replay with HERALD_SEED=%llu)\n", what,
-              static_cast<unsigned long long>(base), static_cast<unsigned long long>(base));
-  UNSCOPED_INFO("seed " << base << " (replay with HERALD_SEED=" << base << ") for " << what);
-  return base;
-}
 
 enum class Mode { blocking, try_spin, timed, batch, stop_token };
 
@@ -67,13 +55,6 @@ const char* name(Mode m) {
 
 // What one consumer saw: per producer, the sequence numbers in arrival order.
 using Seen = std::vector<std::vector<std::uint32_t>>;
-
-// Catch2 assertions are not thread-safe: worker threads count failures here, the test thread
-// checks.
-std::atomic<int> g_thread_failures{0};
-void expect(bool ok) {
-  if (!ok) g_thread_failures.fetch_add(1);
-}
 
 // Checks that, across consumers, producer p's items 0..counts[p]-1 arrived exactly once each, and
 // each consumer saw every producer's items in increasing order.
@@ -108,6 +89,7 @@ void run_matrix(std::uint32_t producers, std::uint32_t consumers, std::size_t ca
       (mode == Mode::try_spin || mode == Mode::timed) ? kItemsPerProducer / 4 : kItemsPerProducer;
   const std::uint64_t total = std::uint64_t{producers} * per_producer;
   std::latch start(producers + consumers);
+  ThreadChecks producer_checks;
 
   std::vector<std::jthread> threads;
   for (std::uint32_t c = 0; c < consumers; ++c) {
@@ -175,7 +157,7 @@ void run_matrix(std::uint32_t producers, std::uint32_t consumers, std::size_t ca
         switch (mode) {
           case Mode::blocking:
           case Mode::batch:
-            expect(q.push(it));
+            producer_checks.expect(q.push(it));
             break;
           case Mode::try_spin:
             while (!q.try_push(it))
@@ -186,7 +168,7 @@ void run_matrix(std::uint32_t producers, std::uint32_t consumers, std::size_t ca
             }
             break;
           case Mode::stop_token:
-            expect(q.push(it, stop.get_token()));
+            producer_checks.expect(q.push(it, stop.get_token()));
             break;
         }
       }
@@ -203,7 +185,7 @@ void run_matrix(std::uint32_t producers, std::uint32_t consumers, std::size_t ca
     q.close();
   }
   threads.clear();
-  CHECK(g_thread_failures.exchange(0) == 0);
+  CHECK(producer_checks.failures() == 0);
   CHECK(consumed.load() == total);
   check_delivery(seen, std::vector<std::uint32_t>(producers, per_producer));
   CHECK_FALSE(q.try_pop().has_value());
@@ -226,7 +208,9 @@ TEST_CASE("every item is delivered exactly once and in per-producer order", "[st
 
 TEST_CASE("close racing with pushes: every push that returned true is popped exactly once",
           "[stress]") {
-  std::mt19937_64 rng(seed_for("close race"));
+  const std::uint64_t seed = herald_test::seed("close race");
+  INFO("seed " << seed << " (replay with HERALD_SEED=" << seed << ")");
+  std::mt19937_64 rng(seed);
 #if defined(HERALD_SANITIZED_BUILD)
   constexpr int rounds = 6;
 #else
@@ -244,6 +228,7 @@ TEST_CASE("close racing with pushes: every push that returned true is popped exa
     std::vector<std::uint32_t> pushed(producers, 0);
     std::atomic<std::uint32_t> popped{0};
     std::latch start(producers + consumers + 1);
+    ThreadChecks producer_checks;
     std::vector<std::jthread> threads;
     for (std::uint32_t c = 0; c < consumers; ++c) {
       threads.emplace_back([&, c] {
@@ -267,7 +252,7 @@ TEST_CASE("close racing with pushes: every push that returned true is popped exa
             break;
           }
         }
-        expect(!q.push(Item{p, n}));  // once closed, stays closed
+        producer_checks.expect(!q.push(Item{p, n}));  // once closed, stays closed
         pushed[p] = n;
       });
     }
@@ -276,7 +261,7 @@ TEST_CASE("close racing with pushes: every push that returned true is popped exa
       std::this_thread::yield();
     q.close();
     threads.clear();
-    CHECK(g_thread_failures.exchange(0) == 0);
+    CHECK(producer_checks.failures() == 0);
     check_delivery(seen, pushed);
   }
 }
@@ -289,6 +274,7 @@ TEST_CASE("poppers and pushers parked on both sides all make progress", "[stress
   constexpr std::uint32_t consumers = 3;
   const std::uint32_t per = kItemsPerProducer / 4;
   std::vector<Seen> seen(consumers, Seen(producers));
+  ThreadChecks pusher_checks;
   std::vector<std::jthread> threads;
   for (std::uint32_t c = 0; c < consumers; ++c) {
     threads.emplace_back([&, c] {
@@ -300,12 +286,12 @@ TEST_CASE("poppers and pushers parked on both sides all make progress", "[stress
   for (std::uint32_t p = 0; p < producers; ++p) {
     pushers.emplace_back([&, p] {
       for (std::uint32_t i = 0; i < per; ++i)
-        expect(q.push(Item{p, i}));
+        pusher_checks.expect(q.push(Item{p, i}));
     });
   }
   pushers.clear();
   q.close();
   threads.clear();
-  CHECK(g_thread_failures.exchange(0) == 0);
+  CHECK(pusher_checks.failures() == 0);
   check_delivery(seen, std::vector<std::uint32_t>(producers, per));
 }

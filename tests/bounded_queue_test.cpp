@@ -8,7 +8,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
-#include <latch>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -21,42 +20,11 @@
 
 using herald::BoundedQueue;
 using namespace std::chrono_literals;
-using herald_test::let_it_park;
+using herald_test::BlockedProbe;
+using herald_test::Counted;
+using herald_test::CountedGuard;
 
 namespace {
-
-// Counts live objects and catches double destruction: every destructor checks the object is alive.
-struct Counted {
-  static inline std::atomic<long> alive{0};
-  static inline std::atomic<long> double_destroyed{0};
-  static inline std::atomic<bool> throw_on_copy{false};
-
-  int value = 0;
-  bool live = true;
-
-  explicit Counted(int v) : value(v) { ++alive; }
-  Counted(const Counted& o) : value(o.value) {
-    if (throw_on_copy.load()) throw std::runtime_error("copy refused");
-    ++alive;
-  }
-  Counted(Counted&& o) noexcept : value(o.value) { ++alive; }
-  Counted& operator=(const Counted&) = default;
-  Counted& operator=(Counted&&) noexcept = default;
-  ~Counted() {
-    if (!live) ++double_destroyed;
-    live = false;
-    --alive;
-  }
-};
-
-struct CountedGuard {  // every test using Counted starts and ends balanced
-  CountedGuard() {
-    Counted::alive = 0;
-    Counted::double_destroyed = 0;
-    Counted::throw_on_copy = false;
-  }
-  ~CountedGuard() { Counted::throw_on_copy = false; }
-};
 
 // Constructible from (int, bool): throws when asked to, to exercise try_emplace's temporary path.
 struct MaybeThrows {
@@ -65,18 +33,6 @@ struct MaybeThrows {
     if (fail) throw std::runtime_error("construction refused");
   }
 };
-
-// Waits until `flag` is set; used where a thread must have reached a point before the test goes on.
-void wait_for(const std::atomic<bool>& flag) {
-  while (!flag.load())
-    std::this_thread::yield();
-}
-
-// Catch2 assertions are not thread-safe: other threads count failures here, the test thread checks.
-std::atomic<int> g_thread_failures{0};
-void expect(bool ok) {
-  if (!ok) g_thread_failures.fetch_add(1);
-}
 
 }  // namespace
 
@@ -158,9 +114,9 @@ TEST_CASE("element lifetimes balance: no leak, no double destroy", "[bounded_que
   SECTION("push, pop and a queue destroyed with elements left, after wrapping") {
     {
       BoundedQueue<Counted> q(4);
-      for (int i = 0; i < 3; ++i)
+      for (std::uint64_t i = 0; i < 3; ++i)
         REQUIRE(q.try_emplace(i));
-      for (int i = 0; i < 3; ++i)
+      for (std::uint64_t i = 0; i < 3; ++i)
         CHECK(q.try_pop()->value == i);
       const Counted c(7);
       REQUIRE(q.try_push(c));       // copy
@@ -168,23 +124,23 @@ TEST_CASE("element lifetimes balance: no leak, no double destroy", "[bounded_que
       REQUIRE(q.try_emplace(9));    // in place
       REQUIRE(q.push_for(c, 1s));   // copy, timed
       CHECK_FALSE(q.try_push(c));   // full: nothing constructed
-      CHECK(Counted::alive == 5);   // c plus four queued
+      CHECK(Counted::live == 5);    // c plus four queued
       CHECK(q.pop()->value == 7);
-      CHECK(Counted::alive == 4);
+      CHECK(Counted::live == 4);
     }  // destroyed holding three elements whose cells straddle the end of the ring
-    CHECK(Counted::alive == 0);
+    CHECK(Counted::live == 0);
     CHECK(Counted::double_destroyed == 0);
   }
   SECTION("batch pops") {
     {
       BoundedQueue<Counted> q(8);
-      for (int i = 0; i < 6; ++i)
+      for (std::uint64_t i = 0; i < 6; ++i)
         REQUIRE(q.try_emplace(i));
       std::vector<Counted> out;
       CHECK(q.try_pop_many(std::back_inserter(out), 4) == 4);
-      CHECK(Counted::alive == 6);
+      CHECK(Counted::live == 6);
     }
-    CHECK(Counted::alive == 0);
+    CHECK(Counted::live == 0);
     CHECK(Counted::double_destroyed == 0);
   }
 }
@@ -193,7 +149,7 @@ TEST_CASE("a throwing copy leaves the queue consistent and loses nothing", "[bou
   CountedGuard guard;
   {
     BoundedQueue<Counted> q(4);
-    for (int i = 0; i < 3; ++i)
+    for (std::uint64_t i = 0; i < 3; ++i)
       REQUIRE(q.try_emplace(i));
     const Counted extra(10);
     Counted::throw_on_copy = true;
@@ -202,20 +158,20 @@ TEST_CASE("a throwing copy leaves the queue consistent and loses nothing", "[bou
     CHECK_THROWS_AS(q.push_for(extra, 1s), std::runtime_error);
     CHECK_THROWS_AS(q.push(extra, std::stop_token{}), std::runtime_error);
     CHECK(q.approx_size() == 3);
-    CHECK(Counted::alive == 4);
+    CHECK(Counted::live == 4);
     Counted::throw_on_copy = false;
     // Every slot still works: fill the last one, drain in order, go round again.
     REQUIRE(q.try_push(extra));
-    for (int i = 0; i < 3; ++i)
+    for (std::uint64_t i = 0; i < 3; ++i)
       CHECK(q.try_pop()->value == i);
     CHECK(q.try_pop()->value == 10);
     CHECK_FALSE(q.try_pop().has_value());
-    for (int i = 0; i < 4; ++i)
+    for (std::uint64_t i = 0; i < 4; ++i)
       REQUIRE(q.try_emplace(20 + i));
-    for (int i = 0; i < 4; ++i)
+    for (std::uint64_t i = 0; i < 4; ++i)
       CHECK(q.pop()->value == 20 + i);
   }
-  CHECK(Counted::alive == 0);
+  CHECK(Counted::live == 0);
   CHECK(Counted::double_destroyed == 0);
 }
 
@@ -256,22 +212,22 @@ TEST_CASE("close wakes blocked poppers and pushers", "[bounded_queue]") {
   SECTION("poppers on an empty queue") {
     BoundedQueue<int> q(4);
     std::atomic<int> woke{0};
-    std::latch started(3);
+    std::array<BlockedProbe, 3> popping;
     std::vector<std::jthread> threads;
     threads.emplace_back([&] {
-      started.count_down();
+      popping[0].arrive();
       if (!q.pop()) ++woke;
     });
     threads.emplace_back([&] {
-      started.count_down();
+      popping[1].arrive();
       if (!q.pop_for(std::chrono::hours::max())) ++woke;
     });
     threads.emplace_back([&] {
-      started.count_down();
+      popping[2].arrive();
       if (!q.pop(std::stop_source{}.get_token())) ++woke;
     });
-    started.wait();
-    let_it_park();
+    for (auto& p : popping)
+      p.wait_until_blocked();
     q.close();
     threads.clear();  // joins
     CHECK(woke == 3);
@@ -280,22 +236,22 @@ TEST_CASE("close wakes blocked poppers and pushers", "[bounded_queue]") {
     BoundedQueue<int> q(1);
     REQUIRE(q.try_push(0));
     std::atomic<int> failed{0};
-    std::latch started(3);
+    std::array<BlockedProbe, 3> pushing;
     std::vector<std::jthread> threads;
     threads.emplace_back([&] {
-      started.count_down();
+      pushing[0].arrive();
       if (!q.push(1)) ++failed;
     });
     threads.emplace_back([&] {
-      started.count_down();
+      pushing[1].arrive();
       if (!q.push_for(2, std::chrono::seconds::max())) ++failed;
     });
     threads.emplace_back([&] {
-      started.count_down();
+      pushing[2].arrive();
       if (!q.push(3, std::stop_source{}.get_token())) ++failed;
     });
-    started.wait();
-    let_it_park();
+    for (auto& p : pushing)
+      p.wait_until_blocked();
     q.close();
     threads.clear();
     CHECK(failed == 3);
@@ -308,14 +264,13 @@ TEST_CASE("a stop request wakes a blocked pop and a blocked push", "[bounded_que
   SECTION("pop") {
     BoundedQueue<int> q(4);
     std::stop_source stop;
-    std::atomic<bool> started{false};
+    BlockedProbe popping;
     std::optional<int> got{42};
     std::jthread t([&] {
-      started = true;
+      popping.arrive();
       got = q.pop(stop.get_token());
     });
-    wait_for(started);
-    let_it_park();
+    popping.wait_until_blocked();
     stop.request_stop();
     t.join();
     CHECK_FALSE(got.has_value());
@@ -327,14 +282,13 @@ TEST_CASE("a stop request wakes a blocked pop and a blocked push", "[bounded_que
     BoundedQueue<int> q(1);
     REQUIRE(q.try_push(0));
     std::stop_source stop;
-    std::atomic<bool> started{false};
+    BlockedProbe pushing;
     bool pushed = true;
     std::jthread t([&] {
-      started = true;
+      pushing.arrive();
       pushed = q.push(1, stop.get_token());
     });
-    wait_for(started);
-    let_it_park();
+    pushing.wait_until_blocked();
     stop.request_stop();
     t.join();
     CHECK_FALSE(pushed);
@@ -354,13 +308,13 @@ TEST_CASE("a stop request wakes a blocked pop and a blocked push", "[bounded_que
     BoundedQueue<int> q(4);
     std::stop_source mine;
     std::stop_source other;
-    std::atomic<bool> started{false};
+    BlockedProbe popping;
     std::optional<int> got;
     std::jthread t([&] {
-      started = true;
+      popping.arrive();
       got = q.pop(mine.get_token());
     });
-    wait_for(started);
+    popping.wait_until_blocked();
     other.request_stop();
     REQUIRE(q.push(7));
     t.join();
@@ -391,34 +345,34 @@ TEST_CASE("a zero timeout tries once and a huge one waits for the other thread",
   }
   SECTION("huge timeouts in any unit mean forever, not 'at once'") {
     BoundedQueue<int> q(1);
-    std::atomic<bool> ready{false};
+    BlockedProbe popping;  // this thread, in the first pop_for
+    herald_test::ThreadChecks producer_checks;
     std::jthread producer([&] {
-      wait_for(ready);
-      let_it_park();
+      popping.wait_until_blocked();
       for (int i = 1; i <= 4; ++i)
-        expect(q.push(i));
+        producer_checks.expect(q.push(i));
     });
-    ready = true;
+    popping.arrive();
     CHECK(q.pop_for(std::chrono::nanoseconds::max()) == 1);
     CHECK(q.pop_for(std::chrono::hours::max()) == 2);
     CHECK(q.pop_for(std::chrono::duration<double>::max()) == 3);
     CHECK(q.pop_for(std::chrono::duration<std::int64_t, std::pico>::max()) == 4);
     producer.join();
-    CHECK(g_thread_failures.exchange(0) == 0);
+    CHECK(producer_checks.failures() == 0);
   }
   SECTION("a timed push waits for room made by another thread") {
     BoundedQueue<int> q(1);
     REQUIRE(q.try_push(1));
-    std::atomic<bool> ready{false};
+    BlockedProbe pushing;  // this thread, in push_for
+    std::optional<int> popped;
     std::jthread consumer([&] {
-      wait_for(ready);
-      let_it_park();
-      expect(q.pop() == 1);
+      pushing.wait_until_blocked();
+      popped = q.pop();
     });
-    ready = true;
+    pushing.arrive();
     CHECK(q.push_for(2, std::chrono::seconds::max()));
     consumer.join();
-    CHECK(g_thread_failures.exchange(0) == 0);
+    CHECK(popped == 1);
     CHECK(q.try_pop() == 2);
   }
 }
@@ -426,9 +380,10 @@ TEST_CASE("a zero timeout tries once and a huge one waits for the other thread",
 TEST_CASE("blocking pop and push hand over between threads", "[bounded_queue]") {
   BoundedQueue<int> q(2);
   constexpr int n = 2000;
+  herald_test::ThreadChecks producer_checks;
   std::jthread producer([&] {
     for (int i = 0; i < n; ++i)
-      expect(q.push(i));
+      producer_checks.expect(q.push(i));
     q.close();
   });
   int expected = 0;
@@ -436,7 +391,7 @@ TEST_CASE("blocking pop and push hand over between threads", "[bounded_queue]") 
     CHECK(*v == expected++);
   producer.join();
   CHECK(expected == n);
-  CHECK(g_thread_failures.exchange(0) == 0);
+  CHECK(producer_checks.failures() == 0);
 }
 
 TEST_CASE("try_pop_many moves up to max ready elements, oldest first", "[bounded_queue]") {
@@ -478,7 +433,7 @@ TEST_CASE("a throwing write in try_pop_many loses only the element being written
           "[bounded_queue]") {
   CountedGuard guard;
   struct ThrowingSink {  // an output iterator whose third write throws
-    std::vector<int>* got;
+    std::vector<std::uint64_t>* got;
     int* writes;
     ThrowingSink& operator*() { return *this; }
     ThrowingSink& operator=(Counted&& c) {
@@ -491,16 +446,16 @@ TEST_CASE("a throwing write in try_pop_many loses only the element being written
   };
   {
     BoundedQueue<Counted> q(8);
-    for (int i = 0; i < 6; ++i)
+    for (std::uint64_t i = 0; i < 6; ++i)
       REQUIRE(q.try_emplace(i));
-    std::vector<int> got;
+    std::vector<std::uint64_t> got;
     int writes = 0;
     CHECK_THROWS_AS(q.try_pop_many(ThrowingSink{&got, &writes}, 5), std::runtime_error);
-    CHECK(got == std::vector<int>{0, 1});
+    CHECK(got == std::vector<std::uint64_t>{0, 1});
     CHECK(q.approx_size() == 3);
-    for (int i = 3; i < 6; ++i)
+    for (std::uint64_t i = 3; i < 6; ++i)
       CHECK(q.try_pop()->value == i);
-    CHECK(Counted::alive == 0);
+    CHECK(Counted::live == 0);
   }
   CHECK(Counted::double_destroyed == 0);
 }

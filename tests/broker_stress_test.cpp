@@ -19,14 +19,10 @@ using namespace std::chrono_literals;
 using herald::Broker;
 using herald::CloseReason;
 using herald::Overflow;
+using herald_test::Item;
 using herald_test::scaled;
 
 namespace {
-
-struct Item {
-  std::uint32_t publisher = 0;
-  std::uint64_t seq = 0;  // 1-based per publisher
-};
 
 /// Checks per-publisher order of everything one subscriber received; records counts.
 struct Checker {
@@ -112,7 +108,7 @@ TEST_CASE("drop policies: per-publisher FIFO and exact accounting under load", "
       std::uint64_t n = 0;
       for (const auto& m : slow) {
         slow_check.see(*m);
-        if (++n % 64 == 0) std::this_thread::sleep_for(50us);  // deliberately slow
+        if (++n % 64 == 0) std::this_thread::sleep_for(50us);  // deliberately slow: it overflows
       }
     });
     std::jthread fast_consumer([&] {
@@ -197,12 +193,14 @@ TEST_CASE("nothing is delivered after unsubscribe returns, even racing publisher
   std::vector<herald::Subscription<Item>> subs;
   std::vector<std::chrono::steady_clock::time_point> unsubscribed_at;
   {
+    std::atomic<std::uint64_t> published[2] = {0, 0};
     std::vector<std::jthread> producers;
     for (int p = 0; p < 2; ++p) {
       producers.emplace_back([&, p](std::stop_token st) {
         std::uint64_t s = 0;
         while (!st.stop_requested()) {
           broker.publish("race.p" + std::to_string(p), Item{static_cast<std::uint32_t>(p), ++s});
+          published[p].store(s);
         }
       });
     }
@@ -212,7 +210,12 @@ TEST_CASE("nothing is delivered after unsubscribe returns, even racing publisher
         std::this_thread::yield();
       sub.unsubscribe();
       unsubscribed_at.push_back(std::chrono::steady_clock::now());
-      std::this_thread::sleep_for(100us);  // publishers keep going meanwhile
+      // Publishers keep going meanwhile: each completes two more publishes before the next round.
+      for (auto& n : published) {
+        const std::uint64_t before = n.load();
+        while (n.load() < before + 2)
+          std::this_thread::yield();
+      }
       subs.push_back(std::move(sub));
     }
   }  // producers stop and join
@@ -233,12 +236,15 @@ TEST_CASE("nothing is delivered after unsubscribe returns, even racing publisher
 
 TEST_CASE("subscribe, unsubscribe, stop and close race with publishers cleanly",
           "[broker][stress][lifetime]") {
-  herald_test::Counted::live = 0;
+  herald_test::CountedGuard guard;
   const auto seed = herald_test::seed("broker churn");
+  const int churn_rounds = scaled(400);
   {
     Broker<herald_test::Counted> broker;
     std::atomic<bool> stop_publishing{false};
     std::atomic<int> bad_accounting{0};
+    std::atomic<std::uint64_t> published[2] = {0, 0};
+    std::atomic<int> churned[2] = {0, 0};
     std::vector<std::jthread> threads;
     for (int p = 0; p < 2; ++p) {
       threads.emplace_back([&, p] {
@@ -247,6 +253,7 @@ TEST_CASE("subscribe, unsubscribe, stop and close race with publishers cleanly",
         while (!stop_publishing.load()) {
           const auto r = broker.publish(topics[rng() % 4], herald_test::Counted{rng()});
           if (r.closed) break;
+          ++published[p];
         }
       });
     }
@@ -256,7 +263,7 @@ TEST_CASE("subscribe, unsubscribe, stop and close race with publishers cleanly",
         const char* patterns[] = {"a.*", "a.>", ">", "x.*.z", "a.b"};
         const Overflow policies[] = {Overflow::block, Overflow::drop_incoming,
                                      Overflow::drop_oldest, Overflow::disconnect};
-        for (int i = 0; i < scaled(400); ++i) {
+        for (int i = 0; i < churn_rounds; ++i) {
           std::stop_source stop;
           herald::SubscribeOptions o{
               .capacity = 1 + rng() % 16, .overflow = policies[rng() % 4], .block_timeout = 1ms};
@@ -276,10 +283,15 @@ TEST_CASE("subscribe, unsubscribe, stop and close race with publishers cleanly",
           }
           const auto st = sub.stats();
           if (st.offered != st.delivered + st.dropped) ++bad_accounting;
+          ++churned[c];
         }
       });
     }
-    std::this_thread::sleep_for(50ms);
+    // Close in the middle of the churn: once every thread has done a good part of its work.
+    for (int i = 0; i < 2; ++i) {
+      while (published[i].load() < 1000 || churned[i].load() < churn_rounds / 4)
+        std::this_thread::yield();
+    }
     broker.close();
     const auto after = broker.publish("a.b", herald_test::Counted{1});
     CHECK(after.closed);

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <latch>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -18,7 +20,9 @@ using namespace std::chrono_literals;
 using herald::Broker;
 using herald::CloseReason;
 using herald::Overflow;
+using herald_test::BlockedProbe;
 using herald_test::Counted;
+using herald_test::CountedGuard;
 
 namespace {
 
@@ -111,7 +115,7 @@ TEST_CASE("invalid patterns and topics throw InvalidTopic and change nothing", "
 }
 
 TEST_CASE("fan-out shares one payload: no copy of T per subscriber", "[broker]") {
-  Counted::copies = 0;
+  CountedGuard guard;
   {
     Broker<Counted> broker;
     std::vector<herald::Subscription<Counted>> subs;
@@ -206,11 +210,13 @@ TEST_CASE("block waits for room, and drops after block_timeout", "[broker][polic
     broker.publish("t", 1);
     broker.publish("t", 2);
     std::atomic<bool> published{false};
+    BlockedProbe publishing;
     std::thread publisher([&] {
+      publishing.arrive();
       broker.publish("t", 3);
       published = true;
     });
-    std::this_thread::sleep_for(20ms);
+    publishing.wait_until_blocked();
     CHECK_FALSE(published.load());  // still waiting for room
     CHECK(sub.receive().value().value() == 1);
     publisher.join();
@@ -221,13 +227,16 @@ TEST_CASE("block waits for room, and drops after block_timeout", "[broker][polic
   SECTION("a publisher blocked on a full queue is released when the subscription closes") {
     auto sub = broker.subscribe("t", {.capacity = 1, .overflow = Overflow::block});
     broker.publish("t", 1);
+    BlockedProbe publishing;
+    std::atomic<std::size_t> delivered{99};
     std::thread publisher([&] {
-      const auto r = broker.publish("t", 2);
-      CHECK(r.delivered == 0);
+      publishing.arrive();
+      delivered = broker.publish("t", 2).delivered;
     });
-    std::this_thread::sleep_for(10ms);
+    publishing.wait_until_blocked();
     sub.unsubscribe();
     publisher.join();
+    CHECK(delivered.load() == 0);
     CHECK(drain(sub) == iota(1, 1));
   }
 }
@@ -324,25 +333,38 @@ TEST_CASE("a stop_token stop unsubscribes and the consumer drains then ends", "[
   SECTION("a stop wakes a consumer blocked in range-for on another thread") {
     std::stop_source stop;
     auto sub = broker.subscribe("t", {}, stop.get_token());
+    BlockedProbe consuming;
+    std::latch got_first{1};
+    int n = 0;  // read after the join
     std::jthread consumer([&] {
-      int n = 0;
-      for (const auto& m : sub)
+      consuming.arrive();
+      for (const auto& m : sub) {
+        if (n == 0) got_first.count_down();
         n += *m;
-      CHECK(n == 5);
+      }
     });
     broker.publish("t", 5);
-    std::this_thread::sleep_for(5ms);
+    got_first.wait();
+    consuming.wait_until_blocked();  // waiting for the next message
     stop.request_stop();
+    consumer.join();
+    CHECK(n == 5);
   }
   SECTION("a jthread's own stop token ends its subscription") {
+    BlockedProbe consuming;
+    std::optional<CloseReason> reason;  // read after the join
     std::jthread worker([&](std::stop_token st) {
       auto sub = broker.subscribe("t", {}, st);
+      consuming.arrive();
       for (const auto& m : sub)
         (void)m;
-      CHECK(sub.close_reason() == CloseReason::stopped);
+      reason = sub.close_reason();
     });
-    std::this_thread::sleep_for(5ms);
-  }  // ~jthread requests stop and joins
+    consuming.wait_until_blocked();  // in the range-for, waiting for a message
+    worker.request_stop();
+    worker.join();
+    CHECK(reason == CloseReason::stopped);
+  }
   SECTION("unsubscribe after a stop keeps the reason 'stopped'") {
     std::stop_source stop;
     auto sub = broker.subscribe("t", {}, stop.get_token());
@@ -356,10 +378,16 @@ TEST_CASE("receive with a stop token returns empty on stop without closing", "[b
   Broker<int> broker;
   auto sub = broker.subscribe("t");
   std::stop_source stop;
-  std::thread t([&] { CHECK_FALSE(sub.receive(stop.get_token())); });
-  std::this_thread::sleep_for(5ms);
+  BlockedProbe receiving;
+  std::atomic<bool> got_message{true};
+  std::thread t([&] {
+    receiving.arrive();
+    got_message = sub.receive(stop.get_token()).has_value();
+  });
+  receiving.wait_until_blocked();
   stop.request_stop();
   t.join();
+  CHECK_FALSE(got_message.load());
   CHECK(sub.is_open());
   CHECK_FALSE(sub.receive_for(0ms));
   broker.publish("t", 1);
@@ -370,12 +398,18 @@ TEST_CASE("close() closes every subscription and later publishes return closed",
   Broker<int> broker;
   auto sub = broker.subscribe("t");
   auto blocked = broker.subscribe("u");
-  std::thread consumer([&] { CHECK_FALSE(blocked.receive()); });
+  BlockedProbe receiving;
+  std::atomic<bool> got_message{true};
+  std::thread consumer([&] {
+    receiving.arrive();
+    got_message = blocked.receive().has_value();
+  });
   broker.publish("t", 1);
-  std::this_thread::sleep_for(5ms);
+  receiving.wait_until_blocked();
   broker.close();
   broker.close();  // idempotent
   consumer.join();
+  CHECK_FALSE(got_message.load());
   CHECK(broker.is_closed());
   CHECK(sub.close_reason() == CloseReason::broker_closed);
   const auto r = broker.publish("t", 2);
@@ -390,19 +424,27 @@ TEST_CASE("close() closes every subscription and later publishes return closed",
 
 TEST_CASE("destroying the broker with live subscriptions and blocked consumers is clean",
           "[broker][lifetime]") {
-  Counted::live = 0;
+  CountedGuard guard;
   herald::Subscription<Counted> survivor;
   {
     auto broker = std::make_unique<Broker<Counted>>();
     survivor = broker->subscribe("t");
     auto other = broker->subscribe("t");
+    BlockedProbe consuming;
+    std::latch got_first{1};
+    int received = 0;  // read after the join
     std::thread consumer([&] {
+      consuming.arrive();
       while (other.receive()) {
+        if (++received == 1) got_first.count_down();
       }
     });
     broker->publish("t", Counted{1});
+    got_first.wait();
+    consuming.wait_until_blocked();  // blocked in receive() when the broker goes
     broker.reset();
     consumer.join();
+    CHECK(received == 1);
     CHECK(other.close_reason() == CloseReason::broker_closed);
   }
   CHECK(survivor.close_reason() == CloseReason::broker_closed);
@@ -492,7 +534,7 @@ TEST_CASE("broker and subscription counters add up", "[broker][stats]") {
 
 TEST_CASE("a throwing copy of T fails the publish and leaves every queue consistent",
           "[broker][lifetime]") {
-  Counted::live = 0;
+  CountedGuard guard;
   {
     Broker<Counted> broker;
     auto sub = broker.subscribe("t");

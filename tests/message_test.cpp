@@ -58,7 +58,7 @@ TEST_CASE("the pool keeps at most kCapacity blocks; the rest go back to the syst
 }
 
 TEST_CASE("messages keep their fields and release the payload exactly once", "[message]") {
-  Counted::live = 0;
+  herald_test::CountedGuard guard;
   {
     auto m = Message<Counted>::make("orders.eu", 7, 3, 42u);
     const auto copy = m;  // NOLINT: a copy shares the envelope
@@ -74,7 +74,7 @@ TEST_CASE("messages keep their fields and release the payload exactly once", "[m
 
 TEST_CASE("envelopes freed by other threads are reused without loss or double use",
           "[message][pool][stress]") {
-  Counted::live = 0;
+  herald_test::CountedGuard guard;
   constexpr int kThreads = 2;
   const int per_thread = herald_test::scaled(50000);
   std::atomic<bool> wrong{false};

@@ -2,6 +2,7 @@
 // BoundedQueue, WorkerPool, handler subscriptions and the NATS bridge build on.
 #include <herald/detail/parking.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -13,7 +14,7 @@
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
-using herald_test::let_it_park;
+using herald_test::BlockedProbe;
 
 TEST_CASE("Deadline::after maps zero to passed, huge to forever, and never overflows",
           "[parking]") {
@@ -43,14 +44,17 @@ TEST_CASE("wait_until wakes on notify, times out, and honours a stop request", "
   CHECK(wait_until(ec, ready, Deadline::after(0s)) == WaitStatus::timeout);
   CHECK(wait_until(ec, ready, Deadline::after(5ms)) == WaitStatus::timeout);
 
+  std::array<BlockedProbe, 3> parked;
   std::vector<std::jthread> waiters;
   std::atomic<int> done{0};
-  for (int i = 0; i < 3; ++i) {
-    waiters.emplace_back([&] {
+  for (auto& probe : parked) {
+    waiters.emplace_back([&, p = &probe] {
+      p->arrive();
       if (wait_until(ec, ready) == WaitStatus::done) ++done;
     });
   }
-  let_it_park();
+  for (auto& probe : parked)
+    probe.wait_until_blocked();
   state.store(1, std::memory_order_seq_cst);
   ec.notify_one();  // one wake-up; the woken waiter hands it on until all have seen the change
   waiters.clear();
@@ -59,9 +63,12 @@ TEST_CASE("wait_until wakes on notify, times out, and honours a stop request", "
   state.store(0, std::memory_order_seq_cst);
   std::stop_source stop;
   WaitStatus status = WaitStatus::done;
-  std::jthread stopped(
-      [&] { status = wait_until(ec, ready, Deadline::forever(), stop.get_token()); });
-  let_it_park();
+  BlockedProbe waiting;
+  std::jthread stopped([&] {
+    waiting.arrive();
+    status = wait_until(ec, ready, Deadline::forever(), stop.get_token());
+  });
+  waiting.wait_until_blocked();
   stop.request_stop();
   stopped.join();
   CHECK(status == WaitStatus::stopped);

@@ -5,7 +5,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <latch>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -20,19 +22,13 @@ using herald::Broker;
 using herald::CloseReason;
 using herald::Message;
 using herald::Overflow;
+using herald_test::BlockedProbe;
+using herald_test::eventually;
+using herald_test::Gate;
+using herald_test::Item;
+using herald_test::OpenOnExit;
 
 namespace {
-
-/// Waits (bounded) until `pred` holds; returns whether it did.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(100us);
-  }
-  return true;
-}
 
 /// Records order and overlap of invocations.
 struct StrandProbe {
@@ -50,11 +46,6 @@ struct StrandProbe {
     inside.fetch_sub(1);
     ++count;
   }
-};
-
-struct Item {
-  std::uint32_t publisher = 0;
-  std::uint64_t seq = 0;
 };
 
 }  // namespace
@@ -130,40 +121,53 @@ TEST_CASE("handlers on a pool or a dedicated thread run one at a time, in publis
 
 TEST_CASE("unsubscribe is quiescent: no invocation runs or starts after it returns",
           "[handler][quiescent]") {
-  herald::WorkerPool pool(2, 64);
   const int kind = GENERATE(0, 1, 2);
   INFO("executor " << (kind == 0 ? "pool" : kind == 1 ? "dedicated_thread" : "inline"));
   Broker<int> broker;
   const int rounds = herald_test::scaled(kind == 1 ? 300 : 1500);
   int violations = 0;
   for (int r = 0; r < rounds; ++r) {
+    // A pool per round: shutting it down runs whatever was posted to it, so an invocation that
+    // would start late has started before the round looks at `late`.
+    std::optional<herald::WorkerPool> pool;
+    if (kind == 0) pool.emplace(2, 64);
     std::atomic<bool> unsubscribed{false};
     std::atomic<bool> late{false};
     std::atomic<int> running{0};
     std::atomic<int> calls{0};
+    std::atomic<int> published{0};
     auto handler = [&](const Message<int>&) {
       ++running;
       if (unsubscribed.load()) late = true;  // started after unsubscribe returned
       ++calls;
+      // Deliberately slow every third round, so that unsubscribe meets a running invocation.
       std::this_thread::sleep_for(std::chrono::microseconds(r % 3 == 0 ? 200 : 0));
       if (unsubscribed.load()) late = true;  // still running after unsubscribe returned
       --running;
     };
-    auto h = kind == 0   ? broker.subscribe("q", handler, pool)
+    auto h = kind == 0   ? broker.subscribe("q", handler, *pool)
              : kind == 1 ? broker.subscribe("q", handler, herald::dedicated_thread)
                          : broker.subscribe("q", handler, herald::inline_executor);
     std::jthread publisher([&](std::stop_token st) {
-      while (!st.stop_requested())
+      while (!st.stop_requested()) {
         broker.publish("q", 1);
+        ++published;
+      }
     });
     while (calls.load() < 1 + r % 4)
       std::this_thread::yield();
     h.unsubscribe();
     unsubscribed = true;
     if (running.load() != 0) ++violations;
-    std::this_thread::sleep_for(50us);
+    // The publisher goes on after unsubscribe returned: two whole publishes more.
+    const int before = published.load();
+    while (published.load() < before + 2)
+      std::this_thread::yield();
     publisher.request_stop();
     publisher.join();
+    // Nothing more can run: the inline handler runs inside publish, unsubscribe joined the
+    // dedicated thread, and shutdown runs what the pool had.
+    if (pool) pool->shutdown();
     if (late.load()) ++violations;
   }
   CHECK(violations == 0);
@@ -173,11 +177,14 @@ TEST_CASE("unsubscribe from inside the handler returns at once and stops further
           "[handler][quiescent]") {
   herald::WorkerPool pool(2, 64);
   const int kind = GENERATE(0, 1, 2);
+  INFO("executor " << (kind == 0 ? "pool" : kind == 1 ? "dedicated_thread" : "inline"));
   Broker<int> broker;
   std::atomic<int> calls{0};
+  std::atomic<pid_t> handler_thread{0};
   herald::HandlerSubscription<int> h;
   std::atomic<bool> ready{false};
   auto handler = [&](const Message<int>&) {
+    handler_thread = herald_test::current_tid();
     while (!ready.load())
       std::this_thread::yield();
     if (++calls == 3) h.unsubscribe();  // must not deadlock waiting for itself
@@ -189,7 +196,10 @@ TEST_CASE("unsubscribe from inside the handler returns at once and stops further
   for (int i = 0; i < 10; ++i)
     broker.publish("q", i);
   CHECK(eventually([&] { return calls.load() >= 3; }));
-  std::this_thread::sleep_for(20ms);
+  // Count once no further call can start: inline calls ran inside publish; the pool runs what
+  // was posted to it before shutdown returns; the dedicated thread ends with the unsubscribe.
+  if (kind == 0) pool.shutdown();
+  if (kind == 1) CHECK(herald_test::wait_until_exited(handler_thread.load()));
   CHECK(calls.load() == 3);
   CHECK(h.close_reason() == CloseReason::unsubscribed);
 }
@@ -205,7 +215,7 @@ TEST_CASE("a stop request's callback is quiescent too", "[handler][quiescent][st
       "q",
       [&](const Message<int>&) {
         ++calls;
-        std::this_thread::sleep_for(1ms);
+        std::this_thread::sleep_for(1ms);  // a slow handler: the stop meets one running
         if (stopped.load()) late = true;
       },
       pool, {}, stop.get_token());
@@ -219,8 +229,6 @@ TEST_CASE("a stop request's callback is quiescent too", "[handler][quiescent][st
   stopped = true;
   publisher.request_stop();
   publisher.join();
-  std::this_thread::sleep_for(5ms);
-  CHECK_FALSE(late.load());
   CHECK(h.close_reason() == CloseReason::stopped);
 
   std::stop_source already;
@@ -229,7 +237,8 @@ TEST_CASE("a stop request's callback is quiescent too", "[handler][quiescent][st
   auto dead = broker.subscribe(
       "q", [&](const Message<int>&) { ++never; }, pool, {}, already.get_token());
   broker.publish("q", 1);
-  std::this_thread::sleep_for(5ms);
+  pool.shutdown();  // runs whatever was posted: a late or unwanted call has happened by now
+  CHECK_FALSE(late.load());
   CHECK(never == 0);
 }
 
@@ -332,7 +341,9 @@ TEST_CASE("handler durations are counted per subscription", "[handler][stats]") 
   Broker<int> broker;
   auto h = broker.subscribe(
       "t",
-      [](const Message<int>& m) { std::this_thread::sleep_for(std::chrono::milliseconds(*m)); },
+      [](const Message<int>& m) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(*m));  // the duration measured
+      },
       herald::inline_executor);
   broker.publish("t", 1);
   broker.publish("t", 3);
@@ -347,20 +358,17 @@ TEST_CASE("a slow handler only fills its own queue; its overflow policy applies"
           "[handler][policy]") {
   herald::WorkerPool pool(2, 64);
   Broker<int> broker;
-  std::atomic<bool> release{false};
-  auto slow = broker.subscribe("t",
-                               [&](const Message<int>&) {
-                                 while (!release.load())
-                                   std::this_thread::sleep_for(100us);
-                               },
-                               pool, {.capacity = 4, .overflow = Overflow::drop_incoming});
+  Gate release;
+  auto slow = broker.subscribe("t", [&](const Message<int>&) { release.wait(); }, pool,
+                               {.capacity = 4, .overflow = Overflow::drop_incoming});
+  OpenOnExit open_on_exit{release};  // after `slow`, whose unsubscribe waits for the handler
   std::atomic<int> fast_count{0};
   auto fast =
       broker.subscribe("t", [&](const Message<int>&) { ++fast_count; }, pool, {.capacity = 256});
   for (int i = 0; i < 100; ++i)
     broker.publish("t", i);  // never blocks
   CHECK(eventually([&] { return fast_count.load() == 100; }));
-  release = true;
+  release.open();
   CHECK(eventually([&] {
     const auto s = slow.stats();
     return s.received == s.delivered;
@@ -403,7 +411,7 @@ TEST_CASE("wait_idle after close: every accepted message is handled first", "[ha
   Broker<int> broker;
   std::atomic<int> handled{0};
   auto handler = [&](const Message<int>&) {
-    std::this_thread::sleep_for(20us);
+    std::this_thread::sleep_for(20us);  // a slow handler: close finds messages still queued
     ++handled;
   };
   const herald::SubscribeOptions block{.capacity = 64, .overflow = Overflow::block};
@@ -424,23 +432,26 @@ TEST_CASE("wait_idle times out while the handler is busy, and succeeds once it i
           "[handler][idle]") {
   herald::WorkerPool pool(2, 64);
   Broker<int> broker;
-  std::atomic<bool> open{false};
+  Gate gate;
   std::atomic<int> handled{0};
   auto h = broker.subscribe(
       "q",
       [&](const Message<int>&) {
-        while (!open.load())
-          std::this_thread::sleep_for(100us);
+        gate.wait();
         ++handled;
       },
       pool);
+  OpenOnExit open_on_exit{gate};  // after `h`, whose unsubscribe waits for the handler
   for (int i = 0; i < 3; ++i)
     broker.publish("q", i);
   CHECK_FALSE(h.wait_idle(20ms));
+  // The gate opens once this thread is parked in the wait_idle below.
+  BlockedProbe waiting;
   std::jthread opener([&] {
-    std::this_thread::sleep_for(20ms);
-    open = true;
+    waiting.wait_until_blocked();
+    gate.open();
   });
+  waiting.arrive();
   CHECK(h.wait_idle(10s));  // woken by the last message finishing, not by the timeout
   CHECK(handled.load() == 3);
 }
@@ -448,10 +459,11 @@ TEST_CASE("wait_idle times out while the handler is busy, and succeeds once it i
 TEST_CASE("wait_idle returns false when unsubscribed with messages left, and inside the handler",
           "[handler][idle]") {
   Broker<int> broker;
-  std::atomic<bool> open{false};
+  Gate gate;
   std::atomic<bool> entered{false};
   std::atomic<bool> inside_result{true};
   herald::HandlerSubscription<int> h;
+  OpenOnExit open_on_exit{gate};  // after `h`, whose unsubscribe waits for the handler
   h = broker.subscribe(
       "q",
       [&](const Message<int>& m) {
@@ -459,8 +471,7 @@ TEST_CASE("wait_idle returns false when unsubscribed with messages left, and ins
           inside_result = h.wait_idle(1s);  // must not wait for itself
           entered = true;
         }
-        while (!open.load())
-          std::this_thread::sleep_for(100us);
+        gate.wait();
       },
       herald::dedicated_thread);
   for (int i = 0; i < 5; ++i)
@@ -468,17 +479,16 @@ TEST_CASE("wait_idle returns false when unsubscribed with messages left, and ins
   // Unsubscribing before the first invocation starts would skip it (correctly): wait for it.
   REQUIRE(eventually([&] { return entered.load(); }));
   std::atomic<bool> waited{true};
-  std::atomic<bool> waiter_done{false};
+  std::latch answered{1};
   std::jthread waiter([&] {
     waited = h.wait_idle(std::chrono::hours(1));
-    waiter_done = true;
+    answered.count_down();
   });
   // The gate opens only once the waiter has its answer: unsubscribe cancels first (which must
   // wake the waiter), then waits for the invocation blocked on the gate. No timing involved.
   std::jthread opener([&] {
-    while (!waiter_done.load())
-      std::this_thread::sleep_for(100us);
-    open = true;
+    answered.wait();
+    gate.open();
   });
   h.unsubscribe();  // 4 messages stay unhandled
   waiter.join();

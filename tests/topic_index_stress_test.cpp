@@ -5,7 +5,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <mutex>
 #include <random>
 #include <shared_mutex>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -29,11 +29,6 @@ struct Entry {
   bool permanent = false;
   friend bool operator==(const Entry&, const Entry&) = default;
 };
-
-std::uint64_t seed_from_env() {
-  if (const char* s = std::getenv("HERALD_SEED")) return std::strtoull(s, nullptr, 10);
-  return std::random_device{}();
-}
 
 std::string random_tokens(std::mt19937_64& rng, bool pattern) {
   static const char* const kTokens[] = {"a", "b", "c", "*", ">"};
@@ -52,9 +47,7 @@ std::string random_tokens(std::mt19937_64& rng, bool pattern) {
 
 TEST_CASE("concurrent matches under a shared lock see every permanent entry exactly once",
           "[topic_index][stress]") {
-  const std::uint64_t seed = seed_from_env();
-  std::fprintf(stderr, "topic_index stress test: HERALD_SEED=%llu\n",
-               static_cast<unsigned long long>(seed));
+  const std::uint64_t seed = herald_test::seed("topic_index stress");
   INFO("HERALD_SEED=" << seed);
 
   herald::TopicIndex<Entry> index;

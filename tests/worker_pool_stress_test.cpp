@@ -4,9 +4,11 @@
 // Randomized parts print their seed; set HERALD_SEED=<n> to replay one.
 #include <herald/worker_pool.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <latch>
 #include <memory>
 #include <random>
@@ -38,6 +40,19 @@ std::vector<How> plan(std::uint64_t seed, int submitter, int n) {
                 : How::async;
   }
   return out;
+}
+
+/// The kernel ids of a pool's `threads` workers, found by running keyed tasks (each key belongs to
+/// one worker) until every worker has run one.
+std::vector<pid_t> worker_tids(WorkerPool& pool, std::size_t threads) {
+  std::vector<pid_t> tids;
+  for (std::uint64_t key = 0; tids.size() < threads; ++key) {
+    std::promise<pid_t> ran_on;
+    if (!pool.submit_keyed(key, [&] { ran_on.set_value(herald_test::current_tid()); })) break;
+    const pid_t tid = ran_on.get_future().get();
+    if (std::find(tids.begin(), tids.end(), tid) == tids.end()) tids.push_back(tid);
+  }
+  return tids;
 }
 
 }  // namespace
@@ -240,18 +255,20 @@ TEST_CASE("tasks submitted one at a time to an idle pool always run (no lost wak
   const int n = scaled(20000);
   for (std::size_t threads : {std::size_t{1}, std::size_t{2}, std::size_t{4}}) {
     WorkerPool pool(threads, 4);
+    const std::vector<pid_t> workers = worker_tids(pool, threads);
     std::atomic<int> done{0};
     for (int i = 0; i < n; ++i) {
       const int r = static_cast<int>(rng() % 8);
       auto task = [&done] { done.fetch_add(1, std::memory_order_release); };
       const bool ok = r < 4 ? pool.submit(task) : pool.submit_keyed(rng() % 16, task);
       REQUIRE(ok);
-      if (r == 7) {
-        // Now and then let every worker go all the way to sleep before the next task.
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-      }
       while (done.load(std::memory_order_acquire) != i + 1)
         std::this_thread::yield();
+      if (r == 7) {
+        // Now and then let every worker go all the way to sleep before the next task.
+        for (const pid_t tid : workers)
+          herald_test::wait_until_blocked(tid);
+      }
     }
   }
 }

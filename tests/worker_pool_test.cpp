@@ -18,9 +18,13 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "test_support.hpp"
 
 using herald::WorkerPool;
 using herald::detail::UniqueFunction;
+using herald_test::BlockedProbe;
+using herald_test::Gate;
+using herald_test::OpenOnExit;
 
 namespace {
 
@@ -70,30 +74,6 @@ bool inside(const void* p, const void* object, std::size_t size) {
   const auto* b = static_cast<const unsigned char*>(object);
   const auto* q = static_cast<const unsigned char*>(p);
   return std::less_equal<>{}(b, q) && std::less<>{}(q, b + size);
-}
-
-/// A gate that tasks wait on, opened by the test (idempotent).
-struct Gate {
-  std::latch opened{1};
-  std::atomic<bool> done{false};
-  void open() {
-    if (!done.exchange(true)) opened.count_down();
-  }
-  void wait() { opened.wait(); }
-};
-
-/// Opens a gate when a failed REQUIRE leaves the scope early, so the pool's destructor (which
-/// runs after this) does not wait forever for a blocked task. Declare it after the pool.
-struct OpenOnExit {
-  Gate& gate;
-  ~OpenOnExit() { gate.open(); }
-};
-
-/// Lets another thread run for a while; used only to give a bug a chance to show, never as
-/// synchronisation.
-void let_others_run() {
-  for (int i = 0; i < 2000; ++i)
-    std::this_thread::yield();
 }
 
 }  // namespace
@@ -292,13 +272,15 @@ TEST_CASE("submit blocks while the queue is full and returns once a task makes r
   std::atomic<bool> gate_opened{false};
   std::atomic<bool> returned_before_gate{false};
   std::atomic<bool> accepted{false};
+  BlockedProbe submitting;
   std::thread submitter([&] {
+    submitting.arrive();
     const bool ok = pool.submit([&] { order.push_back(2); });
     // Room appears only when the worker moves on, which it can only do after the gate opened.
     if (!gate_opened.load()) returned_before_gate = true;
     accepted = ok;
   });
-  let_others_run();
+  submitting.wait_until_blocked();  // waiting for room
   CHECK_FALSE(returned_before_gate.load());
   gate_opened = true;
   gate.open();
@@ -325,8 +307,12 @@ TEST_CASE("a stop request cancels a submit that is blocked on a full queue", "[w
 
     std::stop_source stop;
     std::atomic<bool> result{true};
-    std::thread submitter([&] { result = pool.submit(SmallTask{probe}, stop.get_token()); });
-    let_others_run();
+    BlockedProbe submitting;
+    std::thread submitter([&] {
+      submitting.arrive();
+      result = pool.submit(SmallTask{probe}, stop.get_token());
+    });
+    submitting.wait_until_blocked();  // waiting for room
     stop.request_stop();
     submitter.join();
     CHECK_FALSE(result.load());

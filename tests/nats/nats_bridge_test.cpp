@@ -26,19 +26,10 @@ using herald::Overflow;
 using herald::nats::Bridge;
 using herald::nats::BridgeError;
 using herald::nats::ErrorKind;
+using herald_test::eventually;  // the tests' only way to wait for the network
 using herald_test::NatsServer;
 
 namespace {
-
-/// Polls `done` until it holds or `timeout` passes; the tests' only way to wait for the network.
-bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout = 15s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
 
 /// Collects what on_error reports, for the tests that check the error text.
 struct Errors {
@@ -324,14 +315,14 @@ TEST_CASE("a server restart in the middle of a stream is survived and every loss
     for (std::uint64_t i = 1; !stop_publishing.load(); ++i) {
       a.publish("stream.ticks", i);
       published.store(i);
-      std::this_thread::sleep_for(20us);  // a steady stream, not a flood
+      std::this_thread::sleep_for(20us);  // the publication rate: a steady stream, not a flood
     }
   });
 
   REQUIRE(eventually([&] { return last_received.load() >= 300; }));
   server.stop();
   REQUIRE(eventually([&] { return !ab.is_connected() && !bb.is_connected(); }));
-  std::this_thread::sleep_for(200ms);  // the outage lasts a while
+  std::this_thread::sleep_for(200ms);  // simulated: the outage lasts a while
   server.start();
   REQUIRE(eventually([&] { return ab.stats().reconnects >= 1 && bb.stats().reconnects >= 1; }));
   REQUIRE(bb.flush(5s));  // the server has the importer's subscription again

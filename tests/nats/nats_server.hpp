@@ -73,6 +73,7 @@ class NatsServer {
         stop();
         throw std::runtime_error("nats-server did not accept connections within 10 s");
       }
+      // Polls another process, which announces nothing: not a hand-off between threads.
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
   }
