@@ -351,13 +351,13 @@ TEST_CASE(
     herald::PublishResult r;
     std::atomic<pid_t> tid{0};
     std::thread publisher([&] {
-      tid = herald_process::this_thread_tid();
+      tid = herald_test::current_tid();
       r = pub.publish(1);
     });
     while (tid.load() == 0)
       std::this_thread::yield();
-    herald_process::wait_until_parked(tid, 10s);  // in the blocking offer, asleep
-    broker.reset();                               // wakes the publisher
+    herald_test::wait_until_blocked(tid, 10s);  // in the blocking offer, asleep
+    broker.reset();                             // wakes the publisher
     full = {};
     publisher.join();
     if (r.delivered != 0 || r.dropped != 0) ++wrong;

@@ -96,7 +96,7 @@ void run_order(const Order& order, bool probe, ChildLog& log) {
     std::atomic<pid_t> consumer_tid{0};
     std::optional<std::jthread> consumer;
     consumer.emplace([&](std::stop_token st) {
-      consumer_tid = herald_process::this_thread_tid();
+      consumer_tid = herald_test::current_tid();
       consumer_started.count_down();
       while (auto m = pull->receive(st))
         ++consumed;
@@ -109,16 +109,16 @@ void run_order(const Order& order, bool probe, ChildLog& log) {
     std::atomic<pid_t> blocked_tid{0};
     std::thread blocked([&] {
       auto own = b->publisher("blk");
-      blocked_tid = herald_process::this_thread_tid();
+      blocked_tid = herald_test::current_tid();
       publisher_started.count_down();
       blocked_result = own.publish(Counted{2});
     });
     consumer_started.wait();
     publisher_started.wait();
     // Parked for real: the consumer in receive(), the publisher in its blocking offer.
-    log.check(herald_process::wait_until_parked(consumer_tid, 10s),
+    log.check(herald_test::wait_until_blocked(consumer_tid, 10s),
               "the consumer did not park in receive()");
-    log.check(herald_process::wait_until_parked(blocked_tid, 10s),
+    log.check(herald_test::wait_until_blocked(blocked_tid, 10s),
               "the publisher did not park in publish()");
 
     bool pull_closed_awaiting_consumer = false;
@@ -304,13 +304,13 @@ TEST_CASE(
           std::atomic<pid_t> tid{0};
           bool got = false;
           std::thread consumer([&, s = sub.get()] {
-            tid = herald_process::this_thread_tid();
+            tid = herald_test::current_tid();
             got = s->receive().has_value();
           });
           while (tid.load() == 0)
             std::this_thread::yield();
           // Inside receive(), asleep.
-          log.check(herald_process::wait_until_parked(tid, 10s), "the consumer did not park");
+          log.check(herald_test::wait_until_blocked(tid, 10s), "the consumer did not park");
           sub->unsubscribe();  // wakes the consumer: receive() returns empty
           consumer.join();
           sub.reset();

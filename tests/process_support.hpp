@@ -33,13 +33,13 @@
 #endif
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define HERALD_PENDING_SANITIZER_HEAP 1
+#define HERALD_TEST_SANITIZER_HEAP 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define HERALD_PENDING_SANITIZER_HEAP 1
+#define HERALD_TEST_SANITIZER_HEAP 1
 #endif
 #endif
-#if defined(HERALD_PENDING_SANITIZER_HEAP)
+#if defined(HERALD_TEST_SANITIZER_HEAP)
 // From <sanitizer/allocator_interface.h>, which g++ 12 does not ship; every sanitizer runtime
 // with an allocator of its own exports it.
 extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
@@ -150,7 +150,7 @@ class Watchdog {
 /// Bytes currently allocated on the heap (sanitizer allocator statistics, or glibc's mallinfo2
 /// over every arena).
 inline std::size_t heap_in_use() {
-#if defined(HERALD_PENDING_SANITIZER_HEAP)
+#if defined(HERALD_TEST_SANITIZER_HEAP)
   return __sanitizer_get_current_allocated_bytes();
 #else
   const struct mallinfo2 mi = mallinfo2();
@@ -159,27 +159,6 @@ inline std::size_t heap_in_use() {
 }
 
 #if defined(__unix__)
-
-/// The calling thread's kernel id (for wait_until_parked).
-inline pid_t this_thread_tid() {
-  return static_cast<pid_t>(::syscall(SYS_gettid));
-}
-
-/// Waits until thread `tid` of this process sleeps in the futex system call, which is how herald
-/// parks a blocked receive, publish or unsubscribe: a handshake with a thread that cannot signal
-/// "I am blocked now" itself. False if it did not park within `limit`.
-inline bool wait_until_parked(pid_t tid, std::chrono::milliseconds limit) {
-  const std::string path = "/proc/self/task/" + std::to_string(tid) + "/syscall";
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream f(path);
-    if (!f.is_open()) return true;  // no such file on this system: carry on without the check
-    long nr = -1;
-    if (f >> nr && nr == SYS_futex) return true;  // "running" while it runs
-    std::this_thread::yield();
-  }
-  return false;
-}
 
 /// Makes std::terminate print where it was called from (the frames that mention herald,
 /// demangled; link with -rdynamic for names) before aborting. For children of run_isolated().
