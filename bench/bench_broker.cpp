@@ -17,6 +17,9 @@
 //                    ZeroMQ PUB drops at the high-water mark, so it is measured on what arrived
 //                    and its loss is shown; a second ZeroMQ row sets ZMQ_XPUB_NODROP (the
 //                    publisher waits instead: lossless, comparable).
+//                    Beside the pull subscriptions, handler subscriptions on a WorkerPool with
+//                    hardware_concurrency() threads (published with a Publisher), the idiomatic
+//                    way to serve many subscribers; deliveries/s until every one went idle.
 //   fan-out, drop    the same with a dropping policy (herald: drop_incoming): publisher-side
 //                    ns/publish while the consumers drain as fast as they can, and the loss.
 //   round trip       thread A publishes on "ping", thread B receives it and publishes on "pong",
@@ -30,7 +33,9 @@
 //                    designs scan them all; herald's cost must stay flat). Timed in batches of
 //                    256, the 3 queues drained between batches, outside the clock.
 //
-//   bench_broker [--reps=N] [--only=block|drop|roundtrip|wildcard] [--go-peer=PATH]
+//   no subscriber    single thread: CPU ns/publish to a topic nobody subscribes to.
+//
+//   bench_broker [--reps=N] [--only=block|drop|roundtrip|wildcard|nosub] [--go-peer=PATH]
 //                [--deliveries=N] [--budget-ms=N] [--fanout=N] [--nonmatching=N]
 //                [--peer=substring] [--pin]   (the last four narrow a run down for diagnosis;
 //                --pin fixes thread placement of the fan-out, see g_pin)
@@ -113,6 +118,7 @@ bool g_pin = false;
 // --go-peer=PATH: the Go reference broker program (bench/peers/refbroker); empty: not run.
 std::string g_go_peer;
 constexpr std::string_view kGoName = "Go reference broker (goroutine per subscriber)";
+constexpr std::string_view kHandlersName = "herald handlers on a WorkerPool (Publisher)";
 
 void pin_to_cpu(unsigned cpu) {
   cpu_set_t set;
@@ -286,6 +292,66 @@ Outcome fanout_herald(unsigned n, std::uint64_t messages, Mode mode) {
       static_cast<std::uint64_t>(o.loss * static_cast<double>(sent) * static_cast<double>(n) + 0.5);
   if (dropped != expected_drops) fail(who, "dropped counter disagrees with what arrived");
   if (mode == Mode::block && o.loss != 0) fail(who, "lost messages under Overflow::block");
+  return o;
+}
+
+/// Handler subscriptions on a WorkerPool with hardware_concurrency() threads: the idiomatic way
+/// to serve many subscribers (the analogue of goroutines). Messages are published with a
+/// Publisher; every handler checks its sequence numbers; the run ends when every subscription
+/// has handled what it accepted (wait_idle).
+Outcome fanout_handlers(unsigned n, std::uint64_t messages, Mode mode) {
+  constexpr std::string_view who = "herald handlers on a WorkerPool";
+  herald::Broker<Tick> broker;
+  herald::WorkerPool pool(std::max(1u, std::thread::hardware_concurrency()), kCapacity);
+  const herald::SubscribeOptions options{
+      .capacity = kCapacity,
+      .overflow = mode == Mode::block ? herald::Overflow::block : herald::Overflow::drop_incoming};
+  struct alignas(64) PerSub {
+    SeqCheck check;
+    std::uint64_t got = 0;
+  };
+  std::vector<PerSub> per(n);
+  std::vector<herald::HandlerSubscription<Tick>> subs;
+  for (unsigned i = 0; i < n; ++i) {
+    subs.push_back(broker.subscribe(
+        kTopic,
+        [&per, i, lossless = mode == Mode::block](const herald::Message<Tick>& m) {
+          per[i].check(m->seq, lossless);
+          ++per[i].got;
+        },
+        pool, options));
+  }
+  auto publisher = broker.publisher(kTopic);
+  Consumers c(0);  // no consumer threads: only the publishing loop and the CPU accounting
+  const auto t0 = c.start();
+  const std::uint64_t sent =
+      c.publish_all(messages, t0, [&](std::uint64_t s) { publisher.publish(make_tick(s)); });
+  const auto published = Clock::now();
+  for (auto& h : subs) {
+    if (!h.wait_idle(std::chrono::seconds(60))) fail(who, "a subscription did not go idle");
+  }
+  const auto idle = Clock::now();
+  const Usage after = Usage::now();
+  std::uint64_t total = 0, dropped = 0;
+  for (unsigned i = 0; i < n; ++i) {
+    total += per[i].got;
+    dropped += subs[i].stats().dropped;
+    if (!per[i].check.ok) fail(who, "a handler saw sequence numbers out of order");
+  }
+  const double offered = static_cast<double>(sent) * n;
+  Outcome o;
+  o.loss = 1.0 - static_cast<double>(total) / offered;
+  const double got = mode == Mode::block ? std::max(1.0, static_cast<double>(total)) : offered;
+  o.cpu_ns = (after.cpu_ns - c.before.cpu_ns) / got;
+  o.csw = (after.switches - c.before.switches) * 1000.0 / got;
+  o.value = mode == Mode::block
+                ? static_cast<double>(total) / std::chrono::duration<double>(idle - t0).count()
+                : std::chrono::duration<double, std::nano>(published - t0).count() /
+                      static_cast<double>(sent);
+  if (static_cast<double>(dropped) != offered - static_cast<double>(total)) {
+    fail(who, "dropped counter disagrees with what was handled");
+  }
+  if (mode == Mode::block && total != sent * n) fail(who, "lost messages under Overflow::block");
   return o;
 }
 
@@ -577,6 +643,30 @@ double wildcard_go(std::size_t nonmatching, std::chrono::nanoseconds budget) {
   return a.ok ? a.values[0] : 0;
 }
 
+// ---- publishing to a topic nobody subscribes to ----
+
+/// Thread CPU ns per publish to a topic that matches no subscription (there are some elsewhere):
+/// what it costs to leave publishing in hot code with nobody listening.
+template <bool Prepared>
+double nosub_herald(std::size_t /*unused*/, std::chrono::nanoseconds budget) {
+  herald::Broker<Tick> broker;
+  auto elsewhere = broker.subscribe("orders.>", {.capacity = 1});
+  auto publisher = broker.publisher(kTopic);
+  std::uint64_t matched = 0;
+  const double ns = time_batches(
+      budget,
+      [&](std::uint64_t i) {
+        if constexpr (Prepared) {
+          matched += publisher.publish(make_tick(i)).matched;
+        } else {
+          matched += broker.publish(kTopic, make_tick(i)).matched;
+        }
+      },
+      [] {});
+  if (matched != 0) fail("herald no-subscriber publish", "a publish matched a subscription");
+  return ns;
+}
+
 struct WildContender {
   std::string name;
   double (*run)(std::size_t, std::chrono::nanoseconds);
@@ -818,6 +908,7 @@ int main(int argc, char** argv) {
   std::vector<FanoutContender> fan = {
       {"herald publish", &fanout_herald<false>},
       {"herald Publisher", &fanout_herald<true>},
+      {std::string(kHandlersName), &fanout_handlers},
   };
   if (go) fan.push_back({std::string(kGoName), &fanout_go});
   fan.push_back({"reference design", &fanout_reference});
@@ -830,8 +921,8 @@ int main(int argc, char** argv) {
       if (fan[i].name == name) return i;
     return fan.size();
   };
-  const std::size_t kHeraldPublish = 0, kHeraldPublisher = 1, kGo = fan_index(kGoName),
-                    kReference = fan_index("reference design"),
+  const std::size_t kHeraldPublish = 0, kHeraldPublisher = 1, kHandlers = 2,
+                    kGo = fan_index(kGoName), kReference = fan_index("reference design"),
                     kZmq = fan_index("ZeroMQ inproc PUB/SUB"),
                     kZmqNoDrop = fan_index("ZeroMQ inproc, XPUB_NODROP");
   std::vector<WildContender> wild = {
@@ -841,6 +932,10 @@ int main(int argc, char** argv) {
   };
   if (go) wild.push_back({std::string(kGoName), &wildcard_go});
   wild.push_back({"reference design", &wildcard_reference});
+  const std::vector<WildContender> nosub = {
+      {"herald publish", &nosub_herald<false>},
+      {"herald Publisher", &nosub_herald<true>},
+  };
   std::vector<RoundTripContender> trip = {
       {"herald publish", &roundtrip_herald<false>},
       {"herald Publisher", &roundtrip_herald<true>},
@@ -886,6 +981,7 @@ int main(int argc, char** argv) {
              fanouts.size(), std::vector<std::vector<Outcome>>(fan.size())));
   std::vector<std::vector<std::vector<double>>> wild_samples(
       sizes.size(), std::vector<std::vector<double>>(wild.size()));
+  std::vector<std::vector<double>> nosub_samples(nosub.size());
   // trip_samples[placement][contender]
   std::vector<std::vector<std::vector<double>>> trip_samples(
       placements.size(), std::vector<std::vector<double>>(trip.size()));
@@ -908,6 +1004,12 @@ int main(int argc, char** argv) {
         const std::size_t i = (k + static_cast<std::size_t>(rep)) % trip.size();
         if ((placements[pl] && trip[i].unpinned_only) || !chosen(trip[i].name)) continue;
         trip_samples[pl][i].push_back(trip[i].run(rounds, placements[pl]));
+      }
+    }
+    for (int w = 0; w < 3 && wanted("nosub"); ++w) {
+      for (std::size_t k = 0; k < nosub.size(); ++k) {
+        const std::size_t i = (k + static_cast<std::size_t>(w)) % nosub.size();
+        nosub_samples[i].push_back(nosub[i].run(0, budget));
       }
     }
     // Wildcard samples are cheap and single-threaded: three per repetition.
@@ -1014,6 +1116,28 @@ int main(int argc, char** argv) {
         }
         targets.push_back(line);
       }
+      // Handler subscriptions on a pool: >= 2x the Go broker, and never below herald's own pull
+      // path (with the same Publisher) at 64 subscribers.
+      if (ran(kHandlers)) {
+        std::string line = fmt::format("fan-out {:>2}: {}", fanouts[f], fan[kHandlers].name);
+        if (ran(kGo)) {
+          const double r = vs(kHandlers, kGo);
+          results.goal("broker",
+                       fmt::format("fan-out {} lossless deliveries/s, {} / {}", fanouts[f],
+                                   fan[kHandlers].name, fan[kGo].name),
+                       r, ">= 2x", r >= 2);
+          line += fmt::format(" / Go = {:.2f}x (>= 2: {});", r, verdict(r >= 2));
+        }
+        if (fanouts[f] == 64) {
+          const double r = vs(kHandlers, kHeraldPublisher);
+          results.goal("broker",
+                       fmt::format("fan-out 64 lossless deliveries/s, {} / herald Publisher (pull)",
+                                   fan[kHandlers].name),
+                       r, ">= 1x", r >= 1);
+          line += fmt::format(" / herald pull = {:.2f}x (>= 1: {})", r, verdict(r >= 1));
+        }
+        targets.push_back(line);
+      }
     }
     tables.push_back(std::move(t));
   }
@@ -1063,6 +1187,28 @@ int main(int argc, char** argv) {
                         "{})",
                         placement_names[pl], trip[h].name, r, verdict(r <= 2)));
       }
+    }
+    tables.push_back(std::move(t));
+  }
+
+  // No-subscriber table.
+  if (wanted("nosub")) {
+    Table t;
+    t.title =
+        "Publish to a topic nobody subscribes to (one subscription elsewhere): thread CPU "
+        "ns/publish, lower is better";
+    t.header = {"contender", "ns/publish", "min", "max"};
+    t.note = "3 samples per repetition; the goal: <= 15 ns, cheap enough to leave in hot code";
+    for (std::size_t i = 0; i < nosub.size(); ++i) {
+      const Stat st = summarize(nosub_samples[i]);
+      results.measure("broker", "publish, no subscriber", "", nosub[i].name, "ns/publish", false,
+                      nosub_samples[i]);
+      t.rows.push_back({nosub[i].name, fmt::format("{:.1f}", st.median),
+                        fmt::format("{:.1f}", st.min), fmt::format("{:.1f}", st.max)});
+      results.goal("broker", fmt::format("publish with no subscriber, {}: ns", nosub[i].name),
+                   st.median, "<= 15", st.median <= 15);
+      targets.push_back(fmt::format("no subscriber: {} = {:.1f} ns (<= 15: {})", nosub[i].name,
+                                    st.median, verdict(st.median <= 15)));
     }
     tables.push_back(std::move(t));
   }

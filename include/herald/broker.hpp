@@ -186,14 +186,16 @@ class BrokerCore final : public Registry<T> {
         topic, route.long_topic,
         [this] { return sequence_.fetch_add(1, std::memory_order_relaxed) + 1; }, origin,
         std::forward<Args>(args)...);
-    // The last plain subscriber (when no group follows) takes the message itself: no reference
-    // count increment here and decrement later, on a line the consumer is about to write too.
-    const std::size_t copies = route.groups.empty() ? route.plain.size() - 1 : route.plain.size();
-    for (std::size_t i = 0; i < copies; ++i)
-      tally(r, route.plain[i]->offer(m));
-    if (copies < route.plain.size()) tally(r, route.plain.back()->offer(std::move(m)));
+    // One reference per offer, set with one store: an offer keeps its reference when it queues
+    // the message and drops it otherwise; the last offer takes `m` itself.
+    const std::size_t offers = route.plain.size() + route.groups.size();
+    detail::MessageAccess::preset_refs(m, static_cast<std::uint32_t>(offers));
+    std::size_t left = offers;
+    const auto take = [&] { return --left == 0 ? std::move(m) : detail::MessageAccess::alias(m); };
+    for (const StatePtr& s : route.plain)
+      tally(r, s->offer(take()));
     for (const GroupRoute& g : route.groups)
-      offer_to_group(r, g, m);
+      offer_to_group(r, g, take());
     counters_.add(published, 1);
     if (r.delivered) counters_.add(delivered, r.delivered);
     if (r.dropped) counters_.add(dropped, r.dropped);
@@ -319,17 +321,18 @@ class BrokerCore final : public Registry<T> {
 
   // One member per group: the first with room starting at the round-robin cursor; when all are
   // full, the policy of the member at the cursor decides (wait, drop, evict, disconnect).
-  void offer_to_group(PublishResult& r, const GroupRoute& g, const Message<T>& m) {
+  // `m` is this group's reference: a failed try_offer leaves it, a successful one takes it.
+  void offer_to_group(PublishResult& r, const GroupRoute& g, Message<T> m) {
     const std::size_t n = g.members.size();
     const std::size_t start = g.cursor->fetch_add(1, std::memory_order_relaxed) % n;
     State* fallback = nullptr;
     for (std::size_t i = 0; i < n; ++i) {
       State& s = *g.members[(start + i) % n];
       if (s.close_reason() != CloseReason::open) continue;
-      if (s.try_offer(m)) return tally(r, Offer::delivered);
+      if (s.try_offer(std::move(m))) return tally(r, Offer::delivered);
       if (!fallback) fallback = &s;
     }
-    if (fallback) tally(r, fallback->offer(m));
+    if (fallback) tally(r, fallback->offer(std::move(m)));
   }
 
   mutable std::shared_mutex mutex_;  // guards index_, live_, groups_, cache_

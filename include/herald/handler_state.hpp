@@ -5,6 +5,7 @@
 
 #include <herald/detail/backoff.hpp>
 #include <herald/detail/cache_line.hpp>
+#include <herald/detail/counters.hpp>
 #include <herald/detail/error_text.hpp>
 #include <herald/detail/parking.hpp>
 #include <herald/detail/unique_function.hpp>
@@ -94,13 +95,13 @@ class HandlerState final : public SubscriptionState<T>,
     if (running_on_this_thread(this)) return false;  // it would wait for itself
     const std::uint64_t target = this->stats().delivered;
     for (;;) {
-      const std::uint64_t seen = finished_.load(std::memory_order_seq_cst);
+      const std::uint64_t seen = finished_.get(std::memory_order_seq_cst);
       if (seen + this->stats().evicted >= target) return true;
       if (cancelled() || stranded()) return false;
       // Waiters of different targets share `idle_`, so each waits for "finished_ moved", which
       // every notifier's change satisfies (see the protocol in detail/parking.hpp).
       const auto moved = [&] {
-        return finished_.load(std::memory_order_seq_cst) != seen || cancelled() || stranded();
+        return finished_.get(std::memory_order_seq_cst) != seen || cancelled() || stranded();
       };
       if (wait_until(idle_, moved, deadline) == WaitStatus::timeout) return false;
     }
@@ -135,12 +136,12 @@ class HandlerState final : public SubscriptionState<T>,
 
   [[nodiscard]] HandlerCounters handler_counters() const noexcept override {
     HandlerCounters c;
-    c.invocations = invocations_.load(std::memory_order_relaxed);
-    c.failures = failures_.load(std::memory_order_relaxed);
-    c.retries = retries_.load(std::memory_order_relaxed);
-    c.dead_lettered = dead_lettered_.load(std::memory_order_relaxed);
-    c.handler_time_total = std::chrono::nanoseconds(time_total_.load(std::memory_order_relaxed));
-    c.handler_time_max = std::chrono::nanoseconds(time_max_.load(std::memory_order_relaxed));
+    c.invocations = invocations_.get();
+    c.failures = failures_.get();
+    c.retries = retries_.get();
+    c.dead_lettered = dead_lettered_.get();
+    c.handler_time_total = std::chrono::nanoseconds(time_total_.get());
+    c.handler_time_max = std::chrono::nanoseconds(time_max_.get());
     return c;
   }
 
@@ -153,7 +154,11 @@ class HandlerState final : public SubscriptionState<T>,
 
  protected:
   void after_enqueue() noexcept override {
-    if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;  // the strand is held
+    // Held already (the common case under load): a load, no read-modify-write. The load is
+    // seq_cst, after the push's seq_cst CAS: if it reads `true`, the holder's later release
+    // (store false, fence, look at the queue) is bound to see this message.
+    if (scheduled_.load(std::memory_order_seq_cst)) return;
+    if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;
     if (executor_.runs_inline()) {
       drain(SIZE_MAX);  // nothing to yield to: the publisher's thread is the executor
     } else {
@@ -190,9 +195,7 @@ class HandlerState final : public SubscriptionState<T>,
   // holder of `scheduled_` runs this, so invocations never overlap.
   void drain(std::size_t budget) noexcept {
     for (;;) {
-      std::size_t n = 0;
-      while (n < budget && run_one())
-        ++n;
+      const std::size_t n = run_batch(budget);
       if (n == budget && !cancelled()) {
         post();  // fairness: let the executor's other work run, keep the strand scheduled
         return;
@@ -209,28 +212,33 @@ class HandlerState final : public SubscriptionState<T>,
   bool cancelled() const noexcept { return cancelled_.load(std::memory_order_seq_cst); }
   bool stranded() const noexcept { return stranded_.load(std::memory_order_seq_cst); }
 
-  // Takes the next message and handles it; false when there is none or once cancelled. The
-  // invocation is announced (in_handler_) before the message is taken, and the cancellation
-  // checked after: a quiesce() either waits for this message to be handled or is seen before
-  // anything is taken, so a message taken off the queue is always handled.
+  // Handles up to `budget` queued messages in order and says how many. The strand announces
+  // itself (in_handler_) once for the batch and checks the cancellation before taking each
+  // message: a quiesce() either waits for the message being handled or is seen before the next
+  // one is taken, so a message taken off the queue is always handled.
   // Dekker with quiesce(): we announce `in_handler_` then check `cancelled_`; it sets
   // `cancelled_` then checks `in_handler_`. seq_cst on all four: one of us sees the other.
-  bool run_one() noexcept {
+  std::size_t run_batch(std::size_t budget) noexcept {
     in_handler_.store(1, std::memory_order_seq_cst);
-    std::optional<Message<T>> m;
-    if (!cancelled()) m = this->queue().try_pop();
-    if (!m) {
-      leave_handler();
-      return false;
-    }
-    this->note_received();
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
-    handle(*m);
+    std::size_t n = 0;
+    while (n < budget && !cancelled()) {
+      std::optional<Message<T>> m = this->queue().try_pop();
+      if (!m) break;
+      handle(*m);
+      ++n;
+      finished_.add();  // the strand is the only writer: no locked instruction
+    }
     running_handlers = frame.outer;
-    note_finished();
+    if (n != 0) {
+      // finished_ before the event count's state, as the protocol of detail/parking.hpp wants
+      // of a notifier (a plain store made visible by the fence); one notify per batch.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      idle_.notify_all();  // a load, no syscall, unless wait_idle() is parked
+    }
     leave_handler();
-    return true;
+    return n;
   }
 
   // One message through the handler, with retries, then to the dead-letter sink.
@@ -243,12 +251,12 @@ class HandlerState final : public SubscriptionState<T>,
         if (cancelled()) break;
         wait_backoff(backoff_.next());
         if (cancelled()) break;
-        retries_.fetch_add(1, std::memory_order_relaxed);
+        retries_.add();
       }
       ++attempt;
       error = call(m);
       if (!error) break;
-      failures_.fetch_add(1, std::memory_order_relaxed);
+      failures_.add();
       if (hopts_.on_error) {
         try {
           hopts_.on_error(m, error);
@@ -270,11 +278,9 @@ class HandlerState final : public SubscriptionState<T>,
     const auto ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                    std::chrono::steady_clock::now() - start)
                                                    .count());
-    invocations_.fetch_add(1, std::memory_order_relaxed);
-    time_total_.fetch_add(ns, std::memory_order_relaxed);
-    if (ns > time_max_.load(std::memory_order_relaxed)) {
-      time_max_.store(ns, std::memory_order_relaxed);  // one invocation at a time: no race
-    }
+    invocations_.add();
+    time_total_.add(ns);
+    time_max_.raise(ns);
     return error;
   }
 
@@ -285,12 +291,7 @@ class HandlerState final : public SubscriptionState<T>,
 
   // Every message that evicted another was delivered, and an eviction needs a full queue, whose
   // messages the strand will still handle: so the last change a wait_idle() needs is always a
-  // note_finished(), which wakes it.
-  void note_finished() noexcept {
-    finished_.fetch_add(1, std::memory_order_seq_cst);
-    idle_.notify_all();  // a load, no syscall, unless wait_idle() is parked
-  }
-
+  // batch's end, which wakes it.
   void leave_handler() noexcept {
     in_handler_.store(0, std::memory_order_seq_cst);
     quiet_.notify_all();  // a load, no syscall, unless quiesce() is parked
@@ -313,10 +314,10 @@ class HandlerState final : public SubscriptionState<T>,
     if (!hopts_.dead_letters) return;
     try {
       if (hopts_.dead_letters(DeadLetter<T>{m, exception_text(error), attempts, this->pattern()})) {
-        dead_lettered_.fetch_add(1, std::memory_order_relaxed);
+        dead_lettered_.add();
       }
     } catch (...) {  // a failing dead-letter sink is counted as a failure, not fatal
-      failures_.fetch_add(1, std::memory_order_relaxed);
+      failures_.add();
     }
   }
 
@@ -330,19 +331,21 @@ class HandlerState final : public SubscriptionState<T>,
   alignas(cache_line_size) std::atomic<std::uint32_t> in_handler_{0};
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> stranded_{false};  // the executor refused: closed with executor_stopped
-  alignas(cache_line_size) std::atomic<std::uint64_t> finished_{0};  // messages handled
+  alignas(cache_line_size) OwnedCounter finished_;  // messages handled
   // One event count per condition, as the protocol requires: quiesce() waits on `quiet_` for
   // in_handler_ == 0, wait_idle() on `idle_` for finished_ to move, backoff on `cancel_`.
   EventCount quiet_;
   EventCount idle_;
   EventCount cancel_;
 
-  std::atomic<std::uint64_t> invocations_{0};
-  std::atomic<std::uint64_t> failures_{0};
-  std::atomic<std::uint64_t> retries_{0};
-  std::atomic<std::uint64_t> dead_lettered_{0};
-  std::atomic<std::uint64_t> time_total_{0};
-  std::atomic<std::uint64_t> time_max_{0};
+  // Written by the strand only (its runs never overlap and hand over through `scheduled_`), so
+  // plain loads and stores: no locked instruction per message.
+  OwnedCounter invocations_;
+  OwnedCounter failures_;
+  OwnedCounter retries_;
+  OwnedCounter dead_lettered_;
+  OwnedCounter time_total_;
+  OwnedCounter time_max_;
 };
 
 }  // namespace detail

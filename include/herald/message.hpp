@@ -4,6 +4,7 @@
 
 #include <herald/detail/block_pool.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -31,6 +32,9 @@ std::uint64_t draw_sequence(Seq& seq) {
   }
 }
 
+/// One published message: the value, its metadata and a count of the Message handles that
+/// refer to it. Intrusive, so that one allocation (from the pool of its size) holds everything,
+/// and so that a publisher can hand out one reference per subscriber with a single store.
 template <class T>
 struct Envelope {
   // One constructor, so that the common case (a short topic, no shared string) stays inline.
@@ -48,6 +52,38 @@ struct Envelope {
   [[nodiscard]] const std::string& topic() const noexcept {
     return shared_topic ? *shared_topic : own_topic;
   }
+
+  /// Builds an envelope with one reference, in a block of the pool of its size.
+  /// Throws: what constructing T throws, std::bad_alloc; nothing is leaked then.
+  template <class... Args>
+  static Envelope* create(Args&&... args) {
+    void* block = pool().allocate();
+    try {
+      return ::new (block) Envelope(std::forward<Args>(args)...);
+    } catch (...) {
+      pool().deallocate(block);
+      throw;
+    }
+  }
+
+  void add_ref() const noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+
+  /// Drops one reference; the last one destroys the envelope. A holder that finds the count at 1
+  /// is the only one left (nobody else can add a reference without holding one), so it skips the
+  /// atomic read-modify-write: the common case of a message delivered to one subscriber.
+  void release() const noexcept {
+    if (refs.load(std::memory_order_acquire) != 1 &&
+        refs.fetch_sub(1, std::memory_order_acq_rel) != 1) {
+      return;
+    }
+    Envelope* self = const_cast<Envelope*>(this);
+    self->~Envelope();
+    pool().deallocate(self);
+  }
+
+  static auto& pool() { return BlockPool<sizeof(Envelope), alignof(Envelope)>::instance(); }
+
+  mutable std::atomic<std::uint32_t> refs{1};  // Message handles referring to it
   const T value;
   const std::string own_topic;                            // the topic, unless shared
   const std::shared_ptr<const std::string> shared_topic;  // a long topic, shared, or null
@@ -55,6 +91,22 @@ struct Envelope {
   const std::uint64_t origin;
   const std::chrono::steady_clock::time_point published_at;
 };
+
+/// What the broker needs beyond the public interface: to give one envelope to several
+/// subscribers with a single store instead of one atomic increment each.
+struct MessageAccess {
+  /// Makes the (not yet shared) message `m` carry `n` references: `m` itself and n - 1 aliases.
+  template <class M>
+  static void preset_refs(const M& m, std::uint32_t n) noexcept {
+    m.env_->refs.store(n, std::memory_order_relaxed);  // nobody else can see it yet
+  }
+  /// A handle to m's envelope that takes over one of the preset references (no increment).
+  template <class M>
+  static M alias(const M& m) noexcept {
+    return M(m.env_);
+  }
+};
+
 }  // namespace detail
 
 /// A published message: its topic, its value, the broker's sequence number and the publish time.
@@ -67,6 +119,18 @@ template <class T>
 class Message {
  public:
   using value_type = T;
+
+  Message(const Message& other) noexcept : env_(other.env_) {
+    if (env_ != nullptr) env_->add_ref();
+  }
+  Message(Message&& other) noexcept : env_(std::exchange(other.env_, nullptr)) {}
+  Message& operator=(Message other) noexcept {
+    std::swap(env_, other.env_);
+    return *this;
+  }
+  ~Message() {
+    if (env_ != nullptr) env_->release();
+  }
 
   /// The topic it was published to.
   [[nodiscard]] const std::string& topic() const noexcept { return env_->topic(); }
@@ -111,6 +175,8 @@ class Message {
   }
 
  private:
+  friend struct detail::MessageAccess;
+
   // Seq: a std::uint64_t, or a function drawing one (see Envelope).
   template <class Seq, class... Args>
   static Message build(std::string_view topic,
@@ -118,14 +184,12 @@ class Message {
                        std::uint64_t origin, Args&&... args) {
     // The envelope comes from the pool of its size (detail/block_pool.hpp): it is usually freed
     // on another thread, which is malloc's slow path.
-    return Message(std::allocate_shared<detail::Envelope<T>>(
-        detail::PoolAllocator<detail::Envelope<T>>{}, topic, shared_topic, std::forward<Seq>(seq),
-        origin, std::forward<Args>(args)...));
+    return Message(detail::Envelope<T>::create(topic, shared_topic, std::forward<Seq>(seq), origin,
+                                               std::forward<Args>(args)...));
   }
 
-  explicit Message(std::shared_ptr<const detail::Envelope<T>> env) noexcept
-      : env_(std::move(env)) {}
-  std::shared_ptr<const detail::Envelope<T>> env_;
+  explicit Message(const detail::Envelope<T>* env) noexcept : env_(env) {}
+  const detail::Envelope<T>* env_ = nullptr;
 };
 
 }  // namespace herald

@@ -121,25 +121,25 @@ class Subscription {
 
   /// Takes the oldest queued message, if there is one. Never blocks.
   [[nodiscard]] std::optional<Message<T>> try_receive() {
-    return counted(state() ? state()->queue().try_pop() : std::nullopt);
+    return state() ? state()->queue().try_pop() : std::nullopt;
   }
 
   /// Takes the oldest message, waiting for one.
   /// Blocks: until a message arrives or the subscription closes (then returns empty once the
   /// queue is drained).
   [[nodiscard]] std::optional<Message<T>> receive() {
-    return counted(state() ? state()->queue().pop() : std::nullopt);
+    return state() ? state()->queue().pop() : std::nullopt;
   }
 
   /// Like receive(), waiting at most `timeout` (zero: try once; duration::max(): forever).
   template <class Rep, class Period>
   [[nodiscard]] std::optional<Message<T>> receive_for(std::chrono::duration<Rep, Period> timeout) {
-    return counted(state() ? state()->queue().pop_for(timeout) : std::nullopt);
+    return state() ? state()->queue().pop_for(timeout) : std::nullopt;
   }
 
   /// Like receive(), also returning empty once a stop is requested on `stop`.
   [[nodiscard]] std::optional<Message<T>> receive(std::stop_token stop) {
-    return counted(state() ? state()->queue().pop(std::move(stop)) : std::nullopt);
+    return state() ? state()->queue().pop(std::move(stop)) : std::nullopt;
   }
 
   /// Stops delivery. Idempotent. When it returns, nothing more is enqueued; what is already queued
@@ -196,11 +196,6 @@ class Subscription {
       : handle_(std::move(handle)) {}
 
   detail::SubscriptionState<T>* state() const noexcept { return handle_.state(); }
-
-  std::optional<Message<T>> counted(std::optional<Message<T>> m) noexcept {
-    if (m) state()->note_received();
-    return m;
-  }
 
   detail::SubscriptionHandle<T> handle_;
 };

@@ -9,6 +9,7 @@
 #include <herald/policy.hpp>
 #include <herald/stats.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -87,6 +88,7 @@ class SubscriptionState {
     if (try_offer(std::forward<M>(m))) return Offer::delivered;
     // Full, or closed. A push fails because of a close only once is_closed() is true.
     if (queue_.is_closed()) return Offer::closed;
+    raise_high_water(queue_.capacity());  // full: the depth is the capacity
     switch (options_.overflow) {
       case Overflow::drop_incoming:
         return refuse(dropped_full_);
@@ -130,8 +132,8 @@ class SubscriptionState {
   /// rather than when the last route that refers to this state is dropped (an idle Publisher
   /// may hold one for a long time). Called after close; the messages count as received.
   virtual void release() noexcept {
-    while (queue_.try_pop())
-      note_received();
+    while (queue_.try_pop()) {
+    }
   }
 
   /// What kind of subscription this is, and its handler's counters (zero for pull ones).
@@ -142,13 +144,9 @@ class SubscriptionState {
     return reason_.load(std::memory_order_acquire);
   }
 
-  /// The consumer took one message out of the queue.
-  void note_received(std::uint64_t n = 1) noexcept {
-    received_.fetch_add(n, std::memory_order_relaxed);
-  }
-
-  /// The counters. `delivered` is read from the queue's own push count and `offered` is counted
-  /// apart, so `offered == delivered + dropped` is a check, not an identity by construction.
+  /// The counters. `delivered` and `received` are read from the queue's own push and pop counts
+  /// (a pop is a receive unless it was an eviction), and `offered` is counted apart, so
+  /// `offered == delivered + dropped` is a check, not an identity by construction.
   [[nodiscard]] SubscriptionStats stats() const noexcept {
     SubscriptionStats s;
     s.offered = offered_.load(std::memory_order_relaxed);
@@ -157,7 +155,10 @@ class SubscriptionState {
     s.dropped_timeout = dropped_timeout_.load(std::memory_order_relaxed);
     s.dropped = s.dropped_full + s.dropped_timeout;
     s.evicted = evicted_.load(std::memory_order_relaxed);
-    s.received = received_.load(std::memory_order_relaxed);
+    // Pops before evictions: an eviction counts itself after its pop, so this order never
+    // makes `received` overshoot by an eviction in flight.
+    s.received = queue_.pop_count();
+    s.received -= std::min<std::uint64_t>(s.received, evicted_.load(std::memory_order_relaxed));
     s.queue_depth = queue_.approx_size();
     s.high_water_mark = high_water_.load(std::memory_order_relaxed);
     s.close_reason = close_reason();
@@ -176,12 +177,18 @@ class SubscriptionState {
 
   void on_delivered() noexcept {
     offered_.fetch_add(1, std::memory_order_relaxed);
-    // The high-water mark is read-mostly: only write when it actually grows.
-    const std::size_t depth = queue_.approx_size();
+    // The high-water mark is sampled: reading the depth means reading the consumer's index, a
+    // cache miss per message while the consumer runs. Once every 64 enqueues (the publisher's
+    // own index, which it has just written, says when), plus whenever the queue is full.
+    if ((queue_.push_count() & (kHighWaterSample - 1)) == 1) raise_high_water(queue_.approx_size());
+    after_enqueue();
+  }
+
+  void raise_high_water(std::size_t depth) noexcept {
+    // Read-mostly: only write when it actually grows.
     std::size_t hw = high_water_.load(std::memory_order_relaxed);
     while (depth > hw && !high_water_.compare_exchange_weak(hw, depth, std::memory_order_relaxed)) {
     }
-    after_enqueue();
   }
 
   Offer refuse(std::atomic<std::uint64_t>& reason) noexcept {
@@ -189,6 +196,8 @@ class SubscriptionState {
     reason.fetch_add(1, std::memory_order_relaxed);
     return Offer::dropped;
   }
+
+  static constexpr std::uint64_t kHighWaterSample = 64;
 
   template <class M>
   Offer evict_and_offer(M&& m) {
@@ -235,8 +244,6 @@ class SubscriptionState {
   std::atomic<std::uint64_t> evicted_{0};
   std::atomic<std::size_t> high_water_{0};
   std::atomic<std::uint32_t> overflows_{0};
-  // Written by the consumer.
-  alignas(cache_line_size) std::atomic<std::uint64_t> received_{0};
 };
 
 }  // namespace detail

@@ -10,8 +10,6 @@
 // empty (start-up, bursts) or full (a burst of frees) does malloc see the traffic.
 //
 //   BlockPool<Size, Align>::instance()   one process-wide pool per block size and alignment
-//   PoolAllocator<T>                     a stateless allocator for std::allocate_shared that
-//                                        takes single objects from the pool of their size
 #pragma once
 
 #include <herald/detail/ring.hpp>
@@ -89,36 +87,6 @@ class BlockPool {
   }
 
   Ring<void*> free_{kCapacity};
-};
-
-/// Allocates single objects from the BlockPool of their size, arrays from the system. Stateless:
-/// every instance is interchangeable, so it costs nothing inside a shared_ptr control block.
-template <class T>
-struct PoolAllocator {
-  using value_type = T;
-
-  PoolAllocator() noexcept = default;
-  template <class U>
-  PoolAllocator(const PoolAllocator<U>&) noexcept {}  // NOLINT: rebinding must be implicit
-
-  T* allocate(std::size_t n) {
-    if (n != 1) return std::allocator<T>{}.allocate(n);
-    return static_cast<T*>(pool().allocate());
-  }
-  void deallocate(T* p, std::size_t n) noexcept {
-    if (n != 1) return std::allocator<T>{}.deallocate(p, n);
-    pool().deallocate(p);
-  }
-
-  template <class U>
-  bool operator==(const PoolAllocator<U>&) const noexcept {
-    return true;
-  }
-
- private:
-  static BlockPool<sizeof(T), alignof(T)>& pool() {
-    return BlockPool<sizeof(T), alignof(T)>::instance();
-  }
 };
 
 }  // namespace herald::detail

@@ -52,7 +52,14 @@ class OwnedCounter {
   void add(std::uint64_t n = 1) noexcept {
     v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
-  [[nodiscard]] std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
+  [[nodiscard]] std::uint64_t get(
+      std::memory_order order = std::memory_order_relaxed) const noexcept {
+    return v_.load(order);
+  }
+  /// Raises the value to `v` if it is larger (a maximum; same single writer).
+  void raise(std::uint64_t v) noexcept {
+    if (v > v_.load(std::memory_order_relaxed)) v_.store(v, std::memory_order_relaxed);
+  }
 
  private:
   std::atomic<std::uint64_t> v_{0};
