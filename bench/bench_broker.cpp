@@ -44,6 +44,7 @@
 // Google Benchmark flags are accepted and ignored.
 #include <herald/bounded_queue.hpp>
 #include <herald/broker.hpp>
+#include <herald/worker_pool.hpp>
 
 #include <fmt/core.h>
 #include <fmt/format.h>
