@@ -95,31 +95,36 @@ TEST_CASE("tasks taking a stop_token get the group's token", "[task_group]") {
 
 TEST_CASE("the first exception requests stop, every task still runs, and wait rethrows it",
           "[task_group]") {
-  WorkerPool pool{2, 64};
+  WorkerPool pool{3, 64};
   TaskGroup group(pool);
+  std::atomic<int> started{0};
   std::atomic<int> observed_stop{0};
-  std::atomic<int> ran{0};
-  // The first failure; the others wait until they see the stop it requested, then fail too.
-  group.spawn([] { throw std::runtime_error("first failure"); });
-  for (int i = 0; i < 6; ++i) {
+  // Two tasks running when the failure happens: they wait for the stop it requests, then one
+  // fails too (a later failure, not the one rethrown).
+  for (int i = 0; i < 2; ++i) {
     group.spawn([&, i](std::stop_token stop) {
-      ++ran;
+      ++started;
       if (!eventually([&] { return stop.stop_requested(); })) return;
       ++observed_stop;
-      if (i % 2 == 0) throw std::logic_error("later failure " + std::to_string(i));
+      if (i == 0) throw std::logic_error("later failure");
     });
   }
+  REQUIRE(eventually([&] { return started == 2; }));  // both hold a worker; the third is free
+  group.spawn([] { throw std::runtime_error("first failure"); });
+  // Tasks spawned after the failure still run (they can check the token).
+  REQUIRE(eventually([&] { return group.stop_token().stop_requested(); }));
+  std::atomic<int> late{0};
+  for (int i = 0; i < 4; ++i)
+    group.spawn([&] { ++late; });
   CHECK_THROWS_WITH(group.wait(), "first failure");
-  CHECK(ran == 6);
-  CHECK(observed_stop == 6);
+  CHECK(observed_stop == 2);
+  CHECK(late == 4);
   CHECK(group.stop_token().stop_requested());
   // A failed group stays failed: wait() rethrows the same first error.
   CHECK_THROWS_WITH(group.wait(), "first failure");
-  // Tasks spawned after the failure still run (they can check the token).
-  std::atomic<int> late{0};
   group.spawn([&] { ++late; });
   CHECK_THROWS_AS(group.wait(), std::runtime_error);
-  CHECK(late == 1);
+  CHECK(late == 5);
 }
 
 TEST_CASE("wait returns only after every task's captures were destroyed", "[task_group]") {
