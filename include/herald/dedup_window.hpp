@@ -262,6 +262,14 @@ class DedupWindow {
       mask = slots - 1;
     }
 
+    void prefetch_slot(std::uint32_t tag) const noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+      __builtin_prefetch(&table[tag & mask], 1);
+#else
+      (void)tag;
+#endif
+    }
+
     template <class Eq>
     std::size_t find(const Key& key, std::uint32_t tag, const Eq& eq) const {
       for (std::size_t i = tag & mask;; i = (i + 1) & mask) {
@@ -351,13 +359,17 @@ class DedupWindow {
   std::uint64_t hash(const Key& key) const {
     return detail::dedup_mix(static_cast<std::uint64_t>(hasher_(key)));
   }
-  static std::uint32_t tag_of(std::uint64_t h) noexcept { return static_cast<std::uint32_t>(h); }
+  static std::uint32_t tag_of(std::uint64_t h) noexcept {
+    return static_cast<std::uint32_t>(h);
+  }
   // The shard comes from the top bits, independent of the tag (the table index).
   Shard& shard_for(std::uint64_t h) const noexcept {
     return shards_[shard_bits_ == 0 ? 0 : static_cast<std::size_t>(h >> (64 - shard_bits_))];
   }
 
-  bool timed() const noexcept { return max_age_ != no_age; }
+  bool timed() const noexcept {
+    return max_age_ != no_age;
+  }
   std::int64_t now() const {
     const Clock::time_point t = clock_ ? clock_() : Clock::now();
     return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
@@ -396,6 +408,9 @@ class DedupWindow {
     const std::uint32_t tag = tag_of(h);
     Shard& s = shard_for(h);
     const std::lock_guard lock(s.mutex);
+    // In a full window every new key evicts the head's key, whose slot is cold: start loading
+    // it now so that its cache miss overlaps the one of the lookup below.
+    if (s.size != 0) s.prefetch_slot(s.ring[s.head].tag);
     // The clock is read under the lock so that stamps never decrease along a shard's ring.
     const std::int64_t now_ns = timed() ? now() : 0;
     std::size_t at = s.find(key, tag, equal_);
