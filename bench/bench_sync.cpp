@@ -18,7 +18,8 @@
 // micro-benchmarks are registered with Google Benchmark for --benchmark_filter and JSON output
 // (bench/report.sh can skip them with --benchmark_filter=NONE).
 //
-//   bench_sync [--reps=N]      HERALD_BENCH_SMOKE=1: tiny sizes, one repetition, 0.5 s of
+//   bench_sync [--reps=N] [--only=semaphore|breaker|dedup|task_group|rate]
+//                              HERALD_BENCH_SMOKE=1: tiny sizes, one repetition, 0.5 s of
 //                              rate limiting (proves the binary runs; figures not meaningful)
 #include <herald/circuit_breaker.hpp>
 #include <herald/dedup_window.hpp>
@@ -196,7 +197,8 @@ RateResult rate_accuracy(double rate, std::int64_t burst, double seconds, int th
 // -----------------------------------------------------------------------------------------------
 // The report.
 
-void run_report(int reps) {
+void run_report(int reps, const std::string& only) {
+  auto wanted = [&](const char* section) { return only.empty() || only == section; };
   const bool tiny = smoke();
   const std::uint64_t micro_n = tiny ? 20'000 : 5'000'000;
   const std::uint64_t dedup_n = tiny ? 20'000 : 2'000'000;
@@ -205,7 +207,7 @@ void run_report(int reps) {
              tiny ? " (SMOKE sizes: not meaningful)" : "");
 
   // Semaphore.
-  {
+  if (wanted("semaphore")) {
     herald::WeightedSemaphore sem(1024);
     std::counting_semaphore<1024> std_sem(1024);
     std::mutex mutex;
@@ -243,7 +245,7 @@ void run_report(int reps) {
   }
 
   // Circuit breaker.
-  {
+  if (wanted("breaker")) {
     herald::CircuitBreaker breaker({.consecutive_failures = 5});
     Series allow{"CircuitBreaker allow() closed", {}};
     Series allow_record{"CircuitBreaker allow() + record_success() closed", {}};
@@ -267,7 +269,7 @@ void run_report(int reps) {
   }
 
   // Dedup window at 100k keys.
-  {
+  if (wanted("dedup")) {
     using W = herald::DedupWindow<std::uint64_t>;
     const auto age = std::chrono::hours(1);
     W plain(kDedupKeys);
@@ -330,7 +332,7 @@ void run_report(int reps) {
   }
 
   // TaskGroup vs bare pool, interleaved.
-  {
+  if (wanted("task_group")) {
     herald::WorkerPool pool{2, 4096};
     const std::size_t n = tiny ? 2000 : 200'000;
     Series group{"TaskGroup spawn + wait", {}};
@@ -358,7 +360,7 @@ void run_report(int reps) {
   // Rate limiter accuracy. A token bucket forgives a consumer that wakes late only up to the
   // burst: burst 10 at 20k/s is 0.5 ms, which a loaded 2-vCPU machine's wake-up latency can
   // exceed (the tokens then overflow the bucket, as they should); burst 200 is 10 ms.
-  {
+  if (wanted("rate")) {
     const double seconds = tiny ? 0.5 : 5.0;
     fmt::print("\nrate limiter: 2 threads in acquire() for {} s\n", seconds);
     struct Case {
@@ -450,12 +452,14 @@ BENCHMARK(BM_rate_limiter_try_acquire);
 
 int main(int argc, char** argv) {
   int reps = smoke() ? 1 : 11;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--reps=", 0) == 0) reps = std::max(1, std::atoi(argv[i] + 7));
+    if (a.rfind("--only=", 0) == 0) only = a.substr(7);
   }
   benchmark::Initialize(&argc, argv);
-  run_report(reps);
+  run_report(reps, only);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -125,11 +125,20 @@ class TaskGroupCore {
 
   /// One task (or an unused reservation) is done.
   void finish() noexcept {
-    // One RMW: leave the in-flight count and join the notifiers, so that the destructor, which
-    // may run as soon as in-flight reads zero, waits until we have left idle_ and slots_.
-    const std::uint64_t before = state_->fetch_add(notifier - 1, std::memory_order_seq_cst);
-    if (in_flight(before) == 1) idle_.notify_all();
-    if (limit_.load(std::memory_order_relaxed) != unlimited) slots_.notify_one();
+    // Most tasks are neither the last nor under a limit: they only leave the in-flight count
+    // (one CAS) and touch nothing of the group afterwards. The others leave the count and join
+    // the notifiers in the same step, so that the destructor, which may run as soon as in-flight
+    // reads zero, waits until they have left idle_ and slots_.
+    const bool limited = limit_.load(std::memory_order_relaxed) != unlimited;
+    std::uint64_t s = state_->load(std::memory_order_relaxed);
+    bool notifies = false;
+    do {
+      notifies = limited || in_flight(s) == 1;
+    } while (!state_->compare_exchange_weak(s, notifies ? s - 1 + notifier : s - 1,
+                                            std::memory_order_seq_cst, std::memory_order_relaxed));
+    if (!notifies) return;
+    if (in_flight(s) == 1) idle_.notify_all();
+    if (limited) slots_.notify_one();
     state_->fetch_sub(notifier, std::memory_order_release);
   }
 
