@@ -3,8 +3,9 @@
 // (Go's errgroup.WithContext, with an optional limit on tasks in flight like errgroup.SetLimit).
 //
 // One 64-bit word counts the group: tasks in flight in the low half, "finishing tasks still
-// notifying" in the high half. A finishing task leaves the first count and enters the second in
-// one RMW, notifies, then leaves the second: the destructor waits for both to reach zero, so no
+// notifying" in the high half. A finishing task that must notify (the last one, or any under a
+// limit) leaves the first count and enters the second in one CAS, notifies, then leaves the
+// second; the others just leave the first. The destructor waits for both to reach zero, so no
 // task touches a destroyed group. Blocking (wait(), spawn() at the limit) uses the EventCount
 // protocol of detail/parking.hpp; a notify costs a single load while nobody waits.
 //
