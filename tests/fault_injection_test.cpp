@@ -280,6 +280,23 @@ Sweep sweep(const std::string& name, const std::function<void(long, ChildLog&)>&
   return s;
 }
 
+/// The sweeps of one test case: their reports, and how many ended badly (a finding, or a sweep
+/// that did not converge). check() prints and asserts, on the test thread.
+struct Sweeps {
+  std::string report;
+  std::size_t bad = 0;
+
+  void add(const Sweep& s) {
+    report += s.report();
+    bad += s.findings.size() + (s.converged ? 0 : 1);
+  }
+  void check() const {
+    std::cout << "\n" << report;
+    INFO(report);
+    CHECK(bad == 0);
+  }
+};
+
 /// The identities of SubscriptionStats, checked in a child.
 template <class S>
 void check_identities(ChildLog& log, const std::string& who, const S& s) {
@@ -840,17 +857,13 @@ TEST_CASE(
   // the witness, a publish reaches only the witness (a ghost Overflow::block subscription of
   // capacity 1 would block the second publish: the child is killed and reported as a HANG), the
   // ghost's handler never runs, and no payload leaks.
-  std::string report;
-  std::size_t bad = 0;
+  Sweeps all;
   for (const Variant& v : all_variants()) {
     const Sweep s = sweep("subscribe (" + v.name() + ")",
                           [&](long k, ChildLog& log) { subscribe_scenario(k, log, v); });
-    report += s.report();
-    bad += s.findings.size() + (s.converged ? 0 : 1);
+    all.add(s);
   }
-  std::cout << "\n" << report;
-  INFO(report);
-  CHECK(bad == 0);
+  all.check();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,8 +871,7 @@ TEST_CASE(
 
 TEST_CASE("publish under allocation failure leaves every subscriber and counter consistent",
           "[fault][publish]") {
-  std::string report;
-  std::size_t bad = 0;
+  Sweeps all;
   const std::pair<PublishHow, const char*> hows[] = {
       {PublishHow::first_publish, "Broker::publish, route not cached yet"},
       {PublishHow::cached_route, "Broker::publish, route cached"},
@@ -867,18 +879,14 @@ TEST_CASE("publish under allocation failure leaves every subscriber and counter 
   for (const auto& [how, name] : hows) {
     const Sweep s =
         sweep(name, [how = how](long k, ChildLog& log) { publish_scenario(k, log, how); });
-    report += s.report();
-    bad += s.findings.size() + (s.converged ? 0 : 1);
+    all.add(s);
   }
-  std::cout << "\n" << report;
-  INFO(report);
-  CHECK(bad == 0);
+  all.check();
 }
 
 TEST_CASE("unsubscribe, handle destruction and stop requests survive allocation failure",
           "[fault][unsubscribe][item4]") {
-  std::string report;
-  std::size_t bad = 0;
+  Sweeps all;
   const std::pair<UnsubscribeHow, const char*> hows[] = {
       {UnsubscribeHow::unsubscribe, "unsubscribe()"},
       {UnsubscribeHow::destructor, "handle destructor"},
@@ -889,46 +897,35 @@ TEST_CASE("unsubscribe, handle destruction and stop requests survive allocation 
       const Sweep s =
           sweep(std::string(how_name) + " (" + v.name() + ")",
                 [&v, how = how](long k, ChildLog& log) { unsubscribe_scenario(k, log, v, how); });
-      report += s.report();
-      bad += s.findings.size() + (s.converged ? 0 : 1);
+      all.add(s);
     }
   }
-  std::cout << "\n" << report;
-  INFO(report);
-  CHECK(bad == 0);
+  all.check();
 }
 
 TEST_CASE("close and ~Broker survive allocation failure", "[fault][close][item4]") {
-  std::string report;
-  std::size_t bad = 0;
+  Sweeps all;
   for (const bool by_destructor : {false, true}) {
     const Sweep s =
         sweep(by_destructor ? "~Broker" : "close()",
               [by_destructor](long k, ChildLog& log) { close_scenario(k, log, by_destructor); });
-    report += s.report();
-    bad += s.findings.size() + (s.converged ? 0 : 1);
+    all.add(s);
   }
-  std::cout << "\n" << report;
-  INFO(report);
-  CHECK(bad == 0);
+  all.check();
 }
 
 TEST_CASE("handler dispatch, retries and dead letters survive allocation failure",
           "[fault][dispatch]") {
-  std::string report;
-  std::size_t bad = 0;
+  Sweeps all;
   for (Kind kind : {Kind::inline_handler, Kind::pool_handler, Kind::thread_handler}) {
     for (const bool dlq : {false, true}) {
       const Sweep s =
           sweep(std::string("dispatch (") + kind_name(kind) + (dlq ? ", dead letters" : "") + ")",
                 [kind, dlq](long k, ChildLog& log) { dispatch_scenario(k, log, kind, dlq); });
-      report += s.report();
-      bad += s.findings.size() + (s.converged ? 0 : 1);
+      all.add(s);
     }
   }
-  std::cout << "\n" << report;
-  INFO(report);
-  CHECK(bad == 0);
+  all.check();
 }
 
 TEST_CASE("the fault switch works in this build (operator new is ours)", "[fault][harness]") {
