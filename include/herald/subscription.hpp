@@ -121,25 +121,25 @@ class Subscription {
 
   /// Takes the oldest queued message, if there is one. Never blocks.
   [[nodiscard]] std::optional<Message<T>> try_receive() {
-    return state() ? state()->queue().try_pop() : std::nullopt;
+    return state() ? state()->note_taken(state()->queue().try_pop()) : std::nullopt;
   }
 
   /// Takes the oldest message, waiting for one.
   /// Blocks: until a message arrives or the subscription closes (then returns empty once the
   /// queue is drained).
   [[nodiscard]] std::optional<Message<T>> receive() {
-    return state() ? state()->queue().pop() : std::nullopt;
+    return state() ? state()->note_taken(state()->queue().pop()) : std::nullopt;
   }
 
   /// Like receive(), waiting at most `timeout` (zero: try once; duration::max(): forever).
   template <class Rep, class Period>
   [[nodiscard]] std::optional<Message<T>> receive_for(std::chrono::duration<Rep, Period> timeout) {
-    return state() ? state()->queue().pop_for(timeout) : std::nullopt;
+    return state() ? state()->note_taken(state()->queue().pop_for(timeout)) : std::nullopt;
   }
 
   /// Like receive(), also returning empty once a stop is requested on `stop`.
   [[nodiscard]] std::optional<Message<T>> receive(std::stop_token stop) {
-    return state() ? state()->queue().pop(std::move(stop)) : std::nullopt;
+    return state() ? state()->note_taken(state()->queue().pop(std::move(stop))) : std::nullopt;
   }
 
   /// Stops delivery. Idempotent. When it returns, nothing more is enqueued; what is already queued
