@@ -17,6 +17,7 @@
 #include <herald/stats.hpp>
 #include <herald/worker_pool.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <concepts>
@@ -231,6 +232,7 @@ class ExpositionWriter {
 
 /// What one scrape read from one subscription; `labels` identifies it (rendered, escaped).
 struct SubscriptionSample {
+  std::uint64_t id = 0;
   std::string labels;
   Overflow policy = Overflow::drop_incoming;
   std::size_t capacity = 0;
@@ -432,6 +434,7 @@ class MetricsRegistry {
     b.subscriptions.reserve(b.stats.subscriptions);
     broker.for_each_subscription([&](const SubscriptionInfo& i) {
       detail::SubscriptionSample& s = b.subscriptions.emplace_back();
+      s.id = i.id;
       s.labels = prefix;
       s.labels += ",subscription=\"";
       detail::append_number(s.labels, i.id);
@@ -450,6 +453,9 @@ class MetricsRegistry {
         b.histograms.push_back(i.handler_durations);
       }
     });
+    // In subscribe order (the broker lists them in no particular order).
+    std::sort(b.subscriptions.begin(), b.subscriptions.end(),
+              [](const auto& x, const auto& y) { return x.id < y.id; });
     broker.for_each_topic([&](const TopicStats& t) {
       detail::TopicSample& s = b.topics.emplace_back();
       s.labels = prefix;
