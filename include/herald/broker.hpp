@@ -61,7 +61,7 @@ class BrokerCore final : public Registry<T> {
   /// The counters of one tracked topic pattern (track_topics): any publisher adds to them.
   struct TrackedTopic {
     explicit TrackedTopic(std::string p) : pattern(std::move(p)) {}
-    enum Field : std::size_t { published, delivered, dropped, count };
+    enum Field : std::size_t { published, dropped, count };
     const std::string pattern;
     ShardedCounters<count> counters;
   };
@@ -256,7 +256,6 @@ class BrokerCore final : public Registry<T> {
     }
     for (const auto& t : all) {
       const TopicStats ts{t->pattern, t->counters.sum(TrackedTopic::published),
-                          t->counters.sum(TrackedTopic::delivered),
                           t->counters.sum(TrackedTopic::dropped)};
       visit(ts);
     }
@@ -362,7 +361,6 @@ class BrokerCore final : public Registry<T> {
 
   static void count_tracked(TrackedTopic& t, const PublishResult& r) noexcept {
     t.counters.add(TrackedTopic::published, 1);
-    if (r.delivered) t.counters.add(TrackedTopic::delivered, r.delivered);
     if (r.dropped) t.counters.add(TrackedTopic::dropped, r.dropped);
   }
 
@@ -590,8 +588,8 @@ class Broker {
   /// counts for the first it matches); see for_each_topic. Opt-in and bounded: the label set an
   /// exporter builds from it is `patterns`, never the topics themselves (which may come from
   /// untrusted input). Replaces the previous set; patterns kept keep their counters. Costs a
-  /// few sharded atomic increments per publish to a tracked topic, one branch otherwise.
-  /// Throws: InvalidTopic for an invalid pattern, std::invalid_argument for more than
+  /// sharded atomic increment per publish to a tracked topic (two when it drops), one branch
+  /// otherwise. Throws: InvalidTopic for an invalid pattern, std::invalid_argument for more than
   /// max_tracked_topics patterns; nothing changes then.
   void track_topics(const std::vector<std::string>& patterns) {
     if (patterns.size() > max_tracked_topics) {

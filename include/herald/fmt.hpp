@@ -207,14 +207,13 @@ struct fmt::formatter<herald::DurationHistogram> : herald::detail::FieldsFormatt
   }
 };
 
-/// TopicStats: "TopicStats{pattern: orders.>, published: 3, delivered: 2, dropped: 1}".
+/// TopicStats: "TopicStats{pattern: orders.>, published: 3, dropped: 1}".
 template <>
 struct fmt::formatter<herald::TopicStats> : herald::detail::FieldsFormatter {
   template <class Ctx>
   auto format(const herald::TopicStats& t, Ctx& ctx) const {
     return herald::detail::format_struct(ctx.out(), "TopicStats", [&](auto& w) {
-      w("pattern", t.pattern)("published", t.published)("delivered", t.delivered)("dropped",
-                                                                                  t.dropped);
+      w("pattern", t.pattern)("published", t.published)("dropped", t.dropped);
     });
   }
 };

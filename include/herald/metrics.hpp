@@ -245,7 +245,7 @@ struct SubscriptionSample {
 
 struct TopicSample {
   std::string labels;
-  std::uint64_t published = 0, delivered = 0, dropped = 0;
+  std::uint64_t published = 0, dropped = 0;
 };
 
 struct BrokerSample {
@@ -461,7 +461,6 @@ class MetricsRegistry {
       s.labels = prefix;
       detail::append_label(s.labels, "topic_pattern", t.pattern);
       s.published = t.published;
-      s.delivered = t.delivered;
       s.dropped = t.dropped;
     });
   }
@@ -600,9 +599,6 @@ class MetricsRegistry {
     using TS = detail::TopicSample;
     topic_family("herald_topic_published", "Publishes to the topics a tracked pattern matches.",
                  [](const TS& t) { return t.published; });
-    topic_family("herald_topic_delivered",
-                 "Messages queued for those publishes, summed over subscribers.",
-                 [](const TS& t) { return t.delivered; });
     topic_family("herald_topic_dropped", "Offers of those publishes that were refused.",
                  [](const TS& t) { return t.dropped; });
 

@@ -44,8 +44,7 @@ struct BrokerStats {
 struct TopicStats {
   std::string_view pattern;
   std::uint64_t published = 0;  ///< publish calls
-  std::uint64_t delivered = 0;  ///< messages queued, summed over subscribers
-  std::uint64_t dropped = 0;    ///< offers refused
+  std::uint64_t dropped = 0;    ///< offers refused (summed over subscribers)
 };
 
 /// Counters of one subscription's queue. Exact identities, for every policy:

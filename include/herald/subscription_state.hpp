@@ -72,11 +72,6 @@ class SubscriptionState {
   void taken(const Message<T>& m) noexcept {
     last_taken_.store(m.published_at().time_since_epoch().count(), std::memory_order_relaxed);
   }
-  /// Passes what a receive call popped through taken().
-  std::optional<Message<T>> note_taken(std::optional<Message<T>> m) noexcept {
-    if (m) taken(*m);
-    return m;
-  }
 
   /// An upper bound on how long the oldest queued message has waited at `now`: zero when the
   /// queue is empty, else the time since the message taken last was published (since the
