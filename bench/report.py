@@ -159,6 +159,7 @@ SUITES = [
     ("broker", "Broker vs the Go reference broker, its C++ translation and ZeroMQ inproc"),
     ("matching", "Topic matching vs NATS's sublist"),
     ("nats", "NATS bridge vs raw libnats"),
+    ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
 ]
 
 
@@ -404,7 +405,7 @@ def main():
         measures += part[0]
         goals += part[1]
 
-    expected = ["queue", "pool", "broker", "matching"] + (
+    expected = ["queue", "pool", "broker", "matching", "metrics"] + (
         ["nats"] if ctx.get("nats") == "built" else [])
     missing = [s for s in expected if not any(m.suite == s for m in measures)]
     if missing:
