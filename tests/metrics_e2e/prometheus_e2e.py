@@ -12,7 +12,8 @@ with what the example did.
    must be RATE within 20 %; the median of herald_handler_duration_seconds (histogram_quantile)
    must be WORK_US within the resolution of the buckets ([0.75, 1.5] x WORK_US).
 Bounded: gives up after 30 s. Exits 77 (CTest: skipped) only when prometheus is not installed.
-With --keep DIR, the query results over the run are written to DIR/series.tsv (for a graph).
+With --keep DIR (scripts/metrics_graph.sh), it scrapes for 30 s instead of 7 and writes the
+series of rate(delivered) and the handler's p50 and p99 over the run to DIR/series.tsv.
 """
 import json
 import os
@@ -60,6 +61,10 @@ def main():
         keep = args[i + 1]
         del args[i:i + 2]
     example, prometheus, promtool = args
+    global DEADLINE_S
+    scrapes = 7
+    if keep:
+        DEADLINE_S, scrapes = 60, 30
     if not prometheus or not os.access(prometheus, os.X_OK):
         print("SKIP: prometheus is not installed (Debian package 'prometheus'; "
               "scripts/test.sh installs it)")
@@ -131,10 +136,10 @@ scrape_configs:
         delivered = 'herald_subscription_delivered_total{job="herald",kind="handler"}'
         while True:
             n = scalar(prom_port, f"count_over_time({delivered}[1m])")
-            if n is not None and n >= 7:
+            if n is not None and n >= scrapes:
                 break
             if remaining() < 0:
-                print(f"FAIL: Prometheus has {n} scrapes of the example, wanted 7")
+                print(f"FAIL: Prometheus has {n} scrapes of the example, wanted {scrapes}")
                 print(query(prom_port, 'up'))
                 return 1
             time.sleep(0.5)
@@ -153,13 +158,23 @@ scrape_configs:
         if keep:
             os.makedirs(keep, exist_ok=True)
             end = time.time()
-            url = (f"http://127.0.0.1:{prom_port}/api/v1/query_range?" + urllib.parse.urlencode(
-                {"query": f"rate({delivered}[3s])", "start": end - 60, "end": end, "step": 1}))
-            with urllib.request.urlopen(url, timeout=5) as r:
-                series = json.load(r)["data"]["result"]
+            exprs = [f"rate({delivered}[3s])"] + [
+                f"histogram_quantile({q}, rate(herald_handler_duration_seconds_bucket"
+                f'{{job="herald"}}[3s])) * 1e6' for q in (0.5, 0.99)]
+            columns = []
+            for expr in exprs:
+                url = (f"http://127.0.0.1:{prom_port}/api/v1/query_range?" +
+                       urllib.parse.urlencode({"query": expr, "start": end - 40, "end": end,
+                                               "step": 1}))
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    result = json.load(r)["data"]["result"]
+                columns.append(dict(result[0]["values"]) if result else {})
+            times = sorted(set().union(*columns))
             with open(os.path.join(keep, "series.tsv"), "w") as f:
-                for t, v in (series[0]["values"] if series else []):
-                    f.write(f"{t}\t{v}\n")
+                f.write("# seconds\tdelivered/s\tp50_us\tp99_us\n")
+                for t in times:
+                    vals = [c.get(t, "NaN") for c in columns]
+                    f.write(f"{t - times[0]:.0f}\t" + "\t".join(vals) + "\n")
         ok = True
         if up != 1:
             print("FAIL: up != 1: Prometheus could not scrape or parse the exposition")
