@@ -26,8 +26,10 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -52,11 +54,13 @@ class Scraper {
   explicit Scraper(const herald::MetricsRegistry& m)
       : thread_([&m](std::stop_token stop) {
           std::string out;
+          std::mutex mutex;
+          std::condition_variable_any cv;
+          std::unique_lock lock(mutex);
           while (!stop.stop_requested()) {
             out.clear();
             m.write(out);
-            for (int i = 0; i < 10 && !stop.stop_requested(); ++i)
-              std::this_thread::sleep_for(10ms);
+            cv.wait_for(lock, stop, 100ms, [] { return false; });  // one wake-up per scrape
           }
         }) {}
 
