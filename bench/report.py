@@ -158,6 +158,7 @@ SUITES = [
     ("pool", "WorkerPool vs thread pools"),
     ("broker", "Broker vs the Go reference broker, its C++ translation and ZeroMQ inproc"),
     ("matching", "Topic matching vs NATS's sublist"),
+    ("sync", "Concurrency toolkit vs plain baselines"),
     ("nats", "NATS bridge vs raw libnats"),
     ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
 ]

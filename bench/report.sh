@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark report: installs what is missing, builds the bench preset and the Go peers
 # (bench/peers/build.sh: the Go reference broker and NATS's sublist, offline, from Debian
-# packages), runs every comparison (queue, pool, broker, matching, and the NATS bridge when libnats
-# is installed; the harnesses run the Go peers between their own repetitions) and writes
-# build/report/benchmarks.md plus build/report/benchmarks.png (gnuplot).
+# packages), runs every comparison (queue, pool, broker, matching, the concurrency toolkit, and the
+# NATS bridge when libnats is installed; the harnesses run the Go peers between their own
+# repetitions) and writes build/report/benchmarks.md plus build/report/benchmarks.png (gnuplot).
 #
 #   bash bench/report.sh              full run, 5 repetitions (about 5 minutes on 2 cores + build)
 #   bash bench/report.sh --reps=N     N repetitions
@@ -100,6 +100,7 @@ smoke_time=()
 # runs the rest (BM_index_match* would only repeat the interleaved rows).
 run bench_topic_index --reps="$reps" --go-peer="$peers/sublist" "${gbench_flags[@]}" \
   "${smoke_time[@]}" --benchmark_filter=-BM_index_match --benchmark_out="$out/topic_index.json"
+run bench_sync --reps="$reps"
 run bench_metrics --reps="$reps"
 if [ "$nats" = built ]; then
   run bench_nats_bridge "${gbench_flags[@]}" --benchmark_out="$out/nats_bridge.json"

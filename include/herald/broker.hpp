@@ -15,6 +15,7 @@
 #include <herald/topic.hpp>
 #include <herald/topic_index.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <concepts>
@@ -44,6 +45,15 @@ struct Origin {
 };
 
 namespace detail {
+
+/// Counts a delivery in progress on a publish site for as long as it lives.
+struct DeliveryDepth {
+  explicit DeliveryDepth(unsigned& depth) noexcept : depth_(depth) { ++depth_; }
+  ~DeliveryDepth() { --depth_; }
+  DeliveryDepth(const DeliveryDepth&) = delete;
+  DeliveryDepth& operator=(const DeliveryDepth&) = delete;
+  unsigned& depth_;
+};
 
 /// The routing state shared by a Broker, its subscriptions (weakly) and its Publishers.
 template <class T>
@@ -81,14 +91,75 @@ class BrokerCore final : public Registry<T> {
     [[nodiscard]] bool empty() const noexcept { return plain.empty() && groups.empty(); }
   };
 
-  enum Counter : std::size_t {
-    published,
-    delivered,
-    dropped,
-    evicted,
-    no_subscriber,
-    counter_count
+  /// What one publisher -- a thread publishing through Broker::publish, or a Publisher --
+  /// counts and caches for this broker. Written by its owner only, with plain stores (no locked
+  /// instruction per publish); stats() sums the sites.
+  struct Site {
+    OwnedCounter published, no_subscriber, delivered, dropped, evicted;
+    /// A small direct-mapped cache of routes by topic, for Broker::publish (a Publisher keeps
+    /// its one route itself): a hit costs a hash and a compare instead of the registry's lock,
+    /// its map and a reference count. An entry keeps its route's subscriptions alive until it
+    /// is refreshed; what they had queued is let go when their last handle goes.
+    struct Entry {
+      std::uint64_t hash = 0;
+      std::string topic;
+      std::shared_ptr<const Route> route;
+    };
+    static constexpr std::size_t kEntries = 8;
+    std::array<Entry, kEntries> routes;
+    /// Deliveries in progress on this site: an inline handler may publish again from inside
+    /// one, and must not then replace a route the outer delivery is walking.
+    unsigned depth = 0;
+    std::atomic<bool> orphaned{false};  // the broker is gone: the owner may drop the site
   };
+  using SitePtr = std::shared_ptr<Site>;
+
+  BrokerCore() = default;
+  BrokerCore(const BrokerCore&) = delete;
+  BrokerCore& operator=(const BrokerCore&) = delete;
+  ~BrokerCore() {
+    for (const SitePtr& site : sites_)
+      site->orphaned.store(true, std::memory_order_relaxed);
+  }
+
+  /// A new site, counted by stats() from now on.
+  /// Throws: std::bad_alloc.
+  SitePtr new_site() {
+    auto site = std::make_shared<Site>();
+    std::unique_lock lock(mutex_);
+    if (sites_.size() == sites_.capacity()) retire_sites();  // amortised: before the list grows
+    sites_.push_back(site);
+    return site;
+  }
+
+  /// The calling thread's site for this broker (made on first use).
+  Site& thread_site() {
+    // One table per thread and broker type; a thread publishes to few brokers, so a short
+    // vector searched by the brokers' never-reused ids.
+    thread_local std::vector<std::pair<std::uint64_t, SitePtr>> table;
+    for (auto& [id, site] : table) {
+      if (id == id_) return *site;
+    }
+    std::erase_if(table, [](const auto& e) { return e.second->orphaned.load(); });
+    table.emplace_back(id_, new_site());
+    return *table.back().second;
+  }
+
+  /// The route for `topic` through `site`'s cache, refreshed from route() when missing or out of
+  /// date. Throws: InvalidTopic (only valid topics are cached, so a hit needs no validation).
+  const Route& cached_route(Site& site, std::string_view topic) {
+    const std::uint64_t h = TokenHash{}(topic);
+    typename Site::Entry& e = site.routes[(h >> 32) % Site::kEntries];
+    if (e.route && e.hash == h && e.topic == topic && e.route->generation == generation()) {
+      return *e.route;
+    }
+    auto r = route(topic);
+    e.route.reset();  // until the topic below is stored: a throwing assign leaves no stale match
+    e.topic.assign(topic);
+    e.hash = h;
+    e.route = std::move(r);
+    return *e.route;
+  }
 
   /// Registers a subscription. The caller has validated the pattern.
   /// Throws: std::bad_alloc, and then nothing is registered (strong guarantee).
@@ -194,12 +265,12 @@ class BrokerCore final : public Registry<T> {
 
   /// Offers one message to everything on the route, applying each subscriber's policy.
   template <class... Args>
-  PublishResult deliver(const Route& route, std::string_view topic, std::uint64_t origin,
-                        Args&&... args) {
+  PublishResult deliver(const Route& route, Site& site, std::string_view topic,
+                        std::uint64_t origin, Args&&... args) {
     PublishResult r;
     if (route.empty()) {
-      counters_.add(published, 1);
-      counters_.add(no_subscriber, 1);
+      site.published.add();
+      site.no_subscriber.add();
       if (route.tracked) [[unlikely]]
         count_tracked(*route.tracked, r);
       return r;
@@ -219,11 +290,11 @@ class BrokerCore final : public Registry<T> {
       tally(r, s->offer(take()));
     for (const GroupRoute& g : route.groups)
       offer_to_group(r, g, take());
-    counters_.add(published, 1);
-    if (r.delivered) counters_.add(delivered, r.delivered);
-    if (r.dropped) counters_.add(dropped, r.dropped);
-    if (r.evicted) counters_.add(evicted, r.evicted);
-    if (r.matched == 0) counters_.add(no_subscriber, 1);
+    site.published.add();
+    if (r.delivered) site.delivered.add(r.delivered);
+    if (r.dropped) site.dropped.add(r.dropped);
+    if (r.evicted) site.evicted.add(r.evicted);
+    if (r.matched == 0) site.no_subscriber.add();
     if (route.tracked) [[unlikely]]
       count_tracked(*route.tracked, r);
     return r;
@@ -298,13 +369,15 @@ class BrokerCore final : public Registry<T> {
   }
 
   [[nodiscard]] BrokerStats stats() const {
-    BrokerStats s;
-    s.published = counters_.sum(published);
-    s.delivered = counters_.sum(delivered);
-    s.dropped = counters_.sum(dropped);
-    s.evicted = counters_.sum(evicted);
-    s.no_subscriber = counters_.sum(no_subscriber);
     std::shared_lock lock(mutex_);
+    BrokerStats s = retired_;
+    for (const SitePtr& site : sites_) {
+      s.published += site->published.get();
+      s.no_subscriber += site->no_subscriber.get();
+      s.delivered += site->delivered.get();
+      s.dropped += site->dropped.get();
+      s.evicted += site->evicted.get();
+    }
     s.subscriptions = live_.size();
     s.disconnects = disconnects_;
     return s;
@@ -412,7 +485,28 @@ class BrokerCore final : public Registry<T> {
   std::atomic<bool> closed_{false};
   alignas(cache_line_size) std::atomic<std::uint64_t> generation_{0};
   alignas(cache_line_size) std::atomic<std::uint64_t> sequence_{0};
-  ShardedCounters<counter_count> counters_;
+  std::vector<SitePtr> sites_;          // guarded by mutex_
+  BrokerStats retired_;                 // the counts of sites nobody else holds any more; mutex_
+  const std::uint64_t id_ = next_id();  // never reused, unlike an address
+
+  static std::uint64_t next_id() noexcept {
+    static std::atomic<std::uint64_t> ids{0};
+    return ids.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+
+  // Folds the sites only the core still holds (their Publisher or thread is gone) into
+  // retired_. Under the exclusive lock.
+  void retire_sites() noexcept {
+    std::erase_if(sites_, [&](const SitePtr& site) {
+      if (site.use_count() != 1) return false;
+      retired_.published += site->published.get();
+      retired_.no_subscriber += site->no_subscriber.get();
+      retired_.delivered += site->delivered.get();
+      retired_.dropped += site->dropped.get();
+      retired_.evicted += site->evicted.get();
+      return true;
+    });
+  }
 };
 
 }  // namespace detail
@@ -436,8 +530,17 @@ class Publisher {
   template <class... Args>
   PublishResult emplace(Args&&... args) {
     if (core_->closed()) return PublishResult{.closed = true};
+    using Site = typename detail::BrokerCore<T>::Site;
+    Site& site = *site_;
+    if (site.depth != 0) {  // from an inline handler of our own delivery: keep that route alive
+      auto route =
+          route_ && route_->generation == core_->generation() ? route_ : core_->route(topic_);
+      const detail::DeliveryDepth nested(site.depth);
+      return core_->deliver(*route, site, topic_, origin_, std::forward<Args>(args)...);
+    }
     if (!route_ || route_->generation != core_->generation()) route_ = core_->route(topic_);
-    return core_->deliver(*route_, topic_, origin_, std::forward<Args>(args)...);
+    const detail::DeliveryDepth outer(site.depth);
+    return core_->deliver(*route_, site, topic_, origin_, std::forward<Args>(args)...);
   }
 
   /// The topic it publishes to.
@@ -446,12 +549,16 @@ class Publisher {
  private:
   friend class Broker<T>;
   Publisher(std::shared_ptr<detail::BrokerCore<T>> core, std::string topic, std::uint64_t origin)
-      : core_(std::move(core)), topic_(std::move(topic)), origin_(origin) {}
+      : core_(std::move(core)),
+        topic_(std::move(topic)),
+        origin_(origin),
+        site_(core_->new_site()) {}
 
   std::shared_ptr<detail::BrokerCore<T>> core_;
   std::string topic_;
   std::uint64_t origin_;
   std::shared_ptr<const typename detail::BrokerCore<T>::Route> route_;
+  typename detail::BrokerCore<T>::SitePtr site_;  // its counters, read by Broker::stats()
 };
 
 /// Typed in-process publish/subscribe with NATS-style topics.
@@ -560,7 +667,15 @@ class Broker {
 #if !defined(NDEBUG)
     const InFlight in_flight(publishing_);  // debug builds check the lifetime rule
 #endif
-    return core_->deliver(*core_->route(topic), topic, origin.id, std::forward<Args>(args)...);
+    auto& site = core_->thread_site();
+    if (site.depth != 0) {  // from an inline handler: the outer delivery's route must live on
+      const auto route = core_->route(topic);
+      const detail::DeliveryDepth nested(site.depth);
+      return core_->deliver(*route, site, topic, origin.id, std::forward<Args>(args)...);
+    }
+    const auto& route = core_->cached_route(site, topic);
+    const detail::DeliveryDepth outer(site.depth);
+    return core_->deliver(route, site, topic, origin.id, std::forward<Args>(args)...);
   }
 
   /// A Publisher for `topic` that skips validation and routing on each publish.

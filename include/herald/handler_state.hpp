@@ -232,6 +232,7 @@ class HandlerState final : public SubscriptionState<T>,
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
     std::size_t n = 0;
+    mark_ = std::chrono::steady_clock::now();
     while (n < budget && !cancelled()) {
       std::optional<Message<T>> m = this->queue().try_pop();
       if (!m) break;
@@ -262,6 +263,7 @@ class HandlerState final : public SubscriptionState<T>,
         wait_backoff(backoff_.next());
         if (cancelled()) break;
         retries_.add();
+        mark_ = std::chrono::steady_clock::now();  // the backoff is not handler time
       }
       ++attempt;
       error = call(m);
@@ -277,17 +279,21 @@ class HandlerState final : public SubscriptionState<T>,
     if (error && attempt == hopts_.retry.max_attempts) dead_letter(m, error, attempt);
   }
 
+  // Times the invocation from mark_ and moves mark_ to its end: one clock read per message,
+  // not two (a read costs 30-50 ns on a VM, as much as the rest of a delivery), since the end of
+  // one invocation is the start of the next. What lies between them -- the pop of the next
+  // message -- is counted as handler time: a few nanoseconds.
   std::exception_ptr call(const Message<T>& m) noexcept {
-    const auto start = std::chrono::steady_clock::now();
     std::exception_ptr error;
     try {
       handler_(m);
     } catch (...) {
       error = std::current_exception();
     }
-    const auto ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                   std::chrono::steady_clock::now() - start)
-                                                   .count());
+    const auto end = std::chrono::steady_clock::now();
+    const auto ns = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(end - mark_).count());
+    mark_ = end;
     invocations_.add();
     time_total_.add(ns);
     time_max_.raise(ns);
@@ -336,7 +342,8 @@ class HandlerState final : public SubscriptionState<T>,
   ExecutorRef executor_;
   std::unique_ptr<ThreadExecutor> own_thread_;  // dedicated_thread only
   HandlerOptions<T> hopts_;
-  DecorrelatedJitter backoff_;  // used by the strand only
+  DecorrelatedJitter backoff_;                  // used by the strand only
+  std::chrono::steady_clock::time_point mark_;  // strand only: where the next timing starts
 
   alignas(cache_line_size) std::atomic<bool> scheduled_{false};  // the strand is held
   alignas(cache_line_size) std::atomic<std::uint32_t> in_handler_{0};
