@@ -160,6 +160,7 @@ SUITES = [
     ("matching", "Topic matching vs NATS's sublist"),
     ("sync", "Concurrency toolkit vs plain baselines"),
     ("nats", "NATS bridge vs raw libnats"),
+    ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
 ]
 
 
@@ -405,7 +406,7 @@ def main():
         measures += part[0]
         goals += part[1]
 
-    expected = ["queue", "pool", "broker", "matching"] + (
+    expected = ["queue", "pool", "broker", "matching", "metrics"] + (
         ["nats"] if ctx.get("nats") == "built" else [])
     missing = [s for s in expected if not any(m.suite == s for m in measures)]
     if missing:

@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$herald_root"
 
-herald_need_packages cmake make g++ libfmt-dev libnats-dev nats-server
+herald_need_packages cmake make g++ libfmt-dev libnats-dev nats-server libcpp-httplib-dev pkg-config
 
 build=build/tour
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ \
@@ -15,7 +15,8 @@ cmake --build "$build" -j "$(nproc)"
 # The order tells a story: basics first, the pipeline that combines them last.
 # Each example is bounded in time; one that hangs fails the tour.
 failed=0
-while read -r name; do
+# A line is an example's name, then optionally its arguments.
+while read -r name args; do
   [ -z "$name" ] && continue
   case "$name" in \#*) continue ;; esac
   if [ ! -x "$build/examples/$name" ]; then
@@ -25,7 +26,8 @@ while read -r name; do
   fi
   echo
   echo "────────────────────────── $name ──────────────────────────"
-  if ! timeout 120 "$build/examples/$name"; then
+  # shellcheck disable=SC2086  # the arguments are words
+  if ! timeout 120 "$build/examples/$name" $args; then
     echo "herald tour: example '$name' failed" >&2
     failed=1
   fi

@@ -1,6 +1,8 @@
 # Keeps README.md's snippets honest (ctest: readme_snippets). Every snippet is run somewhere:
 # - each ```cpp block must be, byte for byte, one of examples/*.cpp (built and run by the example
 #   tour, which exits non-zero when an example fails);
+# - each ```yaml block must be, byte for byte, one of examples/*.yml (promtool checks them in the
+#   metrics end-to-end test);
 # - the ```cmake block is built by the consumer_* tests (tests/consumers/run_consumer.cmake);
 # - each command of the ```sh block must be a script of the repository, and `.ci/run` must call
 #   the test command (CI runs it; it runs the tour);
@@ -55,6 +57,20 @@ while(TRUE)
         string(APPEND errors "quick-start command '${command}' is not 'bash <existing script>'\n")
       endif()
     endforeach()
+  elseif(lang STREQUAL "yaml")
+    # A Prometheus configuration: the exact text of one of examples/*.yml, which the metrics
+    # end-to-end test checks with `promtool check config`.
+    file(GLOB configs ${SOURCE}/examples/*.yml)
+    set(found "")
+    foreach(config IN LISTS configs)
+      file(READ ${config} text)
+      if(text STREQUAL block)
+        set(found ${config})
+      endif()
+    endforeach()
+    if(NOT found)
+      string(APPEND errors "a ```yaml block is not the exact text of any examples/*.yml\n")
+    endif()
   elseif(NOT lang STREQUAL "cmake")
     string(APPEND errors "a ```${lang} block has no test: add one to tests/check_readme.cmake\n")
   endif()

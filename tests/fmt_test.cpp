@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,7 @@ TEST_CASE("stats structs format every field by name", "[fmt]") {
         "PublishResult{matched: 1, delivered: 1, dropped: 0, evicted: 0, closed: false}");
   CHECK(fmt::format("{}", broker.stats()) ==
         "BrokerStats{published: 2, delivered: 1, dropped: 1, evicted: 0, no_subscriber: 0, "
-        "subscriptions: 1}");
+        "subscriptions: 1, disconnects: 0}");
   CHECK(fmt::format("{}", sub.stats()) ==
         "SubscriptionStats{offered: 2, delivered: 1, dropped: 1, dropped_full: 1, "
         "dropped_timeout: 0, evicted: 0, received: 0, queue_depth: 1, high_water_mark: 1, "
@@ -36,7 +37,17 @@ TEST_CASE("stats structs format every field by name", "[fmt]") {
   CHECK(handler.find("invocations: 0, failures: 0, retries: 0, dead_lettered: 0, "
                      "handler_time_total: 0ns, handler_time_max: 0ns}") != std::string::npos);
   CHECK(fmt::format("{}", herald::WorkerPoolStats{1, 2, 3, 4, 5}) ==
-        "WorkerPoolStats{submitted: 1, completed: 2, failed: 3, queued: 4, threads: 5}");
+        "WorkerPoolStats{submitted: 1, completed: 2, failed: 3, queued: 4, threads: 5, stolen: 0, "
+        "parked: 0}");
+  herald::DurationHistogram h;
+  h.counts[0] = 1;
+  h.counts[2] = 2;
+  h.counts[herald::DurationHistogram::finite_buckets] = 1;
+  h.sum = std::chrono::nanoseconds(5200);
+  CHECK(fmt::format("{}", h) ==
+        "DurationHistogram{count: 4, sum: 5200ns, le 1024ns: 1, le 2048ns: 2, le +Inf: 1}");
+  CHECK(fmt::format("{}", herald::TopicStats{"a.>", 3, 1}) ==
+        "TopicStats{pattern: a.>, published: 3, dropped: 1}");
   const std::string bridge = fmt::format("{}", herald::BridgeStats{});
   CHECK(bridge.find("BridgeStats{exported: 0, sent: 0,") == 0);
   CHECK(bridge.find("connected: false}") != std::string::npos);
@@ -44,7 +55,7 @@ TEST_CASE("stats structs format every field by name", "[fmt]") {
   broker.for_each_subscription(
       [&](const herald::SubscriptionInfo& i) { infos.push_back(fmt::format("{}", i)); });
   REQUIRE(infos.size() == 1);
-  CHECK(infos[0].find("SubscriptionInfo{kind: pull, pattern: a.*, capacity: 1, overflow: "
+  CHECK(infos[0].find("SubscriptionInfo{id: 1, kind: pull, pattern: a.*, capacity: 1, overflow: "
                       "drop_incoming, queue_group: , offered: 2,") == 0);
 }
 

@@ -17,6 +17,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -26,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -66,6 +68,14 @@ class BrokerCore final : public Registry<T> {
     std::shared_ptr<std::atomic<std::uint32_t>> cursor;
   };
 
+  /// The counters of one tracked topic pattern (track_topics): any publisher adds to them.
+  struct TrackedTopic {
+    explicit TrackedTopic(std::string p) : pattern(std::move(p)) {}
+    enum Field : std::size_t { published, dropped, count };
+    const std::string pattern;
+    ShardedCounters<count> counters;
+  };
+
   /// Everything a publish to one topic delivers to: resolved once, then shared by publishers
   /// until the subscription set changes (the generation tells).
   struct Route {
@@ -74,6 +84,9 @@ class BrokerCore final : public Registry<T> {
     /// A topic too long for std::string's inline buffer, shared by the messages published
     /// through this route instead of one allocation each (null for short topics).
     std::shared_ptr<const std::string> long_topic;
+    /// The tracked pattern this topic counts for (track_topics), or null: one branch per
+    /// publish when topics are not tracked.
+    std::shared_ptr<TrackedTopic> tracked;
     std::uint64_t generation = 0;
     [[nodiscard]] bool empty() const noexcept { return plain.empty() && groups.empty(); }
   };
@@ -160,6 +173,7 @@ class BrokerCore final : public Registry<T> {
     // Closed already (its executor had stopped): nothing to route to. A close racing with this
     // add still finds it: close_and_leave closes, then takes this lock to remove it.
     if (s->close_reason() != CloseReason::open) return;
+    s->set_id(++next_id_);
     const auto live = live_.emplace(s.get(), s).first;
     bool grouped = false;
     try {
@@ -180,6 +194,7 @@ class BrokerCore final : public Registry<T> {
     std::unique_lock lock(mutex_);
     const auto it = live_.find(&s);
     if (it == live_.end()) return;
+    if (s.close_reason() == CloseReason::slow_consumer) ++disconnects_;
     // A non-owning alias compares equal to the owning entry (shared_ptr == compares pointers).
     // Nothing here allocates: the group key was built at subscribe time.
     index_.erase(s.pattern(), StatePtr(StatePtr{}, &s));
@@ -209,6 +224,12 @@ class BrokerCore final : public Registry<T> {
     r->generation = generation_.load(std::memory_order_relaxed);
     if (topic.size() > kInlineTopicBytes)
       r->long_topic = std::make_shared<const std::string>(topic);
+    for (const auto& t : tracked_) {
+      if (match_valid(topic, t->pattern)) {
+        r->tracked = t;
+        break;
+      }
+    }
     std::vector<std::pair<const std::string*, std::size_t>> group_slots;  // key -> index in groups
     index_.match(topic, [&](const StatePtr& owner) {
       State* s = owner.get();
@@ -250,6 +271,8 @@ class BrokerCore final : public Registry<T> {
     if (route.empty()) {
       site.published.add();
       site.no_subscriber.add();
+      if (route.tracked) [[unlikely]]
+        count_tracked(*route.tracked, r);
       return r;
     }
     // The sequence number is drawn once the value is built: a throwing copy consumes none.
@@ -272,7 +295,41 @@ class BrokerCore final : public Registry<T> {
     if (r.dropped) site.dropped.add(r.dropped);
     if (r.evicted) site.evicted.add(r.evicted);
     if (r.matched == 0) site.no_subscriber.add();
+    if (route.tracked) [[unlikely]]
+      count_tracked(*route.tracked, r);
     return r;
+  }
+
+  /// Replaces the tracked topic patterns (validated by the caller); patterns tracked before
+  /// keep their counters.
+  void track(const std::vector<std::string>& patterns) {
+    std::vector<std::shared_ptr<TrackedTopic>> next;
+    next.reserve(patterns.size());
+    std::unique_lock lock(mutex_);
+    for (const std::string& p : patterns) {
+      std::shared_ptr<TrackedTopic> t;
+      for (const auto& old : tracked_) {
+        if (old->pattern == p) t = old;
+      }
+      next.push_back(t ? std::move(t) : std::make_shared<TrackedTopic>(p));
+    }
+    tracked_.swap(next);
+    changed();  // routes resolved before point at the old set
+  }
+
+  /// Calls `visit(const TopicStats&)` for each tracked pattern, in track() order.
+  template <class Visitor>
+  void for_each_topic(Visitor& visit) const {
+    std::vector<std::shared_ptr<TrackedTopic>> all;
+    {
+      std::shared_lock lock(mutex_);
+      all = tracked_;
+    }
+    for (const auto& t : all) {
+      const TopicStats ts{t->pattern, t->counters.sum(TrackedTopic::published),
+                          t->counters.sum(TrackedTopic::dropped)};
+      visit(ts);
+    }
   }
 
   /// Closes every subscription with CloseReason::broker_closed and refuses new ones. Allocates
@@ -302,9 +359,11 @@ class BrokerCore final : public Registry<T> {
       for (const auto& [raw, owner] : live_)
         all.push_back(owner);
     }
+    const auto now = std::chrono::steady_clock::now();
     for (const StatePtr& s : all) {
-      const SubscriptionInfo info{s->kind(), s->pattern(), s->options(), s->stats(),
-                                  s->handler_counters()};
+      const SubscriptionInfo info{s->kind(),   s->pattern(),          s->options(),
+                                  s->stats(),  s->handler_counters(), s->id(),
+                                  s->lag(now), s->handler_durations()};
       visit(info);
     }
   }
@@ -320,6 +379,7 @@ class BrokerCore final : public Registry<T> {
       s.evicted += site->evicted.get();
     }
     s.subscriptions = live_.size();
+    s.disconnects = disconnects_;
     return s;
   }
 
@@ -372,6 +432,11 @@ class BrokerCore final : public Registry<T> {
     generation_.fetch_add(1, std::memory_order_release);
   }
 
+  static void count_tracked(TrackedTopic& t, const PublishResult& r) noexcept {
+    t.counters.add(TrackedTopic::published, 1);
+    if (r.dropped) t.counters.add(TrackedTopic::dropped, r.dropped);
+  }
+
   static void tally(PublishResult& r, Offer o) noexcept {
     switch (o) {
       case Offer::delivered:
@@ -413,7 +478,10 @@ class BrokerCore final : public Registry<T> {
   std::unordered_map<State*, StatePtr> live_;
   std::unordered_map<std::string, GroupInfo> groups_;
   std::unordered_map<std::string, std::shared_ptr<const Route>, TopicHash, std::equal_to<>> cache_;
-  std::size_t cache_bytes_ = 0;  // what cache_ holds, by cached_bytes()
+  std::size_t cache_bytes_ = 0;                         // what cache_ holds, by cached_bytes()
+  std::vector<std::shared_ptr<TrackedTopic>> tracked_;  // track_topics(), in order
+  std::uint64_t next_id_ = 0;                           // the last subscription id given
+  std::uint64_t disconnects_ = 0;                       // removed as slow consumers
   std::atomic<bool> closed_{false};
   alignas(cache_line_size) std::atomic<std::uint64_t> generation_{0};
   alignas(cache_line_size) std::atomic<std::uint64_t> sequence_{0};
@@ -629,6 +697,32 @@ class Broker {
   /// Totals since construction.
   [[nodiscard]] BrokerStats stats() const {
     return core_->stats();
+  }
+
+  /// Counts publishes per topic pattern, for the topics matching one of `patterns` (a topic
+  /// counts for the first it matches); see for_each_topic. Opt-in and bounded: the label set an
+  /// exporter builds from it is `patterns`, never the topics themselves (which may come from
+  /// untrusted input). Replaces the previous set; patterns kept keep their counters. Costs a
+  /// sharded atomic increment per publish to a tracked topic (two when it drops), one branch
+  /// otherwise. Throws: InvalidTopic for an invalid pattern, std::invalid_argument for more than
+  /// max_tracked_topics patterns; nothing changes then.
+  void track_topics(const std::vector<std::string>& patterns) {
+    if (patterns.size() > max_tracked_topics) {
+      throw std::invalid_argument("herald: track_topics got " + std::to_string(patterns.size()) +
+                                  " patterns; at most " + std::to_string(max_tracked_topics));
+    }
+    for (const std::string& p : patterns)
+      validate_pattern(p);
+    core_->track(patterns);
+  }
+
+  /// The most patterns track_topics accepts.
+  static constexpr std::size_t max_tracked_topics = 256;
+
+  /// Calls `visit(const herald::TopicStats&)` for each pattern given to track_topics, in order.
+  template <class Visitor>
+  requires(std::invocable<Visitor&, const TopicStats&>) void for_each_topic(Visitor&& visit) const {
+    core_->for_each_topic(visit);
   }
 
   /// Calls `visit(const herald::SubscriptionInfo&)` once for every live subscription: its kind,

@@ -14,6 +14,7 @@
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
+#include <cstddef>
 #include <string_view>
 #include <type_traits>
 
@@ -105,7 +106,8 @@ struct fmt::formatter<herald::BrokerStats> : herald::detail::FieldsFormatter {
   auto format(const herald::BrokerStats& s, Ctx& ctx) const {
     return herald::detail::format_struct(ctx.out(), "BrokerStats", [&](auto& w) {
       w("published", s.published)("delivered", s.delivered)("dropped", s.dropped)(
-          "evicted", s.evicted)("no_subscriber", s.no_subscriber)("subscriptions", s.subscriptions);
+          "evicted", s.evicted)("no_subscriber", s.no_subscriber)("subscriptions", s.subscriptions)(
+          "disconnects", s.disconnects);
     });
   }
 };
@@ -145,10 +147,14 @@ struct fmt::formatter<herald::SubscriptionInfo> : herald::detail::FieldsFormatte
   template <class Ctx>
   auto format(const herald::SubscriptionInfo& i, Ctx& ctx) const {
     return herald::detail::format_struct(ctx.out(), "SubscriptionInfo", [&](auto& w) {
-      w("kind", i.kind)("pattern", i.pattern)("capacity", i.options.capacity)(
+      w("id", i.id)("kind", i.kind)("pattern", i.pattern)("capacity", i.options.capacity)(
           "overflow", i.options.overflow)("queue_group", i.options.queue_group);
       herald::detail::subscription_fields(w, i.stats);
-      if (i.kind == herald::SubscriptionKind::handler) herald::detail::handler_fields(w, i.handler);
+      w("lag", i.lag);
+      if (i.kind == herald::SubscriptionKind::handler) {
+        herald::detail::handler_fields(w, i.handler);
+        w("handler_durations", i.handler_durations);
+      }
     });
   }
 };
@@ -159,7 +165,7 @@ struct fmt::formatter<herald::WorkerPoolStats> : herald::detail::FieldsFormatter
   auto format(const herald::WorkerPoolStats& s, Ctx& ctx) const {
     return herald::detail::format_struct(ctx.out(), "WorkerPoolStats", [&](auto& w) {
       w("submitted", s.submitted)("completed", s.completed)("failed", s.failed)("queued", s.queued)(
-          "threads", s.threads);
+          "threads", s.threads)("stolen", s.stolen)("parked", s.parked);
     });
   }
 };
@@ -177,6 +183,37 @@ struct fmt::formatter<herald::BridgeStats> : herald::detail::FieldsFormatter {
           "import_failed", s.import_failed)("echoes", s.echoes)("dropped_slow", s.dropped_slow)(
           "lost", s.lost)("disconnects", s.disconnects)("reconnects", s.reconnects)(
           "errors", s.errors)("connected", s.connected);
+    });
+  }
+};
+
+/// A histogram formats as its count, sum and the non-empty buckets by upper bound:
+/// "DurationHistogram{count: 3, sum: 5200ns, le 2048ns: 1, le 4096ns: 2}".
+template <>
+struct fmt::formatter<herald::DurationHistogram> : herald::detail::FieldsFormatter {
+  template <class Ctx>
+  auto format(const herald::DurationHistogram& h, Ctx& ctx) const {
+    auto out = fmt::format_to(ctx.out(), "DurationHistogram{{count: {}, sum: {}", h.count(), h.sum);
+    for (std::size_t i = 0; i < herald::DurationHistogram::buckets; ++i) {
+      if (h.counts[i] == 0) continue;
+      if (i < herald::DurationHistogram::finite_buckets) {
+        out = fmt::format_to(out, ", le {}ns: {}", herald::DurationHistogram::upper_bound_ns(i),
+                             h.counts[i]);
+      } else {
+        out = fmt::format_to(out, ", le +Inf: {}", h.counts[i]);
+      }
+    }
+    return fmt::format_to(out, "}}");
+  }
+};
+
+/// TopicStats: "TopicStats{pattern: orders.>, published: 3, dropped: 1}".
+template <>
+struct fmt::formatter<herald::TopicStats> : herald::detail::FieldsFormatter {
+  template <class Ctx>
+  auto format(const herald::TopicStats& t, Ctx& ctx) const {
+    return herald::detail::format_struct(ctx.out(), "TopicStats", [&](auto& w) {
+      w("pattern", t.pattern)("published", t.published)("dropped", t.dropped);
     });
   }
 };

@@ -15,6 +15,7 @@
 #include <herald/stats.hpp>
 #include <herald/subscription_state.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <concepts>
@@ -145,6 +146,14 @@ class HandlerState final : public SubscriptionState<T>,
     return c;
   }
 
+  [[nodiscard]] DurationHistogram handler_durations() const noexcept override {
+    DurationHistogram h;
+    for (std::size_t i = 0; i < DurationHistogram::buckets; ++i)
+      h.counts[i] = durations_[i].get();
+    h.sum = std::chrono::nanoseconds(time_total_.get());
+    return h;
+  }
+
   [[nodiscard]] HandlerStats handler_stats() const noexcept {
     HandlerStats s;
     static_cast<SubscriptionStats&>(s) = this->stats();
@@ -227,6 +236,7 @@ class HandlerState final : public SubscriptionState<T>,
     while (n < budget && !cancelled()) {
       std::optional<Message<T>> m = this->queue().try_pop();
       if (!m) break;
+      this->taken(*m);
       handle(*m);
       ++n;
       finished_.add();  // the strand is the only writer: no locked instruction
@@ -287,6 +297,7 @@ class HandlerState final : public SubscriptionState<T>,
     invocations_.add();
     time_total_.add(ns);
     time_max_.raise(ns);
+    durations_[DurationHistogram::bucket_of(ns)].add();
     return error;
   }
 
@@ -353,6 +364,7 @@ class HandlerState final : public SubscriptionState<T>,
   OwnedCounter dead_lettered_;
   OwnedCounter time_total_;
   OwnedCounter time_max_;
+  std::array<OwnedCounter, DurationHistogram::buckets> durations_;  // the duration histogram
 };
 
 }  // namespace detail

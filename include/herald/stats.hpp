@@ -5,6 +5,8 @@
 
 #include <herald/policy.hpp>
 
+#include <array>
+#include <bit>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +35,16 @@ struct BrokerStats {
                                     ///< subscription's own stats count every eviction
   std::uint64_t no_subscriber = 0;  ///< publishes that matched no subscription
   std::size_t subscriptions = 0;    ///< live subscriptions now
+  std::uint64_t disconnects = 0;    ///< subscriptions closed as slow consumers (disconnect policy)
+};
+
+/// Counters of the publishes to the topics matching one tracked pattern (Broker::track_topics):
+/// a topic counts for the first tracked pattern it matches. The view is valid during the visitor
+/// call only.
+struct TopicStats {
+  std::string_view pattern;
+  std::uint64_t published = 0;  ///< publish calls
+  std::uint64_t dropped = 0;    ///< offers refused (summed over subscribers)
 };
 
 /// Counters of one subscription's queue. Exact identities, for every policy:
@@ -66,6 +78,43 @@ struct HandlerCounters {
 /// Counters of a handler subscription: its queue's and its handler's.
 struct HandlerStats : SubscriptionStats, HandlerCounters {};
 
+/// Handler durations in log-linear buckets: two per power of two (upper bounds 2^e and
+/// 1.5 x 2^e nanoseconds) from 1.024 us to 2^34 ns (about 17.2 s), then one for everything
+/// longer. A snapshot (plain values); handler subscriptions record into theirs without a locked
+/// instruction (the strand is the only writer).
+struct DurationHistogram {
+  static constexpr std::size_t finite_buckets = 49;
+  static constexpr std::size_t buckets = finite_buckets + 1;  ///< the last one is +Inf
+
+  std::array<std::uint64_t, buckets> counts{};  ///< per bucket, not cumulative
+  std::chrono::nanoseconds sum{0};              ///< of every recorded duration
+
+  /// The inclusive upper bound of bucket `i` < finite_buckets, in nanoseconds.
+  [[nodiscard]] static constexpr std::uint64_t upper_bound_ns(std::size_t i) noexcept {
+    if (i == 0) return std::uint64_t{1} << 10;
+    const std::size_t e = 10 + (i - 1) / 2;  // the octave [2^e, 2^(e+1))
+    return (i - 1) % 2 == 0 ? (std::uint64_t{3} << (e - 1)) : (std::uint64_t{1} << (e + 1));
+  }
+
+  /// The bucket a duration of `ns` nanoseconds falls in (bounds are inclusive, as Prometheus's
+  /// `le`).
+  [[nodiscard]] static constexpr std::size_t bucket_of(std::uint64_t ns) noexcept {
+    if (ns <= (std::uint64_t{1} << 10)) return 0;
+    const std::uint64_t w = ns - 1;
+    const auto e = static_cast<std::size_t>(std::bit_width(w)) - 1;  // >= 10
+    const std::size_t i = 1 + (e - 10) * 2 + static_cast<std::size_t>((w >> (e - 1)) & 1);
+    return i < finite_buckets ? i : finite_buckets;
+  }
+
+  /// Durations recorded (the sum of the buckets).
+  [[nodiscard]] constexpr std::uint64_t count() const noexcept {
+    std::uint64_t n = 0;
+    for (const std::uint64_t c : counts)
+      n += c;
+    return n;
+  }
+};
+
 /// The two kinds of subscription.
 enum class SubscriptionKind : std::uint8_t {
   pull,     ///< Subscription<T>: the consumer receives
@@ -85,6 +134,15 @@ struct SubscriptionInfo {
   const SubscribeOptions& options;
   SubscriptionStats stats;
   HandlerCounters handler{};  ///< zero for pull subscriptions
+  /// Unique within its broker, in subscribe order (starting at 1): tells apart subscriptions
+  /// with the same pattern.
+  std::uint64_t id = 0;
+  /// How long the oldest queued message has waited, bounded from above: zero when the queue is
+  /// empty, else the time since the message the consumer took last was published (since the
+  /// subscription was made, if it took none). Exact while the consumer keeps up with
+  /// back-to-back publishes; grows without bound while it is stuck.
+  std::chrono::nanoseconds lag{0};
+  DurationHistogram handler_durations{};  ///< empty for pull subscriptions
 };
 
 /// Counters of a WorkerPool.
@@ -98,6 +156,8 @@ struct WorkerPoolStats {
   std::uint64_t failed = 0;     ///< tasks that threw (the exception went to the error handler)
   std::size_t queued = 0;       ///< tasks accepted and not yet started (approximate under load)
   std::size_t threads = 0;      ///< worker threads
+  std::uint64_t stolen = 0;     ///< tasks a worker took from another worker's queue
+  std::size_t parked = 0;       ///< workers asleep for want of work, now
 };
 
 /// Counters of a NATS bridge (herald/nats.hpp). Identities (exact once the export queues are

@@ -121,25 +121,37 @@ class Subscription {
 
   /// Takes the oldest queued message, if there is one. Never blocks.
   [[nodiscard]] std::optional<Message<T>> try_receive() {
-    return state() ? state()->queue().try_pop() : std::nullopt;
+    if (!state()) return std::nullopt;
+    std::optional<Message<T>> m = state()->queue().try_pop();
+    if (m) state()->taken(*m);
+    return m;
   }
 
   /// Takes the oldest message, waiting for one.
   /// Blocks: until a message arrives or the subscription closes (then returns empty once the
   /// queue is drained).
   [[nodiscard]] std::optional<Message<T>> receive() {
-    return state() ? state()->queue().pop() : std::nullopt;
+    if (!state()) return std::nullopt;
+    std::optional<Message<T>> m = state()->queue().pop();
+    if (m) state()->taken(*m);
+    return m;
   }
 
   /// Like receive(), waiting at most `timeout` (zero: try once; duration::max(): forever).
   template <class Rep, class Period>
   [[nodiscard]] std::optional<Message<T>> receive_for(std::chrono::duration<Rep, Period> timeout) {
-    return state() ? state()->queue().pop_for(timeout) : std::nullopt;
+    if (!state()) return std::nullopt;
+    std::optional<Message<T>> m = state()->queue().pop_for(timeout);
+    if (m) state()->taken(*m);
+    return m;
   }
 
   /// Like receive(), also returning empty once a stop is requested on `stop`.
   [[nodiscard]] std::optional<Message<T>> receive(std::stop_token stop) {
-    return state() ? state()->queue().pop(std::move(stop)) : std::nullopt;
+    if (!state()) return std::nullopt;
+    std::optional<Message<T>> m = state()->queue().pop(std::move(stop));
+    if (m) state()->taken(*m);
+    return m;
   }
 
   /// Stops delivery. Idempotent. When it returns, nothing more is enqueued; what is already queued

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -60,6 +61,29 @@ class SubscriptionState {
   /// Queue groups are per (pattern, name), as in NATS: "pattern name" (patterns have no space).
   /// Built at subscribe time, so that unsubscribing never allocates. Empty without a group.
   [[nodiscard]] const std::string& group_key() const noexcept { return group_key_; }
+
+  /// Its number in its broker (see SubscriptionInfo::id); set under the broker's registry lock
+  /// before the broker lists it.
+  void set_id(std::uint64_t id) noexcept { id_ = id; }
+  [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
+
+  /// The consumer took `m` (or drop_oldest evicted it): remembers when it was published, for
+  /// lag(). One relaxed store on a line only consumers write.
+  void taken(const Message<T>& m) noexcept {
+    last_taken_.store(m.published_at().time_since_epoch().count(), std::memory_order_relaxed);
+  }
+
+  /// An upper bound on how long the oldest queued message has waited at `now`: zero when the
+  /// queue is empty, else the time since the message taken last was published (since the
+  /// subscription was made when none was taken yet). See SubscriptionInfo::lag.
+  [[nodiscard]] std::chrono::nanoseconds lag(
+      std::chrono::steady_clock::time_point now) const noexcept {
+    if (queue_.approx_size() == 0) return std::chrono::nanoseconds::zero();
+    const std::chrono::steady_clock::time_point since{
+        std::chrono::steady_clock::duration(last_taken_.load(std::memory_order_relaxed))};
+    return now > since ? std::chrono::duration_cast<std::chrono::nanoseconds>(now - since)
+                       : std::chrono::nanoseconds::zero();
+  }
 
   /// Set once, before the subscription is registered or visible to any other thread.
   void set_registry(std::weak_ptr<Registry<T>> registry) noexcept {
@@ -136,9 +160,11 @@ class SubscriptionState {
     }
   }
 
-  /// What kind of subscription this is, and its handler's counters (zero for pull ones).
+  /// What kind of subscription this is, and its handler's counters and durations (zero for pull
+  /// ones).
   [[nodiscard]] virtual SubscriptionKind kind() const noexcept { return SubscriptionKind::pull; }
   [[nodiscard]] virtual HandlerCounters handler_counters() const noexcept { return {}; }
+  [[nodiscard]] virtual DurationHistogram handler_durations() const noexcept { return {}; }
 
   [[nodiscard]] CloseReason close_reason() const noexcept {
     return reason_.load(std::memory_order_acquire);
@@ -204,7 +230,8 @@ class SubscriptionState {
     bool evicted = false;
     do {
       // Evict one; the consumer may have made room meanwhile, in which case try again.
-      if (queue_.try_pop()) {
+      if (const std::optional<Message<T>> old = queue_.try_pop()) {
+        taken(*old);
         evicted_.fetch_add(1, std::memory_order_relaxed);
         evicted = true;
       }
@@ -236,6 +263,11 @@ class SubscriptionState {
   BoundedQueue<Message<T>> queue_;
   std::atomic<CloseReason> reason_{CloseReason::open};
   std::weak_ptr<Registry<T>> registry_;
+  std::uint64_t id_ = 0;
+
+  // Written by consumers (the publish time of the message taken last, steady clock ticks).
+  alignas(cache_line_size) std::atomic<std::chrono::steady_clock::rep> last_taken_{
+      std::chrono::steady_clock::now().time_since_epoch().count()};
 
   // Written by publishers; kept off the queue's and the consumer's cache lines.
   alignas(cache_line_size) std::atomic<std::uint64_t> offered_{0};

@@ -96,6 +96,7 @@ struct PoolWorker {
   // Written only by this worker (plain load + store, no locked instruction), read by stats().
   alignas(cache_line_size) std::atomic<std::uint64_t> completed{0};
   std::atomic<std::uint64_t> failed{0};
+  std::atomic<std::uint64_t> stolen{0};
 };
 
 /// The pool's state, shared by the WorkerPool handle and every worker thread, so that a worker
@@ -223,8 +224,11 @@ class PoolCore {
       s.failed += w->failed.load(std::memory_order_relaxed);
       s.queued += w->plain.approx_size() + w->keyed.approx_size();
     }
+    for (const auto& w : workers_)
+      s.stolen += w->stolen.load(std::memory_order_relaxed);
     s.submitted = submitted_.sum(0);
     s.threads = workers_.size();
+    s.parked = idle_->load(std::memory_order_relaxed);
     return s;
   }
 
@@ -350,7 +354,12 @@ class PoolCore {
     std::size_t i = index;
     for (std::size_t k = 1; k < n; ++k) {
       if (++i == n) i = 0;
-      if (auto t = workers_[i]->plain.try_pop()) return t;
+      if (auto t = workers_[i]->plain.try_pop()) {
+        // Only worker `index` steals for itself: a plain load and store.
+        std::atomic<std::uint64_t>& c = workers_[index]->stolen;
+        c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return t;
+      }
     }
     return std::nullopt;
   }

@@ -2,6 +2,7 @@
 // exchange between two brokers, the same wildcard meaning on both sides, no echo loops, a server
 // restart in the middle of a stream with every loss counted, the export queue's overflow policy
 // during an outage, and clear errors for invalid and oversized subjects and payloads.
+#include <herald/metrics.hpp>
 #include <herald/nats.hpp>
 
 #include <algorithm>
@@ -148,6 +149,18 @@ TEST_CASE("two bridged brokers exchange messages both ways, in order, tagged as 
   CHECK(es.errors == 0);
   check_export_identity(es);
   check_export_identity(ws);
+
+  // A real bridge registered in a MetricsRegistry (metrics.hpp knows nothing of NATS).
+  herald::MetricsRegistry metrics;
+  metrics.add_bridge("east", east_bridge);
+  metrics.add_broker("east", east);
+  const std::string text = metrics.exposition();
+  INFO(text);
+  CHECK(text.find("herald_bridge_sent_total{bridge=\"east\"} " + std::to_string(n) + "\n") !=
+        std::string::npos);
+  CHECK(text.find("herald_bridge_imported_total{bridge=\"east\"} " + std::to_string(n) + "\n") !=
+        std::string::npos);
+  CHECK(text.find("herald_bridge_connected{bridge=\"east\"} 1\n") != std::string::npos);
 }
 
 TEST_CASE("'*' and '>' select the same messages in the local broker and through NATS", "[nats]") {
