@@ -24,6 +24,7 @@
 //                              rate limiting (proves the binary runs; figures not meaningful)
 #include <herald/circuit_breaker.hpp>
 #include <herald/dedup_window.hpp>
+#include <herald/detail/hashing.hpp>
 #include <herald/rate_limiter.hpp>
 #include <herald/task_group.hpp>
 #include <herald/weighted_semaphore.hpp>
@@ -142,7 +143,7 @@ struct LockedSet {
 /// Pseudo-random probe keys in [0, 2 * kDedupKeys): half hit, half miss (cache-unfriendly like
 /// real ids).
 inline std::uint64_t probe_key(std::uint64_t i) {
-  return herald::detail::dedup_mix(i) % (2 * kDedupKeys);
+  return herald::detail::mix64(i) % (2 * kDedupKeys);
 }
 
 /// TaskGroup vs bare pool: ns per empty task over a batch of n.
@@ -316,7 +317,7 @@ void run_report(int reps, const std::string& only) {
       // Duplicates: keys of the current window (the last kDedupKeys inserted).
       dup_inserts.samples.push_back(ns_per_op(dedup_n, [&](std::uint64_t i) {
         benchmark::DoNotOptimize(
-            plain.insert(next_key - 1 - herald::detail::dedup_mix(i) % kDedupKeys));
+            plain.insert(next_key - 1 - herald::detail::mix64(i) % kDedupKeys));
       }));
       const std::uint64_t base = next_key;
       new_inserts.samples.push_back(ns_per_op(
