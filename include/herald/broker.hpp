@@ -371,13 +371,8 @@ class BrokerCore final : public Registry<T> {
   [[nodiscard]] BrokerStats stats() const {
     std::shared_lock lock(mutex_);
     BrokerStats s = retired_;
-    for (const SitePtr& site : sites_) {
-      s.published += site->published.get();
-      s.no_subscriber += site->no_subscriber.get();
-      s.delivered += site->delivered.get();
-      s.dropped += site->dropped.get();
-      s.evicted += site->evicted.get();
-    }
+    for (const SitePtr& site : sites_)
+      add_counts(s, *site);
     s.subscriptions = live_.size();
     s.disconnects = disconnects_;
     return s;
@@ -494,16 +489,20 @@ class BrokerCore final : public Registry<T> {
     return ids.fetch_add(1, std::memory_order_relaxed) + 1;
   }
 
+  static void add_counts(BrokerStats& s, const Site& site) noexcept {
+    s.published += site.published.get();
+    s.no_subscriber += site.no_subscriber.get();
+    s.delivered += site.delivered.get();
+    s.dropped += site.dropped.get();
+    s.evicted += site.evicted.get();
+  }
+
   // Folds the sites only the core still holds (their Publisher or thread is gone) into
   // retired_. Under the exclusive lock.
   void retire_sites() noexcept {
     std::erase_if(sites_, [&](const SitePtr& site) {
       if (site.use_count() != 1) return false;
-      retired_.published += site->published.get();
-      retired_.no_subscriber += site->no_subscriber.get();
-      retired_.delivered += site->delivered.get();
-      retired_.dropped += site->dropped.get();
-      retired_.evicted += site->evicted.get();
+      add_counts(retired_, *site);
       return true;
     });
   }

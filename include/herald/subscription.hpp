@@ -121,37 +121,25 @@ class Subscription {
 
   /// Takes the oldest queued message, if there is one. Never blocks.
   [[nodiscard]] std::optional<Message<T>> try_receive() {
-    if (!state()) return std::nullopt;
-    std::optional<Message<T>> m = state()->queue().try_pop();
-    if (m) state()->taken(*m);
-    return m;
+    return take([&](auto& queue) { return queue.try_pop(); });
   }
 
   /// Takes the oldest message, waiting for one.
   /// Blocks: until a message arrives or the subscription closes (then returns empty once the
   /// queue is drained).
   [[nodiscard]] std::optional<Message<T>> receive() {
-    if (!state()) return std::nullopt;
-    std::optional<Message<T>> m = state()->queue().pop();
-    if (m) state()->taken(*m);
-    return m;
+    return take([&](auto& queue) { return queue.pop(); });
   }
 
   /// Like receive(), waiting at most `timeout` (zero: try once; duration::max(): forever).
   template <class Rep, class Period>
   [[nodiscard]] std::optional<Message<T>> receive_for(std::chrono::duration<Rep, Period> timeout) {
-    if (!state()) return std::nullopt;
-    std::optional<Message<T>> m = state()->queue().pop_for(timeout);
-    if (m) state()->taken(*m);
-    return m;
+    return take([&](auto& queue) { return queue.pop_for(timeout); });
   }
 
   /// Like receive(), also returning empty once a stop is requested on `stop`.
   [[nodiscard]] std::optional<Message<T>> receive(std::stop_token stop) {
-    if (!state()) return std::nullopt;
-    std::optional<Message<T>> m = state()->queue().pop(std::move(stop));
-    if (m) state()->taken(*m);
-    return m;
+    return take([&](auto& queue) { return queue.pop(std::move(stop)); });
   }
 
   /// Stops delivery. Idempotent. When it returns, nothing more is enqueued; what is already queued
@@ -208,6 +196,15 @@ class Subscription {
       : handle_(std::move(handle)) {}
 
   detail::SubscriptionState<T>* state() const noexcept { return handle_.state(); }
+
+  // The receive calls: `pop(queue)` takes a message, which is then noted for the lag metric.
+  template <class Pop>
+  std::optional<Message<T>> take(Pop pop) {
+    if (!state()) return std::nullopt;
+    std::optional<Message<T>> m = pop(state()->queue());
+    if (m) state()->taken(*m);
+    return m;
+  }
 
   detail::SubscriptionHandle<T> handle_;
 };
