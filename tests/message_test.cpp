@@ -130,3 +130,48 @@ TEST_CASE("long topics are shared with the route, short ones copied; both outliv
   CHECK(&c->topic() != &d->topic());
   CHECK(**a + **b + **c + **d == 10);
 }
+
+TEST_CASE("headers: set, add, get, erase, and the NATS rules for names and values",
+          "[message][headers]") {
+  herald::Headers h{{"trace-id", "abc"}, {"k", "1"}};
+  h.add("k", "2");
+  CHECK(h.size() == 3);
+  CHECK(h.get("k") == std::optional<std::string_view>("1"));
+  CHECK(h.get_all("k") == std::vector<std::string_view>{"1", "2"});
+  h.set("k", "3");
+  CHECK(h.get_all("k") == std::vector<std::string_view>{"3"});
+  CHECK(h.erase("k") == 1);
+  CHECK_FALSE(h.contains("k"));
+  CHECK(h.get("Trace-Id") == std::nullopt);  // names are case-sensitive, as in NATS
+  const herald::Headers before = h;
+  for (const char* bad : {"", "a b", "a:b", "caf\xc3\xa9", "tab\t"}) {
+    CHECK_THROWS_AS(h.add(bad, "v"), std::invalid_argument);
+  }
+  CHECK_THROWS_AS(h.set("ok", "line\r\nbreak"), std::invalid_argument);
+  CHECK_THROWS_AS(h.add(std::string(257, 'n'), "v"), std::invalid_argument);
+  CHECK_THROWS_AS(h.add("big", std::string(64 * 1024 + 1, 'v')), std::invalid_argument);
+  CHECK(h == before);  // a refused field changes nothing
+}
+
+TEST_CASE("headers travel with a published message to every subscriber; none cost nothing",
+          "[message][headers]") {
+  herald::Broker<std::string> broker;
+  auto a = broker.subscribe("orders.*");
+  auto b = broker.subscribe("orders.>");
+  broker.publish("orders.eu", "x", {.headers = {{"trace-id", "t1"}}});
+  broker.publish("orders.us", std::string("y"));
+  auto publisher = broker.publisher("orders.asia");
+  publisher.publish("z", {.headers = {{"reply", "inbox.1"}}});
+  for (auto* sub : {&a, &b}) {
+    auto m1 = sub->try_receive();
+    auto m2 = sub->try_receive();
+    auto m3 = sub->try_receive();
+    REQUIRE((m1 && m2 && m3));
+    CHECK(m1->headers().get("trace-id") == std::optional<std::string_view>("t1"));
+    CHECK(m2->headers().empty());
+    CHECK(m3->headers().get("reply") == std::optional<std::string_view>("inbox.1"));
+  }
+  const auto m = Message<int>::make_with({{"a", "b"}}, "t", 1, 0, 5);
+  CHECK(m.headers().size() == 1);
+  CHECK(*m == 5);
+}

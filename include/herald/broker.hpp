@@ -264,9 +264,10 @@ class BrokerCore final : public Registry<T> {
   [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// Offers one message to everything on the route, applying each subscriber's policy.
+  /// `headers`: moved into the message when one is built (null: none).
   template <class... Args>
   PublishResult deliver(const Route& route, Site& site, std::string_view topic,
-                        std::uint64_t origin, Args&&... args) {
+                        std::uint64_t origin, Headers* headers, Args&&... args) {
     PublishResult r;
     if (route.empty()) {
       site.published.add();
@@ -278,7 +279,7 @@ class BrokerCore final : public Registry<T> {
     // The sequence number is drawn once the value is built: a throwing copy consumes none.
     auto m = Message<T>::make_drawn(
         topic, route.long_topic,
-        [this] { return sequence_.fetch_add(1, std::memory_order_relaxed) + 1; }, origin,
+        [this] { return sequence_.fetch_add(1, std::memory_order_relaxed) + 1; }, origin, headers,
         std::forward<Args>(args)...);
     // One reference per offer, set with one store: an offer keeps its reference when it queues
     // the message and drops it otherwise; the last offer takes `m` itself.
@@ -525,9 +526,23 @@ class Publisher {
   PublishResult publish(const T& value) { return emplace(value); }
   /// Publishes `value`, moved into the one shared payload.
   PublishResult publish(T&& value) { return emplace(std::move(value)); }
+  /// Publishes a copy of `value` with `options` (headers).
+  PublishResult publish(const T& value, PublishOptions options) {
+    return emplace_with(&options.headers, value);
+  }
+  /// Publishes `value`, moved, with `options` (headers).
+  PublishResult publish(T&& value, PublishOptions options) {
+    return emplace_with(&options.headers, std::move(value));
+  }
   /// Publishes a T constructed in place from `args` (only if someone will receive it).
   template <class... Args>
   PublishResult emplace(Args&&... args) {
+    return emplace_with(nullptr, std::forward<Args>(args)...);
+  }
+
+ private:
+  template <class... Args>
+  PublishResult emplace_with(Headers* headers, Args&&... args) {
     if (core_->closed()) return PublishResult{.closed = true};
     using Site = typename detail::BrokerCore<T>::Site;
     Site& site = *site_;
@@ -535,13 +550,14 @@ class Publisher {
       auto route =
           route_ && route_->generation == core_->generation() ? route_ : core_->route(topic_);
       const detail::DeliveryDepth nested(site.depth);
-      return core_->deliver(*route, site, topic_, origin_, std::forward<Args>(args)...);
+      return core_->deliver(*route, site, topic_, origin_, headers, std::forward<Args>(args)...);
     }
     if (!route_ || route_->generation != core_->generation()) route_ = core_->route(topic_);
     const detail::DeliveryDepth outer(site.depth);
-    return core_->deliver(*route_, site, topic_, origin_, std::forward<Args>(args)...);
+    return core_->deliver(*route_, site, topic_, origin_, headers, std::forward<Args>(args)...);
   }
 
+ public:
   /// The topic it publishes to.
   [[nodiscard]] const std::string& topic() const noexcept { return topic_; }
 
@@ -659,22 +675,24 @@ class Broker {
   PublishResult publish(std::string_view topic, T&& value) {
     return publish_from(Origin{}, topic, std::move(value));
   }
+  /// Publishes a copy of `value` to `topic` with `options` (headers).
+  PublishResult publish(std::string_view topic, const T& value, PublishOptions options) {
+    return publish_from(Origin{}, std::move(options), topic, value);
+  }
+  /// Publishes `value`, moved, to `topic` with `options` (headers).
+  PublishResult publish(std::string_view topic, T&& value, PublishOptions options) {
+    return publish_from(Origin{}, std::move(options), topic, std::move(value));
+  }
   /// Publishes a T constructed in place from `args`, tagged with `origin` (for bridges).
   template <class... Args>
   PublishResult publish_from(Origin origin, std::string_view topic, Args&&... args) {
-    if (core_->closed()) return PublishResult{.closed = true};
-#if !defined(NDEBUG)
-    const InFlight in_flight(publishing_);  // debug builds check the lifetime rule
-#endif
-    auto& site = core_->thread_site();
-    if (site.depth != 0) {  // from an inline handler: the outer delivery's route must live on
-      const auto route = core_->route(topic);
-      const detail::DeliveryDepth nested(site.depth);
-      return core_->deliver(*route, site, topic, origin.id, std::forward<Args>(args)...);
-    }
-    const auto& route = core_->cached_route(site, topic);
-    const detail::DeliveryDepth outer(site.depth);
-    return core_->deliver(route, site, topic, origin.id, std::forward<Args>(args)...);
+    return publish_impl(origin, nullptr, topic, std::forward<Args>(args)...);
+  }
+  /// As above, with `options` (headers).
+  template <class... Args>
+  PublishResult publish_from(Origin origin, PublishOptions options, std::string_view topic,
+                             Args&&... args) {
+    return publish_impl(origin, &options.headers, topic, std::forward<Args>(args)...);
   }
 
   /// A Publisher for `topic` that skips validation and routing on each publish.
@@ -684,6 +702,26 @@ class Broker {
     return Publisher<T>(core_, std::string(topic), origin.id);
   }
 
+ private:
+  template <class... Args>
+  PublishResult publish_impl(Origin origin, Headers* headers, std::string_view topic,
+                             Args&&... args) {
+    if (core_->closed()) return PublishResult{.closed = true};
+#if !defined(NDEBUG)
+    const InFlight in_flight(publishing_);  // debug builds check the lifetime rule
+#endif
+    auto& site = core_->thread_site();
+    if (site.depth != 0) {  // from an inline handler: the outer delivery's route must live on
+      const auto route = core_->route(topic);
+      const detail::DeliveryDepth nested(site.depth);
+      return core_->deliver(*route, site, topic, origin.id, headers, std::forward<Args>(args)...);
+    }
+    const auto& route = core_->cached_route(site, topic);
+    const detail::DeliveryDepth outer(site.depth);
+    return core_->deliver(route, site, topic, origin.id, headers, std::forward<Args>(args)...);
+  }
+
+ public:
   /// Closes every subscription with CloseReason::broker_closed (consumers still drain what is
   /// queued) and makes later publishes return `closed` at once. Idempotent.
   void close() noexcept {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <herald/detail/block_pool.hpp>
+#include <herald/headers.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -40,12 +41,16 @@ struct Envelope {
   // One constructor, so that the common case (a short topic, no shared string) stays inline.
   // The members are built in order: the value first, so that a value whose construction throws
   // consumes no sequence number.
+  // `hdrs`: headers to move into the envelope, or null (most messages: no allocation).
   template <class Seq, class... Args>
   Envelope(std::string_view t, const std::shared_ptr<const std::string>& shared, Seq&& seq,
-           std::uint64_t org, Args&&... args)
+           std::uint64_t org, Headers* hdrs, Args&&... args)
       : value(std::forward<Args>(args)...),
         own_topic(shared ? std::string_view{} : t),
         shared_topic(shared),
+        headers(hdrs != nullptr && !hdrs->empty()
+                    ? std::make_unique<const Headers>(std::move(*hdrs))
+                    : nullptr),
         sequence(draw_sequence(seq)),
         origin(org),
         published_at(std::chrono::steady_clock::now()) {}
@@ -87,6 +92,7 @@ struct Envelope {
   const T value;
   const std::string own_topic;                            // the topic, unless shared
   const std::shared_ptr<const std::string> shared_topic;  // a long topic, shared, or null
+  const std::unique_ptr<const Headers> headers;           // null: none
   const std::uint64_t sequence;
   const std::uint64_t origin;
   const std::chrono::steady_clock::time_point published_at;
@@ -147,12 +153,25 @@ class Message {
   /// Who published it: 0 for local publishers; bridges tag what they import so they never
   /// send it back (see Broker::publish with an origin).
   [[nodiscard]] std::uint64_t origin() const noexcept { return env_->origin; }
+  /// The headers it was published with (empty when none).
+  [[nodiscard]] const Headers& headers() const noexcept {
+    static const Headers none;
+    return env_->headers ? *env_->headers : none;
+  }
 
   /// Builds a message outside a broker (tests, adapters). The broker builds its own.
   template <class... Args>
   [[nodiscard]] static Message make(std::string_view topic, std::uint64_t sequence,
                                     std::uint64_t origin, Args&&... args) {
     return make(topic, nullptr, sequence, origin, std::forward<Args>(args)...);
+  }
+
+  /// As above, carrying `headers`.
+  template <class... Args>
+  [[nodiscard]] static Message make_with(Headers headers, std::string_view topic,
+                                         std::uint64_t sequence, std::uint64_t origin,
+                                         Args&&... args) {
+    return build(topic, nullptr, sequence, origin, &headers, std::forward<Args>(args)...);
   }
 
   /// As above; when `shared_topic` is set (it must equal `topic`), the message refers to that
@@ -162,16 +181,18 @@ class Message {
   [[nodiscard]] static Message make(std::string_view topic,
                                     const std::shared_ptr<const std::string>& shared_topic,
                                     std::uint64_t sequence, std::uint64_t origin, Args&&... args) {
-    return build(topic, shared_topic, sequence, origin, std::forward<Args>(args)...);
+    return build(topic, shared_topic, sequence, origin, nullptr, std::forward<Args>(args)...);
   }
 
   /// As above, with the sequence number drawn by `next_sequence()` once the value is built: a
-  /// value whose construction throws consumes no number (the broker publishes this way).
+  /// value whose construction throws consumes no number (the broker publishes this way), and
+  /// with the headers moved from `*headers` (null: none).
   template <class NextSequence, class... Args>
   requires(std::is_invocable_r_v<std::uint64_t, NextSequence&>) [[nodiscard]] static Message
       make_drawn(std::string_view topic, const std::shared_ptr<const std::string>& shared_topic,
-                 NextSequence&& next_sequence, std::uint64_t origin, Args&&... args) {
-    return build(topic, shared_topic, next_sequence, origin, std::forward<Args>(args)...);
+                 NextSequence&& next_sequence, std::uint64_t origin, Headers* headers,
+                 Args&&... args) {
+    return build(topic, shared_topic, next_sequence, origin, headers, std::forward<Args>(args)...);
   }
 
  private:
@@ -181,11 +202,11 @@ class Message {
   template <class Seq, class... Args>
   static Message build(std::string_view topic,
                        const std::shared_ptr<const std::string>& shared_topic, Seq&& seq,
-                       std::uint64_t origin, Args&&... args) {
+                       std::uint64_t origin, Headers* headers, Args&&... args) {
     // The envelope comes from the pool of its size (detail/block_pool.hpp): it is usually freed
     // on another thread, which is malloc's slow path.
     return Message(detail::Envelope<T>::create(topic, shared_topic, std::forward<Seq>(seq), origin,
-                                               std::forward<Args>(args)...));
+                                               headers, std::forward<Args>(args)...));
   }
 
   explicit Message(const detail::Envelope<T>* env) noexcept : env_(env) {}

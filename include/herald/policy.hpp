@@ -67,6 +67,13 @@ struct SubscribeOptions {
   std::string queue_group{};
 };
 
+/// Per-publish options (Broker::publish, Publisher::publish, Broker::publish_from).
+struct PublishOptions {
+  /// Carried with the message to every subscriber (Message::headers), and by the NATS bridge as
+  /// NATS headers. Empty: no headers, and nothing allocated for them.
+  Headers headers{};
+};
+
 /// How a handler subscription retries a message whose handler threw.
 /// Backoff between attempts uses "decorrelated jitter": each delay is drawn uniformly from
 /// [initial_backoff, 3 x the previous delay], capped at max_backoff.

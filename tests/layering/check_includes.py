@@ -15,7 +15,7 @@ import sys
 # gives its floor.
 FLOORS = [
     (r"detail/.*", 1),
-    (r"(topic|version)\.hpp", 1),
+    (r"(topic|version|headers)\.hpp", 1),
     (r"(message|policy|stats|topic_index|bounded_queue|executor)\.hpp", 2),
     (r"(worker_pool|subscription_state|handler_state)\.hpp", 3),
     (r"subscription\.hpp", 4),
