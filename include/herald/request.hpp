@@ -551,8 +551,9 @@ class TimeoutThread {
     std::unique_lock lock(mutex_);
     stopped_ = true;
     cv_.notify_one();
+    std::jthread thread = std::move(thread_);  // one caller joins it, however many call stop()
     lock.unlock();
-    if (thread_.joinable()) thread_.join();
+    if (thread.joinable()) thread.join();
     lock.lock();
     while (!heap_.empty()) {
       auto slot = heap_.top().slot.lock();
@@ -673,29 +674,45 @@ class Replier {
   detail::SlotHold<Rep> hold_;
 };
 
-/// A responder: an RAII handle like HandlerSubscription (unsubscribe() is quiescent: when it
-/// returns the handler is not running and will not run again; requests it had queued end for
-/// their requesters at once with no_responders, unless another responder answers them).
+/// A responder: an RAII handle like HandlerSubscription. unsubscribe() is quiescent (when it
+/// returns the handler is not running and will not run again) and lets go of the requests still
+/// queued, so their requesters learn at once (no_responders, unless another responder answers);
+/// stats(), close_reason() and pattern() keep what they were at that moment. Closed otherwise (a
+/// stop request, the service closed), its queued requests go when the handle does.
 template <class Req, class Rep>
 class Responder {
  public:
   Responder() = default;
-  void unsubscribe() noexcept { sub_.unsubscribe(); }
+  void unsubscribe() noexcept {
+    if (last_) return;  // done already
+    sub_.unsubscribe();
+    last_ = Last{sub_.stats(), sub_.close_reason()};
+    sub_ = {};  // the handle's end releases what is queued
+  }
   template <class R = std::int64_t, class P = std::nano>
   bool wait_idle(std::chrono::duration<R, P> timeout = std::chrono::duration<R, P>::max()) const {
     return sub_.wait_idle(timeout);
   }
-  [[nodiscard]] bool is_open() const noexcept { return sub_.is_open(); }
-  [[nodiscard]] CloseReason close_reason() const noexcept { return sub_.close_reason(); }
+  [[nodiscard]] bool is_open() const noexcept { return !last_ && sub_.is_open(); }
+  [[nodiscard]] CloseReason close_reason() const noexcept {
+    return last_ ? last_->reason : sub_.close_reason();
+  }
   /// The queue and handler counters of its subscription (received = requests taken).
-  [[nodiscard]] HandlerStats stats() const noexcept { return sub_.stats(); }
-  [[nodiscard]] const std::string& pattern() const noexcept { return sub_.pattern(); }
+  [[nodiscard]] HandlerStats stats() const noexcept { return last_ ? last_->stats : sub_.stats(); }
+  [[nodiscard]] const std::string& pattern() const noexcept { return pattern_; }
 
-  explicit Responder(HandlerSubscription<detail::RequestBody<Req, Rep>> sub) noexcept
-      : sub_(std::move(sub)) {}
+  /// Throws: std::bad_alloc (copying the pattern).
+  explicit Responder(HandlerSubscription<detail::RequestBody<Req, Rep>> sub)
+      : sub_(std::move(sub)), pattern_(sub_.pattern()) {}
 
  private:
+  struct Last {
+    HandlerStats stats;
+    CloseReason reason;
+  };
   HandlerSubscription<detail::RequestBody<Req, Rep>> sub_;
+  std::string pattern_;
+  std::optional<Last> last_;  // set by unsubscribe()
 };
 
 /// A handler that answers by returning: `Rep handler(const Request<Req>&)`.

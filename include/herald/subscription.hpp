@@ -223,13 +223,9 @@ class HandlerSubscription {
  public:
   HandlerSubscription() = default;
 
-  /// Stops delivery and waits for a running invocation to finish (see the class comment), then
-  /// lets go of the messages still queued (no handler will run for them; their payloads are
-  /// freed now, not when the handle goes). Idempotent.
-  void unsubscribe() noexcept {
-    handle_.unsubscribe();
-    if (auto* s = state()) s->release();
-  }
+  /// Stops delivery and waits for a running invocation to finish (see the class comment).
+  /// Idempotent.
+  void unsubscribe() noexcept { handle_.unsubscribe(); }
 
   /// Waits until every message delivered to this subscription before the call has been handled
   /// (evictions by drop_oldest count as done), at most `timeout` (duration::max(): forever).
