@@ -65,15 +65,15 @@ int main() {
   // 4. A slow responder: the request times out; its late answer is counted, never mixed up
   //    with a later request.
   auto slow = prices.serve(
-      "prices.slow",
+      "slow.quote",
       [](const herald::Request<Quote>&) {
         std::this_thread::sleep_for(200ms);
         return Price{"slow-desk", 1};
       },
       pool);
-  herald::Reply<Price> late = prices.request("prices.slow", Quote{"ACME", 1}, 20ms);
+  herald::Reply<Price> late = prices.request("slow.quote", Quote{"ACME", 1}, 20ms);
   expect(late.error() == herald::RequestError::timeout,
-         fmt::format("prices.slow: {} after 20 ms", to_string(late.error())));
+         fmt::format("slow.quote: {} after 20 ms", to_string(late.error())));
 
   // 5. Scatter-gather: every desk on "quotes.all" answers (no queue group); request_many
   //    returns when all of them have, well before its timeout.
