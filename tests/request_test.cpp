@@ -401,7 +401,7 @@ TEST_CASE("under load every requester gets the reply to its own request; nothing
     std::vector<herald::Responder<herald_test::Counted, std::uint64_t>> responders;
     for (int i = 0; i < 3; ++i) {
       responders.push_back(svc.serve("svc.id",
-                                     [i](const Request<herald_test::Counted>& r) {
+                                     [](const Request<herald_test::Counted>& r) {
                                        if (r->value % 97 == 0)
                                          std::this_thread::sleep_for(2ms);  // some time out
                                        if (r->value % 89 == 0) throw std::runtime_error("refused");
