@@ -5,6 +5,7 @@
 #include <herald/detail/cache_line.hpp>
 #include <herald/detail/counters.hpp>
 #include <herald/detail/hashing.hpp>
+#include <herald/detail/retained_store.hpp>
 #include <herald/executor.hpp>
 #include <herald/handler_state.hpp>
 #include <herald/message.hpp>
@@ -26,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <stdexcept>
 #include <stop_token>
@@ -76,6 +78,13 @@ class BrokerCore final : public Registry<T> {
     ShardedCounters<count> counters;
   };
 
+  using RetainRule = typename RetainedStore<Message<T>>::Rule;
+  /// A Broker::retain policy: the topics matching `pattern` retain every publish by `rule`.
+  struct RetainedPattern {
+    Pattern pattern;
+    RetainRule rule;
+  };
+
   /// Everything a publish to one topic delivers to: resolved once, then shared by publishers
   /// until the subscription set changes (the generation tells).
   struct Route {
@@ -87,6 +96,8 @@ class BrokerCore final : public Registry<T> {
     /// The tracked pattern this topic counts for (track_topics), or null: one branch per
     /// publish when topics are not tracked.
     std::shared_ptr<TrackedTopic> tracked;
+    /// The retain policy covering this topic (Broker::retain), or null: one branch per publish.
+    std::shared_ptr<const RetainedPattern> retain;
     std::uint64_t generation = 0;
     [[nodiscard]] bool empty() const noexcept { return plain.empty() && groups.empty(); }
   };
@@ -95,7 +106,7 @@ class BrokerCore final : public Registry<T> {
   /// counts and caches for this broker. Written by its owner only, with plain stores (no locked
   /// instruction per publish); stats() sums the sites.
   struct Site {
-    OwnedCounter published, no_subscriber, delivered, dropped, evicted;
+    OwnedCounter published, no_subscriber, delivered, dropped, evicted, replayed;
     /// A small direct-mapped cache of routes by topic, for Broker::publish (a Publisher keeps
     /// its one route itself): a hit costs a hash and a compare instead of the registry's lock,
     /// its map and a reference count. An entry keeps its route's subscriptions alive until it
@@ -114,7 +125,9 @@ class BrokerCore final : public Registry<T> {
   };
   using SitePtr = std::shared_ptr<Site>;
 
-  BrokerCore() = default;
+  explicit BrokerCore(const BrokerOptions& options = {})
+      : retained_(options.max_retained_topics, options.max_retained_bytes),
+        default_rule_{1, options.retained_max_age} {}
   BrokerCore(const BrokerCore&) = delete;
   BrokerCore& operator=(const BrokerCore&) = delete;
   ~BrokerCore() {
@@ -230,6 +243,12 @@ class BrokerCore final : public Registry<T> {
         break;
       }
     }
+    for (const auto& p : retain_rules_) {
+      if (match_valid(topic, p->pattern.str())) {
+        r->retain = p;
+        break;
+      }
+    }
     std::vector<std::pair<const std::string*, std::size_t>> group_slots;  // key -> index in groups
     index_.match(topic, [&](const StatePtr& owner) {
       State* s = owner.get();
@@ -264,41 +283,93 @@ class BrokerCore final : public Registry<T> {
   [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// Offers one message to everything on the route, applying each subscriber's policy.
-  /// `headers`: moved into the message when one is built (null: none).
+  /// `headers`: moved into the message when one is built (null: none). `retain`: keep it as a
+  /// retained message (also when the route's topic has a retain policy).
   template <class... Args>
   PublishResult deliver(const Route& route, Site& site, std::string_view topic,
-                        std::uint64_t origin, Headers* headers, Args&&... args) {
-    PublishResult r;
-    if (route.empty()) {
-      site.published.add();
-      site.no_subscriber.add();
-      if (route.tracked) [[unlikely]]
-        count_tracked(*route.tracked, r);
-      return r;
-    }
+                        std::uint64_t origin, Headers* headers, bool retain, Args&&... args) {
+    if (retain || route.retain) [[unlikely]]
+      return deliver_retained(route, site, topic, origin, headers, std::forward<Args>(args)...);
+    if (route.empty()) return nobody(route, site);
     // The sequence number is drawn once the value is built: a throwing copy consumes none.
     auto m = Message<T>::make_drawn(
         topic, route.long_topic,
         [this] { return sequence_.fetch_add(1, std::memory_order_relaxed) + 1; }, origin, headers,
         std::forward<Args>(args)...);
-    // One reference per offer, set with one store: an offer keeps its reference when it queues
-    // the message and drops it otherwise; the last offer takes `m` itself.
-    const std::size_t offers = route.plain.size() + route.groups.size();
-    detail::MessageAccess::preset_refs(m, static_cast<std::uint32_t>(offers));
-    std::size_t left = offers;
-    const auto take = [&] { return --left == 0 ? std::move(m) : detail::MessageAccess::alias(m); };
-    for (const StatePtr& s : route.plain)
-      tally(r, s->offer(take()));
-    for (const GroupRoute& g : route.groups)
-      offer_to_group(r, g, take());
-    site.published.add();
+    return offer_all(route, site, std::move(m));
+  }
+
+  /// Registers nothing; reads what `s` (registered already, so that every route resolved from
+  /// now on has it) is to be replayed, `n` messages per topic at most, and ends its join (see
+  /// SubscriptionState::finish_join). The joint: a retained publish stores its message under
+  /// the store's lock before it looks at the generation (deliver_retained); this reads the
+  /// store under that lock after the registration bumped the generation. So either the store
+  /// came first and the replay has the message (or a newer one of its topic), or the
+  /// publisher's look at the generation came after the registration and its route has `s`:
+  /// nothing missed, and what both bring is skipped by sequence number.
+  /// Throws: std::bad_alloc.
+  void join(State& s, std::size_t n) {
+    std::vector<Message<T>> replay;
+    const std::string& pattern = s.pattern();
+    const std::uint64_t horizon = retained_.snapshot(
+        literal_or_none(pattern), [&](std::string_view t) { return match_valid(t, pattern); }, n,
+        [&](const Message<T>& m) { replay.push_back(m); }, std::chrono::steady_clock::now(),
+        [&] { return sequence_.load(std::memory_order_relaxed); });
+    ReplayedUpTo up_to;
+    for (const Message<T>& m : replay) {  // per topic oldest first: the last one is the newest
+      up_to.insert_or_assign(m.topic(), m.sequence());
+    }
+    PublishResult r;
+    std::uint64_t replayed = 0;
+    s.finish_join(replay, std::move(up_to), horizon, [&](Offer o, bool was_replayed) {
+      tally(r, o);
+      if (was_replayed) ++replayed;
+    });
+    Site& site = thread_site();
     if (r.delivered) site.delivered.add(r.delivered);
     if (r.dropped) site.dropped.add(r.dropped);
     if (r.evicted) site.evicted.add(r.evicted);
-    if (r.matched == 0) site.no_subscriber.add();
-    if (route.tracked) [[unlikely]]
-      count_tracked(*route.tracked, r);
-    return r;
+    if (replayed) site.replayed.add(replayed);
+  }
+
+  /// Adds or replaces (same pattern) a retain policy; topics already retained follow it too.
+  void retain(std::string_view pattern, const RetainRule& rule) {
+    std::vector<std::shared_ptr<const RetainedPattern>> rules;
+    {
+      std::unique_lock lock(mutex_);
+      auto next = std::make_shared<const RetainedPattern>(RetainedPattern{Pattern(pattern), rule});
+      bool replaced = false;
+      for (auto& p : retain_rules_) {
+        if (p->pattern.str() == pattern) {
+          p = next;
+          replaced = true;
+        }
+      }
+      if (!replaced) retain_rules_.push_back(std::move(next));
+      rules = retain_rules_;
+      changed();  // routes resolved before have the old policies
+    }
+    retained_.set_rules([&](std::string_view topic) { return rule_for(rules, topic); });
+  }
+
+  /// The newest retained message of `topic` (valid), if any.
+  std::optional<Message<T>> retained(std::string_view topic) {
+    return retained_.newest(topic, std::chrono::steady_clock::now());
+  }
+
+  /// Every retained message of the topics `pattern` (valid) matches, per topic oldest first.
+  std::vector<Message<T>> retained_matching(std::string_view pattern) {
+    std::vector<Message<T>> out;
+    retained_.snapshot(
+        literal_or_none(pattern), [&](std::string_view t) { return match_valid(t, pattern); },
+        SIZE_MAX, [&](const Message<T>& m) { out.push_back(m); }, std::chrono::steady_clock::now(),
+        [] { return 0; });
+    return out;
+  }
+
+  /// Forgets the retained messages of the topics `pattern` (valid) matches; says how many.
+  std::size_t clear_retained(std::string_view pattern) {
+    return retained_.clear([&](std::string_view t) { return match_valid(t, pattern); });
   }
 
   /// Replaces the tracked topic patterns (validated by the caller); patterns tracked before
@@ -376,6 +447,12 @@ class BrokerCore final : public Registry<T> {
       add_counts(s, *site);
     s.subscriptions = live_.size();
     s.disconnects = disconnects_;
+    const auto kept = retained_.counts();
+    s.retained_topics = kept.topics;
+    s.retained_messages = kept.messages;
+    s.retained_bytes = kept.bytes;
+    s.retained_evicted = kept.evicted;
+    s.retained_expired = kept.expired;
     return s;
   }
 
@@ -448,9 +525,89 @@ class BrokerCore final : public Registry<T> {
         ++r.matched;
         ++r.dropped;
         break;
-      case Offer::closed:  // unsubscribed while we were publishing: not offered
+      case Offer::deferred:  // joining with a replay: its subscribe call offers it
+        ++r.matched;
+        break;
+      case Offer::closed:   // unsubscribed while we were publishing: not offered
+      case Offer::skipped:  // it was in that subscriber's replay
         break;
     }
+  }
+
+  // Draws the next sequence number (Message::make_drawn calls it once the value is built).
+  auto next_sequence() noexcept {
+    return [this] { return sequence_.fetch_add(1, std::memory_order_relaxed) + 1; };
+  }
+
+  // Counts a publish to a route with no subscription.
+  static PublishResult nobody(const Route& route, Site& site) noexcept {
+    PublishResult r;
+    site.published.add();
+    site.no_subscriber.add();
+    if (route.tracked) [[unlikely]]
+      count_tracked(*route.tracked, r);
+    return r;
+  }
+
+  // Offers `m` to everything on the route, and counts. Inlined: it is most of a publish, and the
+  // call would cost a plain publish about a tenth more instructions.
+  [[gnu::always_inline]] PublishResult offer_all(const Route& route, Site& site, Message<T>&& m) {
+    if (route.empty()) return nobody(route, site);
+    PublishResult r;
+    // One reference per offer, set with one store: an offer keeps its reference when it queues
+    // the message and drops it otherwise; the last offer takes `m` itself.
+    const std::size_t offers = route.plain.size() + route.groups.size();
+    detail::MessageAccess::preset_refs(m, static_cast<std::uint32_t>(offers));
+    std::size_t left = offers;
+    const auto take = [&] { return --left == 0 ? std::move(m) : detail::MessageAccess::alias(m); };
+    for (const StatePtr& s : route.plain)
+      tally(r, s->offer(take()));
+    for (const GroupRoute& g : route.groups)
+      offer_to_group(r, g, take());
+    site.published.add();
+    if (r.delivered) site.delivered.add(r.delivered);
+    if (r.dropped) site.dropped.add(r.dropped);
+    if (r.evicted) site.evicted.add(r.evicted);
+    if (r.matched == 0) site.no_subscriber.add();
+    if (route.tracked) [[unlikely]]
+      count_tracked(*route.tracked, r);
+    return r;
+  }
+
+  // A retained publish: the message is built and stored (see join for why first), then the
+  // generation decides whether `route` is still the one to deliver on.
+  // Out of line: the plain publish path stays as small as it was.
+  template <class... Args>
+  [[gnu::noinline]] PublishResult deliver_retained(const Route& route, Site& site,
+                                                   std::string_view topic, std::uint64_t origin,
+                                                   Headers* headers, Args&&... args) {
+    Message<T> m = Message<T>::make_drawn(topic, route.long_topic, next_sequence(), origin, headers,
+                                          std::forward<Args>(args)...);
+    retained_.store(m, route.retain ? route.retain->rule : default_rule_, retained_bytes(m));
+    if (route.generation == generation()) return offer_all(route, site, std::move(m));
+    const std::shared_ptr<const Route> now = this->route(topic);  // has every registration
+    return offer_all(*now, site, std::move(m));                   // that preceded the store
+  }
+
+  // A pattern without wildcards selects one topic: the store looks it up instead of scanning.
+  static std::string_view literal_or_none(std::string_view pattern) noexcept {
+    return is_valid_topic(pattern) ? pattern : std::string_view();
+  }
+
+  // A retained message's estimated size: see BrokerOptions.
+  static std::size_t retained_bytes(const Message<T>& m) noexcept {
+    std::size_t n = sizeof(T) + m.topic().size();
+    for (const auto& [name, value] : m.headers())
+      n += name.size() + value.size();
+    return n;
+  }
+
+  RetainRule rule_for(const std::vector<std::shared_ptr<const RetainedPattern>>& rules,
+                      std::string_view topic) const noexcept {
+    for (const auto& p : rules) {
+      if (match_valid(topic, p->pattern.str())) return p->rule;
+    }
+    return default_rule_;
   }
 
   // One member per group: the first with room starting at the round-robin cursor; when all are
@@ -463,10 +620,21 @@ class BrokerCore final : public Registry<T> {
     for (std::size_t i = 0; i < n; ++i) {
       State& s = *g.members[(start + i) % n];
       if (s.close_reason() != CloseReason::open) continue;
+      if (intercepted(r, s, m)) [[unlikely]]
+        return;
       if (s.try_offer(std::move(m))) return tally(r, Offer::delivered);
       if (!fallback) fallback = &s;
     }
     if (fallback) tally(r, fallback->offer(std::move(m)));
+  }
+
+  // A member joining with a replay holds or skips what it is offered (see
+  // SubscriptionState::intercept); the group's other members are not tried then.
+  static bool intercepted(PublishResult& r, State& s, Message<T>& m) {
+    if (!s.replays()) return false;
+    const std::optional<Offer> o = s.intercept(std::move(m));
+    if (o) tally(r, *o);
+    return o.has_value();
   }
 
   mutable std::shared_mutex mutex_;  // guards index_, live_, groups_, cache_
@@ -476,8 +644,11 @@ class BrokerCore final : public Registry<T> {
   std::unordered_map<std::string, std::shared_ptr<const Route>, TopicHash, std::equal_to<>> cache_;
   std::size_t cache_bytes_ = 0;                         // what cache_ holds, by cached_bytes()
   std::vector<std::shared_ptr<TrackedTopic>> tracked_;  // track_topics(), in order
-  std::uint64_t next_id_ = 0;                           // the last subscription id given
-  std::uint64_t disconnects_ = 0;                       // removed as slow consumers
+  std::vector<std::shared_ptr<const RetainedPattern>> retain_rules_;  // retain(), in order
+  RetainedStore<Message<T>> retained_;
+  const RetainRule default_rule_;  // PublishOptions::retain on a topic no policy covers
+  std::uint64_t next_id_ = 0;      // the last subscription id given
+  std::uint64_t disconnects_ = 0;  // removed as slow consumers
   std::atomic<bool> closed_{false};
   alignas(cache_line_size) std::atomic<std::uint64_t> generation_{0};
   alignas(cache_line_size) std::atomic<std::uint64_t> sequence_{0};
@@ -496,6 +667,7 @@ class BrokerCore final : public Registry<T> {
     s.delivered += site.delivered.get();
     s.dropped += site.dropped.get();
     s.evicted += site.evicted.get();
+    s.replayed += site.replayed.get();
   }
 
   // Folds the sites only the core still holds (their Publisher or thread is gone) into
@@ -526,23 +698,24 @@ class Publisher {
   PublishResult publish(const T& value) { return emplace(value); }
   /// Publishes `value`, moved into the one shared payload.
   PublishResult publish(T&& value) { return emplace(std::move(value)); }
-  /// Publishes a copy of `value` with `options` (headers).
+  /// Publishes a copy of `value` with `options` (headers, retain).
   PublishResult publish(const T& value, PublishOptions options) {
-    return emplace_with(&options.headers, value);
+    return emplace_with(&options.headers, options.retain, value);
   }
-  /// Publishes `value`, moved, with `options` (headers).
+  /// Publishes `value`, moved, with `options` (headers, retain).
   PublishResult publish(T&& value, PublishOptions options) {
-    return emplace_with(&options.headers, std::move(value));
+    return emplace_with(&options.headers, options.retain, std::move(value));
   }
-  /// Publishes a T constructed in place from `args` (only if someone will receive it).
+  /// Publishes a T constructed in place from `args` (only if someone will receive it, or the
+  /// topic retains).
   template <class... Args>
   PublishResult emplace(Args&&... args) {
-    return emplace_with(nullptr, std::forward<Args>(args)...);
+    return emplace_with(nullptr, false, std::forward<Args>(args)...);
   }
 
  private:
   template <class... Args>
-  PublishResult emplace_with(Headers* headers, Args&&... args) {
+  PublishResult emplace_with(Headers* headers, bool retain, Args&&... args) {
     if (core_->closed()) return PublishResult{.closed = true};
     using Site = typename detail::BrokerCore<T>::Site;
     Site& site = *site_;
@@ -550,11 +723,13 @@ class Publisher {
       auto route =
           route_ && route_->generation == core_->generation() ? route_ : core_->route(topic_);
       const detail::DeliveryDepth nested(site.depth);
-      return core_->deliver(*route, site, topic_, origin_, headers, std::forward<Args>(args)...);
+      return core_->deliver(*route, site, topic_, origin_, headers, retain,
+                            std::forward<Args>(args)...);
     }
     if (!route_ || route_->generation != core_->generation()) route_ = core_->route(topic_);
     const detail::DeliveryDepth outer(site.depth);
-    return core_->deliver(*route_, site, topic_, origin_, headers, std::forward<Args>(args)...);
+    return core_->deliver(*route_, site, topic_, origin_, headers, retain,
+                          std::forward<Args>(args)...);
   }
 
  public:
@@ -603,6 +778,10 @@ class Broker {
   using value_type = T;
 
   Broker() = default;
+  /// A broker with `options` (the bounds of its retained messages).
+  /// Throws: std::invalid_argument for an option out of range (see validate(BrokerOptions)).
+  explicit Broker(const BrokerOptions& options)
+      : core_(std::make_shared<detail::BrokerCore<T>>(validated(options))) {}
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;
   /// Closes the broker (see close()); subscriptions that outlive it stay valid and drain.
@@ -624,6 +803,10 @@ class Broker {
   /// A stop request on `stop` unsubscribes it (CloseReason::stopped); if the stop was already
   /// requested, nothing is ever delivered. On a closed broker it returns a subscription that is
   /// already closed with CloseReason::broker_closed.
+  /// With `options.replay`, the retained messages of the matching topics are offered before it
+  /// returns (the subscription's policy applies; Overflow::block does not wait then, it tries
+  /// once: a replay and what is published during the call that do not fit are dropped, counted
+  /// as dropped_timeout), per topic oldest first, then every live message not in the replay.
   /// Throws: InvalidTopic for an invalid pattern, std::invalid_argument for capacity 0;
   /// nothing is registered then.
   /// Complexity: O(tokens in the pattern), independent of the number of subscriptions.
@@ -675,7 +858,8 @@ class Broker {
   PublishResult publish(std::string_view topic, T&& value) {
     return publish_from(Origin{}, topic, std::move(value));
   }
-  /// Publishes a copy of `value` to `topic` with `options` (headers).
+  /// Publishes a copy of `value` to `topic` with `options`: headers, and `retain` to keep it as
+  /// the topic's retained message (see retain()).
   PublishResult publish(std::string_view topic, const T& value, PublishOptions options) {
     return publish_from(Origin{}, std::move(options), topic, value);
   }
@@ -686,13 +870,14 @@ class Broker {
   /// Publishes a T constructed in place from `args`, tagged with `origin` (for bridges).
   template <class... Args>
   PublishResult publish_from(Origin origin, std::string_view topic, Args&&... args) {
-    return publish_impl(origin, nullptr, topic, std::forward<Args>(args)...);
+    return publish_impl(origin, nullptr, false, topic, std::forward<Args>(args)...);
   }
-  /// As above, with `options` (headers).
+  /// As above, with `options` (headers, retain).
   template <class... Args>
   PublishResult publish_from(Origin origin, PublishOptions options, std::string_view topic,
                              Args&&... args) {
-    return publish_impl(origin, &options.headers, topic, std::forward<Args>(args)...);
+    return publish_impl(origin, &options.headers, options.retain, topic,
+                        std::forward<Args>(args)...);
   }
 
   /// A Publisher for `topic` that skips validation and routing on each publish.
@@ -704,7 +889,7 @@ class Broker {
 
  private:
   template <class... Args>
-  PublishResult publish_impl(Origin origin, Headers* headers, std::string_view topic,
+  PublishResult publish_impl(Origin origin, Headers* headers, bool retain, std::string_view topic,
                              Args&&... args) {
     if (core_->closed()) return PublishResult{.closed = true};
 #if !defined(NDEBUG)
@@ -714,11 +899,13 @@ class Broker {
     if (site.depth != 0) {  // from an inline handler: the outer delivery's route must live on
       const auto route = core_->route(topic);
       const detail::DeliveryDepth nested(site.depth);
-      return core_->deliver(*route, site, topic, origin.id, headers, std::forward<Args>(args)...);
+      return core_->deliver(*route, site, topic, origin.id, headers, retain,
+                            std::forward<Args>(args)...);
     }
     const auto& route = core_->cached_route(site, topic);
     const detail::DeliveryDepth outer(site.depth);
-    return core_->deliver(route, site, topic, origin.id, headers, std::forward<Args>(args)...);
+    return core_->deliver(route, site, topic, origin.id, headers, retain,
+                          std::forward<Args>(args)...);
   }
 
  public:
@@ -762,6 +949,63 @@ class Broker {
     core_->for_each_topic(visit);
   }
 
+  /// Makes every publish to a topic matching `pattern` retained by `policy`: the topic keeps
+  /// its newest `policy.last` messages (each for at most `policy.max_age`), with or without
+  /// PublishOptions::retain, for subscribers that ask for a replay and for retained() and
+  /// for_each_retained(). Calling it again with the same pattern replaces its policy; a topic
+  /// follows the first pattern it matches, in the order they were first given (topics no
+  /// pattern covers keep one message per PublishOptions::retain publish). Topics retained
+  /// already follow the new policies at once. Bounded by BrokerOptions.
+  ///
+  ///     broker.retain("sensors.>", {.last = 10, .max_age = std::chrono::minutes(5)});
+  ///
+  /// Throws: InvalidTopic for an invalid pattern; std::invalid_argument when policy.last is 0 or
+  /// above max_retained_per_topic, or max_age is negative. Nothing changes then.
+  void retain(std::string_view pattern, RetainPolicy policy) {
+    validate_pattern(pattern);
+    if (policy.last == 0 || policy.last > max_retained_per_topic) {
+      throw std::invalid_argument("herald: RetainPolicy::last is " + std::to_string(policy.last) +
+                                  "; it must be in [1, " + std::to_string(max_retained_per_topic) +
+                                  "]");
+    }
+    if (policy.max_age < std::chrono::nanoseconds::zero()) {
+      throw std::invalid_argument("herald: RetainPolicy::max_age is negative (" +
+                                  std::to_string(policy.max_age.count()) + " ns)");
+    }
+    core_->retain(pattern, {policy.last, policy.max_age});
+  }
+
+  /// The most messages a retain policy keeps per topic.
+  static constexpr std::size_t max_retained_per_topic = 4096;
+
+  /// The newest retained message of `topic` (a last-value read, without subscribing), or empty
+  /// when it has none (never retained, cleared, evicted, or older than its max_age).
+  /// Throws: InvalidTopic when `topic` is not a valid literal topic.
+  [[nodiscard]] std::optional<Message<T>> retained(std::string_view topic) const {
+    validate_topic(topic);
+    return core_->retained(topic);
+  }
+
+  /// Calls `visit(const herald::Message<T>&)` for every retained message of the topics
+  /// `pattern` matches (wildcards included), per topic oldest first, topics in no particular
+  /// order. A snapshot: `visit` runs without any broker lock held, so it may publish or
+  /// subscribe. Throws: InvalidTopic for an invalid pattern.
+  template <class Visitor>
+  requires(std::invocable<Visitor&, const Message<T>&>) void for_each_retained(
+      std::string_view pattern, Visitor&& visit) const {
+    validate_pattern(pattern);
+    for (const Message<T>& m : core_->retained_matching(pattern))
+      visit(m);
+  }
+
+  /// Forgets the retained messages of the topics `pattern` matches (later publishes retain
+  /// again; policies stay); returns how many messages went.
+  /// Throws: InvalidTopic for an invalid pattern.
+  std::size_t clear_retained(std::string_view pattern) {
+    validate_pattern(pattern);
+    return core_->clear_retained(pattern);
+  }
+
   /// Calls `visit(const herald::SubscriptionInfo&)` once for every live subscription: its kind,
   /// pattern, options and counters (what an exporter needs). The set is a snapshot taken when
   /// the call starts; `visit` runs without any broker lock held, so it may subscribe, unsubscribe
@@ -794,8 +1038,22 @@ class Broker {
     auto slot = stop.stop_possible() ? std::make_unique<detail::StopSlot<T>>() : nullptr;
     state->set_registry(core_);  // before anything (an executor's listener) can close it
     state->attach();
-    core_->add(state);  // the last step that can throw
+    core_->add(state);  // the last step that can throw, but for a replay's
+    if (state->replays()) {
+      try {
+        core_->join(*state, state->options().replay.count());
+      } catch (...) {
+        state->close_and_leave(CloseReason::unsubscribed);
+        state->quiesce();
+        throw;
+      }
+    }
     return detail::SubscriptionHandle<T>(std::move(state), std::move(stop), std::move(slot));
+  }
+
+  static const BrokerOptions& validated(const BrokerOptions& options) {
+    validate(options);
+    return options;
   }
 
   std::shared_ptr<detail::BrokerCore<T>> core_ = std::make_shared<detail::BrokerCore<T>>();

@@ -81,6 +81,12 @@ struct Envelope {
         refs.fetch_sub(1, std::memory_order_acq_rel) != 1) {
       return;
     }
+    destroy();
+  }
+
+  // Out of line, so that a Message's destructor stays small enough to be inlined (and elided
+  // after a move).
+  [[gnu::noinline]] void destroy() const noexcept {
     Envelope* self = const_cast<Envelope*>(this);
     self->~Envelope();
     pool().deallocate(self);
@@ -104,12 +110,19 @@ struct MessageAccess {
   /// Makes the (not yet shared) message `m` carry `n` references: `m` itself and n - 1 aliases.
   template <class M>
   static void preset_refs(const M& m, std::uint32_t n) noexcept {
-    m.env_->refs.store(n, std::memory_order_relaxed);  // nobody else can see it yet
+    m.env()->refs.store(n, std::memory_order_relaxed);  // nobody else can see it yet
   }
   /// A handle to m's envelope that takes over one of the preset references (no increment).
   template <class M>
   static M alias(const M& m) noexcept {
-    return M(m.env_);
+    return M(m.env());
+  }
+  /// Another handle to m's envelope, marked as replayed (Message::replayed); the T is shared.
+  template <class M>
+  static M replayed(const M& m) noexcept {
+    M r(m);
+    r.word_ |= M::kReplayed;
+    return r;
   }
 };
 
@@ -126,37 +139,41 @@ class Message {
  public:
   using value_type = T;
 
-  Message(const Message& other) noexcept : env_(other.env_) {
-    if (env_ != nullptr) env_->add_ref();
+  Message(const Message& other) noexcept : word_(other.word_) {
+    if (word_ != 0) env()->add_ref();
   }
-  Message(Message&& other) noexcept : env_(std::exchange(other.env_, nullptr)) {}
+  Message(Message&& other) noexcept : word_(std::exchange(other.word_, 0)) {}
   Message& operator=(Message other) noexcept {
-    std::swap(env_, other.env_);
+    std::swap(word_, other.word_);
     return *this;
   }
   ~Message() {
-    if (env_ != nullptr) env_->release();
+    if (word_ != 0) env()->release();
   }
 
   /// The topic it was published to.
-  [[nodiscard]] const std::string& topic() const noexcept { return env_->topic(); }
+  [[nodiscard]] const std::string& topic() const noexcept { return env()->topic(); }
   /// The value.
-  [[nodiscard]] const T& value() const noexcept { return env_->value; }
-  [[nodiscard]] const T& operator*() const noexcept { return env_->value; }
-  [[nodiscard]] const T* operator->() const noexcept { return &env_->value; }
+  [[nodiscard]] const T& value() const noexcept { return env()->value; }
+  [[nodiscard]] const T& operator*() const noexcept { return env()->value; }
+  [[nodiscard]] const T* operator->() const noexcept { return &env()->value; }
   /// Per-broker publish sequence number, starting at 1; increases with every publish.
-  [[nodiscard]] std::uint64_t sequence() const noexcept { return env_->sequence; }
+  [[nodiscard]] std::uint64_t sequence() const noexcept { return env()->sequence; }
   /// When publish was called (steady clock).
   [[nodiscard]] std::chrono::steady_clock::time_point published_at() const noexcept {
-    return env_->published_at;
+    return env()->published_at;
   }
   /// Who published it: 0 for local publishers; bridges tag what they import so they never
   /// send it back (see Broker::publish with an origin).
-  [[nodiscard]] std::uint64_t origin() const noexcept { return env_->origin; }
+  [[nodiscard]] std::uint64_t origin() const noexcept { return env()->origin; }
+  /// True when this subscriber received it as a replay of a retained message when it
+  /// subscribed (SubscribeOptions::replay), false for live messages. The payload is the one the
+  /// original publish shared: only this handle carries the mark.
+  [[nodiscard]] bool replayed() const noexcept { return (word_ & kReplayed) != 0; }
   /// The headers it was published with (empty when none).
   [[nodiscard]] const Headers& headers() const noexcept {
     static const Headers none;
-    return env_->headers ? *env_->headers : none;
+    return env()->headers ? *env()->headers : none;
   }
 
   /// Builds a message outside a broker (tests, adapters). The broker builds its own.
@@ -209,8 +226,18 @@ class Message {
                                                headers, std::forward<Args>(args)...));
   }
 
-  explicit Message(const detail::Envelope<T>* env) noexcept : env_(env) {}
-  const detail::Envelope<T>* env_ = nullptr;
+  explicit Message(const detail::Envelope<T>* env) noexcept
+      : word_(reinterpret_cast<std::uintptr_t>(env)) {}
+
+  // The envelope's address, with the replayed mark in its low bit (envelopes are aligned to at
+  // least 8): a Message stays one word, and marking one copies no T.
+  static constexpr std::uintptr_t kReplayed = 1;
+  static_assert(alignof(detail::Envelope<T>) > kReplayed);
+  [[nodiscard]] const detail::Envelope<T>* env() const noexcept {
+    return reinterpret_cast<const detail::Envelope<T>*>(word_ & ~kReplayed);
+  }
+
+  std::uintptr_t word_ = 0;
 };
 
 }  // namespace herald

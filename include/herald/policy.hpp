@@ -46,6 +46,29 @@ enum class CloseReason : std::uint8_t {
                      ///< in queue_depth
 };
 
+/// What a new subscription receives of the retained messages (Broker::retain, PublishOptions::
+/// retain) of the topics its pattern matches, before the live ones. A value type:
+/// `{.replay = herald::Replay::last_value()}`.
+class Replay {
+ public:
+  /// Nothing: only messages published from now on (the default).
+  [[nodiscard]] static constexpr Replay none() noexcept { return Replay(0); }
+  /// The last retained message of every matching topic.
+  [[nodiscard]] static constexpr Replay last_value() noexcept { return Replay(1); }
+  /// Up to the last `n` retained messages of every matching topic, oldest first (as many as
+  /// the topic retains). `last(0)` is none().
+  [[nodiscard]] static constexpr Replay last(std::size_t n) noexcept { return Replay(n); }
+
+  /// How many messages per topic it asks for (0: none).
+  [[nodiscard]] constexpr std::size_t count() const noexcept { return n_; }
+  [[nodiscard]] constexpr bool is_none() const noexcept { return n_ == 0; }
+  friend constexpr bool operator==(Replay, Replay) noexcept = default;
+
+ private:
+  constexpr explicit Replay(std::size_t n) noexcept : n_(n) {}
+  std::size_t n_ = 0;
+};
+
 /// Per-subscription options; Broker::subscribe validates every field (see validate()).
 /// Designated initialisers read well:
 /// `broker.subscribe("a.>", {.capacity = 64, .overflow = herald::Overflow::drop_oldest})`.
@@ -65,6 +88,11 @@ struct SubscribeOptions {
   /// Among the subscriptions of one group on the same pattern, each message goes to exactly one
   /// member (one with room when there is one).
   std::string queue_group{};
+  /// Retained messages to receive first (see Replay and Broker::retain): per topic in publish
+  /// order, then the live messages, with none missed or repeated at the joint. Replayed
+  /// messages go through this subscription's overflow policy like any other offer, except that
+  /// Overflow::block does not wait while the subscribe call runs (see Broker::subscribe).
+  Replay replay = Replay::none();
 };
 
 /// Per-publish options (Broker::publish, Publisher::publish, Broker::publish_from).
@@ -72,7 +100,49 @@ struct PublishOptions {
   /// Carried with the message to every subscriber (Message::headers), and by the NATS bridge as
   /// NATS headers. Empty: no headers, and nothing allocated for them.
   Headers headers{};
+  /// Keep this message as its topic's retained message (the last one; the last N when a
+  /// Broker::retain policy covers the topic), replayed to later subscribers that ask for it
+  /// (SubscribeOptions::replay) and read by Broker::retained. Bounded by BrokerOptions.
+  bool retain = false;
 };
+
+/// How a broker retains the messages of the topics matching a pattern (Broker::retain): every
+/// publish to such a topic is retained, with or without PublishOptions::retain.
+struct RetainPolicy {
+  /// Messages kept per topic, the newest ones, in [1, Broker::max_retained_per_topic].
+  std::size_t last = 1;
+  /// A retained message older than this (since its publish, steady clock) is no longer
+  /// replayed nor returned; zero: kept until replaced, cleared or evicted.
+  std::chrono::nanoseconds max_age = std::chrono::nanoseconds::zero();
+};
+
+/// Broker-wide options (Broker(BrokerOptions)): the bounds of its retained messages.
+/// A retained message is estimated at sizeof(T) + its topic's length + its headers' names and
+/// values; what T owns on the heap is not counted. When a publish takes the store over a bound,
+/// whole topics are evicted, least recently published first (BrokerStats::retained_evicted).
+struct BrokerOptions {
+  /// Topics with retained messages, at least 1.
+  std::size_t max_retained_topics = 100'000;
+  /// Estimated bytes of the retained messages, at least 1.
+  std::size_t max_retained_bytes = std::size_t{64} << 20;
+  /// max_age of the messages retained by PublishOptions::retain on topics no retain policy
+  /// covers (see RetainPolicy::max_age); zero: no age limit.
+  std::chrono::nanoseconds retained_max_age = std::chrono::nanoseconds::zero();
+};
+
+/// Throws std::invalid_argument, naming the field, unless the bounds are at least 1 and the
+/// age is not negative.
+inline void validate(const BrokerOptions& options) {
+  const auto fail = [](const std::string& what) {
+    throw std::invalid_argument("herald: BrokerOptions::" + what);
+  };
+  if (options.max_retained_topics == 0) fail("max_retained_topics is 0; it must be at least 1");
+  if (options.max_retained_bytes == 0) fail("max_retained_bytes is 0; it must be at least 1");
+  if (options.retained_max_age < std::chrono::nanoseconds::zero()) {
+    fail("retained_max_age is negative (" + std::to_string(options.retained_max_age.count()) +
+         " ns)");
+  }
+}
 
 /// How a handler subscription retries a message whose handler threw.
 /// Backoff between attempts uses "decorrelated jitter": each delay is drawn uniformly from

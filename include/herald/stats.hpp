@@ -36,6 +36,14 @@ struct BrokerStats {
   std::uint64_t no_subscriber = 0;  ///< publishes that matched no subscription
   std::size_t subscriptions = 0;    ///< live subscriptions now
   std::uint64_t disconnects = 0;    ///< subscriptions closed as slow consumers (disconnect policy)
+  // Retained messages (Broker::retain, PublishOptions::retain, BrokerOptions).
+  std::size_t retained_topics = 0;     ///< topics with retained messages now
+  std::size_t retained_messages = 0;   ///< retained messages now
+  std::size_t retained_bytes = 0;      ///< their estimated size now (see BrokerOptions)
+  std::uint64_t retained_evicted = 0;  ///< retained messages evicted by a BrokerOptions bound
+  std::uint64_t retained_expired = 0;  ///< retained messages dropped once older than max_age
+  std::uint64_t replayed = 0;          ///< replay offers made to subscriptions (in delivered
+                                       ///< and dropped like any other offer)
 };
 
 /// Counters of the publishes to the topics matching one tracked pattern (Broker::track_topics):

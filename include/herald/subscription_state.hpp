@@ -5,6 +5,7 @@
 
 #include <herald/bounded_queue.hpp>
 #include <herald/detail/cache_line.hpp>
+#include <herald/detail/hashing.hpp>
 #include <herald/message.hpp>
 #include <herald/policy.hpp>
 #include <herald/stats.hpp>
@@ -14,11 +15,16 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace herald {
 
@@ -38,8 +44,20 @@ class Registry {
   ~Registry() = default;
 };
 
-/// What an offer did, for the publisher's result and the broker totals.
-enum class Offer : std::uint8_t { delivered, dropped, evicted_and_delivered, closed };
+/// What an offer did, for the publisher's result and the broker totals. `deferred`: held for a
+/// subscription that is joining with a replay, offered when its subscribe call finishes it;
+/// `skipped`: that subscription had it (or a newer message of its topic) in its replay.
+enum class Offer : std::uint8_t {
+  delivered,
+  dropped,
+  evicted_and_delivered,
+  closed,
+  deferred,
+  skipped
+};
+
+/// Per topic, the sequence number of the newest message a subscription was replayed.
+using ReplayedUpTo = std::unordered_map<std::string, std::uint64_t, TopicHash, std::equal_to<>>;
 
 template <class T>
 class SubscriptionState {
@@ -50,7 +68,8 @@ class SubscriptionState {
         options_(validated(std::move(options))),
         group_key_(options_.queue_group.empty() ? std::string()
                                                 : pattern_ + ' ' + options_.queue_group),
-        queue_(options_.capacity) {}
+        queue_(options_.capacity),
+        join_(options_.replay.is_none() ? nullptr : std::make_unique<Join>()) {}
   virtual ~SubscriptionState() = default;
   SubscriptionState(const SubscriptionState&) = delete;
   SubscriptionState& operator=(const SubscriptionState&) = delete;
@@ -109,6 +128,68 @@ class SubscriptionState {
   /// Applies this subscriber's overflow policy to one message. Called by publishers, concurrently.
   template <class M>
   Offer offer(M&& m) {
+    if (join_) [[unlikely]] {
+      // Moves from `m` only when it returns an outcome.
+      if (const std::optional<Offer> o = intercept(std::forward<M>(m))) return *o;
+    }
+    return offer_now(std::forward<M>(m), true);
+  }
+
+  /// True for a subscription made with a replay (SubscribeOptions::replay).
+  [[nodiscard]] bool replays() const noexcept { return join_ != nullptr; }
+
+  /// For a subscription made with a replay: while it is joining, holds `m` for finish_join
+  /// (Offer::deferred); once joined, Offer::skipped when `m` is no newer than what its replay
+  /// had of its topic; otherwise nothing, and `m` is left as it was (offer it).
+  template <class M>
+  [[gnu::noinline]] std::optional<Offer> intercept(M&& m) {
+    if (!join_->joined.load(std::memory_order_acquire)) {
+      std::unique_lock lock(join_->mutex);
+      if (!join_->joined.load(std::memory_order_relaxed)) {
+        join_->pending.emplace_back(std::forward<M>(m));
+        return Offer::deferred;
+      }
+    }
+    if (join_->had(m)) return Offer::skipped;
+    return std::nullopt;
+  }
+
+  /// Ends the join of a subscription made with a replay, on the subscribing thread, once it is
+  /// registered (so every later route has it) and `replay` was read from the retained store:
+  /// offers `replay` (marked replayed), then what publishers offered meanwhile and the replay
+  /// did not have (`up_to`: per topic, the newest sequence replayed; `horizon`: the broker's
+  /// last sequence number when the replay was read), then lets publishers offer directly.
+  /// Offers made here never wait (Overflow::block tries once: see SubscribeOptions::replay).
+  /// `count(Offer, bool replayed)` is told each outcome.
+  template <class Count>
+  void finish_join(const std::vector<Message<T>>& replay, ReplayedUpTo up_to, std::uint64_t horizon,
+                   Count&& count) {
+    {
+      const std::lock_guard lock(join_->mutex);
+      join_->up_to = std::move(up_to);
+      join_->horizon = horizon;
+    }
+    for (const Message<T>& m : replay)
+      count(offer_now(MessageAccess::replayed(m), false), true);
+    for (;;) {
+      std::vector<Message<T>> batch;
+      {
+        const std::lock_guard lock(join_->mutex);
+        if (join_->pending.empty()) {
+          join_->joined.store(true, std::memory_order_release);
+          return;
+        }
+        batch.swap(join_->pending);
+      }
+      for (Message<T>& m : batch)
+        count(join_->had(m) ? Offer::skipped : offer_now(std::move(m), false), false);
+    }
+  }
+
+ private:
+  // Applies the policy; `may_wait` false: Overflow::block tries once (counted as a timeout).
+  template <class M>
+  [[gnu::always_inline]] Offer offer_now(M&& m, bool may_wait) {
     if (try_offer(std::forward<M>(m))) return Offer::delivered;
     // Full, or closed. A push fails because of a close only once is_closed() is true.
     if (queue_.is_closed()) return Offer::closed;
@@ -124,11 +205,13 @@ class SubscriptionState {
       case Overflow::drop_oldest:
         return evict_and_offer(std::forward<M>(m));
       case Overflow::block:
+        if (!may_wait) return refuse(dropped_timeout_);
         return block_and_offer(std::forward<M>(m));
     }
     return Offer::closed;  // unreachable: the options were validated
   }
 
+ public:
   /// Closes once: the first reason wins. True for the call that closed it. After it returns no
   /// enqueue can succeed (the queue's close is linearizable with push); queued messages stay
   /// available to the consumer.
@@ -225,6 +308,22 @@ class SubscriptionState {
 
   static constexpr std::uint64_t kHighWaterSample = 64;
 
+  // The joint of a subscription made with a replay (see intercept and finish_join).
+  struct Join {
+    std::mutex mutex;                 // guards pending, and up_to and horizon until joined
+    std::vector<Message<T>> pending;  // offered while joining, in order
+    std::atomic<bool> joined{false};  // set once; then up_to and horizon are read-only
+    ReplayedUpTo up_to;
+    std::uint64_t horizon = 0;
+    // Whether the replay had `m`'s topic up to `m` or beyond. A message numbered after the
+    // replay was read (beyond the horizon) cannot have been in it: no lookup.
+    [[nodiscard]] bool had(const Message<T>& m) const {
+      if (m.sequence() > horizon) return false;
+      const auto it = up_to.find(std::string_view(m.topic()));
+      return it != up_to.end() && m.sequence() <= it->second;
+    }
+  };
+
   template <class M>
   Offer evict_and_offer(M&& m) {
     bool evicted = false;
@@ -264,6 +363,7 @@ class SubscriptionState {
   std::atomic<CloseReason> reason_{CloseReason::open};
   std::weak_ptr<Registry<T>> registry_;
   std::uint64_t id_ = 0;
+  const std::unique_ptr<Join> join_;  // null unless it replays: one test per offer
 
   // Written by consumers (the publish time of the message taken last, steady clock ticks).
   alignas(cache_line_size) std::atomic<std::chrono::steady_clock::rep> last_taken_{
