@@ -551,13 +551,19 @@ class BrokerCore final : public Registry<T> {
 
   // Offers `m` to everything on the route, and counts. Inlined: it is most of a publish, and the
   // call would cost a plain publish about a tenth more instructions.
-  [[gnu::always_inline]] PublishResult offer_all(const Route& route, Site& site, Message<T>&& m) {
+  // `shared`: the retained store holds `m` too, so its count is added to, not set.
+  [[gnu::always_inline]] PublishResult offer_all(const Route& route, Site& site, Message<T>&& m,
+                                                 bool shared = false) {
     if (route.empty()) return nobody(route, site);
     PublishResult r;
     // One reference per offer, set with one store: an offer keeps its reference when it queues
     // the message and drops it otherwise; the last offer takes `m` itself.
     const std::size_t offers = route.plain.size() + route.groups.size();
-    detail::MessageAccess::preset_refs(m, static_cast<std::uint32_t>(offers));
+    if (shared) [[unlikely]] {
+      detail::MessageAccess::add_refs(m, static_cast<std::uint32_t>(offers - 1));
+    } else {
+      detail::MessageAccess::preset_refs(m, static_cast<std::uint32_t>(offers));
+    }
     std::size_t left = offers;
     const auto take = [&] { return --left == 0 ? std::move(m) : detail::MessageAccess::alias(m); };
     for (const StatePtr& s : route.plain)
@@ -584,9 +590,9 @@ class BrokerCore final : public Registry<T> {
     Message<T> m = Message<T>::make_drawn(topic, route.long_topic, next_sequence(), origin, headers,
                                           std::forward<Args>(args)...);
     retained_.store(m, route.retain ? route.retain->rule : default_rule_, retained_bytes(m));
-    if (route.generation == generation()) return offer_all(route, site, std::move(m));
+    if (route.generation == generation()) return offer_all(route, site, std::move(m), true);
     const std::shared_ptr<const Route> now = this->route(topic);  // has every registration
-    return offer_all(*now, site, std::move(m));                   // that preceded the store
+    return offer_all(*now, site, std::move(m), true);             // that preceded the store
   }
 
   // A pattern without wildcards selects one topic: the store looks it up instead of scanning.

@@ -112,6 +112,12 @@ struct MessageAccess {
   static void preset_refs(const M& m, std::uint32_t n) noexcept {
     m.env()->refs.store(n, std::memory_order_relaxed);  // nobody else can see it yet
   }
+  /// Adds `n` references to the message `m`, which others may hold and copy meanwhile (a
+  /// retained message): the atomic counterpart of preset_refs(m, n + 1).
+  template <class M>
+  static void add_refs(const M& m, std::uint32_t n) noexcept {
+    if (n != 0) m.env()->refs.fetch_add(n, std::memory_order_relaxed);
+  }
   /// A handle to m's envelope that takes over one of the preset references (no increment).
   template <class M>
   static M alias(const M& m) noexcept {
