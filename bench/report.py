@@ -161,6 +161,7 @@ SUITES = [
     ("sync", "Concurrency toolkit vs plain baselines"),
     ("nats", "NATS bridge vs raw libnats"),
     ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
+    ("retained", "Retained messages: publish with retention, subscribe with a replay"),
 ]
 
 

@@ -101,6 +101,7 @@ smoke_time=()
 run bench_topic_index --reps="$reps" --go-peer="$peers/sublist" "${gbench_flags[@]}" \
   "${smoke_time[@]}" --benchmark_filter=-BM_index_match --benchmark_out="$out/topic_index.json"
 run bench_sync --reps="$reps"
+run bench_retained --reps="$reps"
 run bench_metrics --reps="$reps"
 if [ "$nats" = built ]; then
   run bench_nats_bridge "${gbench_flags[@]}" --benchmark_out="$out/nats_bridge.json"

@@ -316,6 +316,7 @@ class BrokerCore final : public Registry<T> {
         [&](const Message<T>& m) { replay.push_back(m); }, std::chrono::steady_clock::now(),
         [&] { return sequence_.load(std::memory_order_relaxed); });
     ReplayedUpTo up_to;
+    up_to.reserve(replay.size());
     for (const Message<T>& m : replay) {  // per topic oldest first: the last one is the newest
       up_to.insert_or_assign(m.topic(), m.sequence());
     }

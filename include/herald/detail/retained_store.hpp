@@ -59,6 +59,15 @@ class RetainedStore {
       link_newest(s);
     }
     s.rule = rule;
+    if (s.messages.size() == 1 && rule.last == 1 &&
+        s.messages.front().message.sequence() < m.sequence()) {  // the last value, replaced
+      Kept& k = s.messages.front();
+      s.bytes += bytes - k.bytes;
+      bytes_ += bytes - k.bytes;
+      k = Kept{m, bytes};
+      evict_beyond_bounds(s);
+      return;
+    }
     // Sequence order; the common case (one publisher per topic) appends.
     auto pos = s.messages.end();
     while (pos != s.messages.begin() && std::prev(pos)->message.sequence() > m.sequence())
@@ -75,10 +84,7 @@ class RetainedStore {
     ++messages_;
     while (s.messages.size() > rule.last)
       pop_oldest(s);
-    while ((slots_.size() > max_topics_ || bytes_ > max_bytes_) && oldest_ != &s) {
-      evicted_ += oldest_->messages.size();
-      erase(slots_.find(*oldest_->key));
-    }
+    evict_beyond_bounds(s);
   }
 
   /// Under the store's lock: calls `take(const M&)` for the newest at most `n` messages not
@@ -161,6 +167,14 @@ class RetainedStore {
     Slot* newer = nullptr;
   };
   using Map = std::unordered_map<std::string, Slot, TopicHash, std::equal_to<>>;
+
+  // Evicts whole topics, least recently stored first, never `kept`, while a bound is exceeded.
+  void evict_beyond_bounds(const Slot& kept) noexcept {
+    while ((slots_.size() > max_topics_ || bytes_ > max_bytes_) && oldest_ != &kept) {
+      evicted_ += oldest_->messages.size();
+      erase(slots_.find(*oldest_->key));
+    }
+  }
 
   void link_newest(Slot& s) noexcept {
     s.older = newest_;
