@@ -406,6 +406,19 @@ requires(Codec<ReqCodec, Req>&& Codec<RepCodec, Rep>) class ServiceBridge {
           reply_codec(std::move(pc)),
           report(options.on_error) {}
 
+    // The bytes of `value`, or nothing after reporting why not (the text in `error`).
+    template <class C, class V>
+    std::optional<std::string_view> encode(const C& codec, const V& value, std::string& scratch,
+                                           std::string_view subject, std::string& error) {
+      try {
+        return std::string_view(codec.encode(value, scratch));
+      } catch (...) {
+        error = "herald::nats: encode: " + herald::detail::exception_text(std::current_exception());
+        report(ErrorKind::encode_failed, subject, error);
+        return std::nullopt;
+      }
+    }
+
     // ----- answer: the service's outcome goes back to the NATS requester -----
 
     void reply(const std::string& subject, Reply<Rep>&& r) noexcept {
@@ -420,16 +433,13 @@ requires(Codec<ReqCodec, Req>&& Codec<RepCodec, Rep>) class ServiceBridge {
           return;
         }
         std::string scratch;
-        std::string_view data;
-        try {
-          data = reply_codec.encode(*r, scratch);
-        } catch (...) {
-          const std::string text =
-              "herald::nats: encode: " + herald::detail::exception_text(std::current_exception());
-          report(ErrorKind::encode_failed, subject, text);
-          reply_error(subject, RequestError::failed, text, {});
+        std::string why;
+        const auto encoded = encode(reply_codec, *r, scratch, subject, why);
+        if (!encoded) {
+          reply_error(subject, RequestError::failed, why, {});
           return;
         }
+        const std::string_view data = *encoded;
         const std::int64_t max = natsConnection_GetMaxPayload(nc);
         if (max > 0 && data.size() > static_cast<std::uint64_t>(max)) {
           const std::string text = "herald::nats: the reply is " + std::to_string(data.size()) +
@@ -497,15 +507,10 @@ requires(Codec<ReqCodec, Req>&& Codec<RepCodec, Rep>) class ServiceBridge {
       }
       const std::string& subject = r.topic();
       std::string scratch;
-      std::string_view data;
-      try {
-        data = request_codec.encode(*r, scratch);
-      } catch (...) {
-        const std::string text =
-            "herald::nats: encode: " + herald::detail::exception_text(std::current_exception());
-        report(ErrorKind::encode_failed, subject, text);
-        return refuse(std::move(replier), text);
-      }
+      std::string why;
+      const auto encoded = encode(request_codec, *r, scratch, subject, why);
+      if (!encoded) return refuse(std::move(replier), std::move(why));
+      const std::string_view data = *encoded;
       if (subject.size() > options.max_subject_bytes) {
         const std::string text = "herald::nats: subject is " + std::to_string(subject.size()) +
                                  " bytes; max_subject_bytes is " +
