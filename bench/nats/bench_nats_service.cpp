@@ -5,6 +5,8 @@
 // binary on a free loopback port, serves both.
 //
 //   raw_libnats/request     natsConnection_Request; the responder replies from its callback
+//   raw_libnats/request_send_asap   the same with libnats's SendAsap on both connections, as
+//                           ServiceBridge sets it: the like-for-like yardstick
 //   herald/service_bridge   svc.request on one Service, answered by an inline responder of
 //                           another Service behind a second connection
 //
@@ -46,11 +48,23 @@ void respond(natsConnection* nc, natsSubscription*, natsMsg* msg, void*) {
   natsMsg_Destroy(msg);
 }
 
+// A raw connection, with libnats's SendAsap when `asap` (what ServiceBridge sets by default).
+natsConnection* connect_raw(bool asap) {
+  natsOptions* opts = nullptr;
+  check(natsOptions_Create(&opts), "options");
+  check(natsOptions_SetURL(opts, server().url().c_str()), "url");
+  if (asap) check(natsOptions_SetSendAsap(opts, true), "send asap");
+  natsConnection* nc = nullptr;
+  const natsStatus s = natsConnection_Connect(&nc, opts);
+  natsOptions_Destroy(opts);
+  check(s, "connect");
+  return nc;
+}
+
 void BM_raw_libnats(benchmark::State& state) {
-  natsConnection* responder = nullptr;
-  natsConnection* requester = nullptr;
-  check(natsConnection_ConnectTo(&responder, server().url().c_str()), "connect");
-  check(natsConnection_ConnectTo(&requester, server().url().c_str()), "connect");
+  const bool asap = state.range(0) != 0;
+  natsConnection* responder = connect_raw(asap);
+  natsConnection* requester = connect_raw(asap);
   natsSubscription* sub = nullptr;
   check(natsConnection_Subscribe(&sub, responder, "bench.raw", respond, nullptr), "subscribe");
   check(natsConnection_Flush(responder), "flush");
@@ -96,7 +110,8 @@ void shape(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 // Interleaved repetitions: the rows share the machine's phases (see DESIGN.md).
-BENCHMARK(BM_raw_libnats)->Name("raw_libnats/request")->Apply(shape);
+BENCHMARK(BM_raw_libnats)->Name("raw_libnats/request")->Arg(0)->Apply(shape);
+BENCHMARK(BM_raw_libnats)->Name("raw_libnats/request_send_asap")->Arg(1)->Apply(shape);
 BENCHMARK(BM_herald)->Name("herald/service_bridge")->Apply(shape);
 
 BENCHMARK_MAIN();

@@ -265,7 +265,8 @@ class ReplySlot {
 
   // ---- answering side (responders, Repliers) ----
 
-  /// A responder's outcome. Counted as late or extra when the request had already ended.
+  /// A responder's outcome. Counted as late or extra when the request had already ended (except
+  /// a timeout error, which is no reply).
   void answer(Reply<Rep>&& r) {
     if (many_) {
       std::unique_lock lock(mutex_);
@@ -280,8 +281,11 @@ class ReplySlot {
       counters_->add(ServiceCounters::late);
       return;
     }
+    // A responder (a bridge) reporting a timeout after the request ended has not replied: it
+    // only agrees that nobody did in time. Not counted.
+    const bool is_timeout = r.error() == RequestError::timeout;
     const RequestError by = finish(std::move(r));
-    if (by != kWon) {
+    if (by != kWon && !is_timeout) {
       counters_->add(by == RequestError::timeout || by == RequestError::cancelled ||
                              by == RequestError::closed
                          ? ServiceCounters::late

@@ -197,6 +197,17 @@ struct Operands {
 
 }  // namespace
 
+// The answering side counts a reply once it has sent it -- possibly after the requester has it.
+// Waits until every request it took is counted by how it ended (the identity in ServiceBridge).
+template <class Bridge>
+bool answers_settled(const Bridge& bridge) {
+  return eventually([&] {
+    const auto a = bridge.stats().answers;
+    return a.requests ==
+           a.answered + a.timeouts + a.no_responders + a.failed + a.bad_requests + a.unsent;
+  });
+}
+
 TEST_CASE("a nats.go requester is answered by a herald responder, errors as service errors",
           "[nats][service]") {
   if (go_peer().empty()) {
@@ -247,6 +258,7 @@ TEST_CASE("a nats.go requester is answered by a herald responder, errors as serv
   CHECK(go_request(server, "svc.slow", "zzz", 5000).front().rfind("service-error 504 ", 0) == 0);
   slow_gate.open();
 
+  CHECK(answers_settled(bridge));
   const auto s = bridge.stats();
   CHECK(s.answers.requests == 6);
   CHECK(s.answers.answered == 2);
@@ -365,6 +377,7 @@ TEST_CASE("herald answers herald across two connections, errors mapped back", "[
   CHECK(std::chrono::steady_clock::now() - start < 4s);
   slow_gate.open();
 
+  CHECK(answers_settled(answering));
   const auto a = answering.stats();
   CHECK(a.answers.requests == 5);
   CHECK(a.answers.answered == 2);
@@ -456,6 +469,7 @@ TEST_CASE("8 threads x 500 requests over NATS each get their own reply", "[nats]
   CHECK(f.forwards.replied == kThreads * kEach);
   CHECK(f.forwards.in_flight == 0);
   CHECK(f.forwards.late_replies == 0);
+  CHECK(answers_settled(answering));
   CHECK(answering.stats().answers.answered == kThreads * kEach);
 }
 

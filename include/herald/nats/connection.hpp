@@ -120,6 +120,9 @@ struct ConnectionSettings {
   ReconnectPolicy reconnect;
   std::chrono::milliseconds ping_interval;
   int reconnect_buffer_bytes;
+  /// Write each publish to the socket at once instead of letting the client's flusher batch
+  /// them: lower latency for request-reply, fewer messages/s for streams.
+  bool send_asap = false;
 };
 
 /// One NATS connection with the settings a bridge needs: never echoes its own publishes,
@@ -139,6 +142,7 @@ class Connection {
     check(natsOptions_SetURL(opts, o.url.c_str()), "herald::nats: invalid URL");
     if (!o.name.empty()) check(natsOptions_SetName(opts, o.name.c_str()), "herald::nats: name");
     check(natsOptions_SetNoEcho(opts, true), "herald::nats: no-echo");
+    if (o.send_asap) check(natsOptions_SetSendAsap(opts, true), "herald::nats: send asap");
     check(natsOptions_SetTimeout(opts, o.connect_timeout.count()), "herald::nats: timeout");
     check(natsOptions_SetPingInterval(opts, o.ping_interval.count()), "herald::nats: ping");
     check(natsOptions_SetAllowReconnect(opts, true), "herald::nats: reconnect");

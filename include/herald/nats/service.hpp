@@ -48,6 +48,10 @@ struct ServiceBridgeOptions {
   ReconnectPolicy reconnect{};
   std::chrono::milliseconds ping_interval{10000};
   int reconnect_buffer_bytes = 8 * 1024 * 1024;
+  /// Send each request and reply at once (libnats's SendAsap): without it the client's flusher
+  /// may hold a publish for up to about a millisecond, which a round trip pays twice. Measured
+  /// with bench_nats_service: ~2x the round trips per second of the default.
+  bool send_asap = true;
   /// Longer subjects are refused (NATS servers close a connection whose protocol line exceeds
   /// max_control_line, 4096 by default).
   std::size_t max_subject_bytes = 4000;
@@ -233,7 +237,7 @@ requires(Codec<ReqCodec, Req>&& Codec<RepCodec, Rep>) class ServiceBridge {
     const ServiceBridgeOptions& o = core_->options;
     conn_ = std::make_unique<detail::Connection>(
         detail::ConnectionSettings{o.url, o.name, o.connect_timeout, o.reconnect, o.ping_interval,
-                                   o.reconnect_buffer_bytes},
+                                   o.reconnect_buffer_bytes, o.send_asap},
         core_->report, detail::random_id(), [core = core_.get()](bool connected) {
           if (!connected) {
             core->end_all(RequestError::failed,
