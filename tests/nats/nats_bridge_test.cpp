@@ -2,9 +2,13 @@
 // exchange between two brokers, the same wildcard meaning on both sides, no echo loops, a server
 // restart in the middle of a stream with every loss counted, the export queue's overflow policy
 // during an outage, clear errors for invalid and oversized subjects and payloads, and message
-// headers carried as NATS headers.
+// headers carried as NATS headers, with herald on both ends and with a nats.go client ("[go]").
 #include <herald/metrics.hpp>
 #include <herald/nats.hpp>
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <atomic>
@@ -833,3 +837,84 @@ TEST_CASE("the status of a no-responders message is not imported as headers", "[
   CHECK((*m)->empty());
   CHECK(m->headers().empty());
 }
+
+#ifdef HERALD_NATS_GO_PEER
+namespace {
+
+/// A child process sharing the test's stdout and stderr; the destructor kills it if it still
+/// runs (a failed REQUIRE on the way).
+class Child {
+ public:
+  explicit Child(std::vector<std::string> args) {
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  [[nodiscard]] bool started() const noexcept { return pid_ > 0; }
+  /// Its exit status (-1: killed or not started).
+  int wait() {
+    int status = 0;
+    while (pid_ > 0 && waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    const bool ran = pid_ > 0;
+    pid_ = -1;
+    return ran && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("a nats.go client reads the headers herald exports, and herald imports its headers",
+          "[nats][go]") {
+  NatsServer server;
+  Broker<std::string> broker;
+  Bridge<std::string> bridge(
+      broker,
+      {.url = server.url(), .exports = {{.pattern = "out.>"}}, .imports = {{.pattern = "in.>"}}});
+  auto in = broker.subscribe("in.>", {.capacity = 16});
+  Child peer({HERALD_NATS_GO_PEER, "-url=" + server.url()});
+  REQUIRE(peer.started());
+
+  auto ready = in.receive_for(20s);  // the peer listens on out.>
+  REQUIRE(ready);
+  REQUIRE(ready->topic() == "in.ready");
+  CHECK(ready->headers().empty());  // nats.go sent it without headers
+
+  broker.publish(
+      "out.check", std::string("from herald"),
+      {.headers = {{"Trace-Id", "abc-123"}, {"Multi", "1"}, {"lower-case", "v"}, {"Multi", "2"}}});
+
+  auto report = in.receive_for(20s);
+  REQUIRE(report);
+  REQUIRE(report->topic() == "in.report");
+  // What nats.go saw: names sorted, the values of each in the order herald added them.
+  CHECK(**report ==
+        "subject=out.check\npayload=from herald\nMulti=1\nMulti=2\nTrace-Id=abc-123\n"
+        "lower-case=v\n");
+
+  auto from_go = in.receive_for(20s);
+  REQUIRE(from_go);
+  CHECK(from_go->topic() == "in.from-go");
+  CHECK(**from_go == "from nats.go");
+  CHECK(from_go->origin() == bridge.id());
+  const herald::Headers& h = from_go->headers();
+  CHECK(h.get("Trace-Id") == "go-42");
+  CHECK(h.get_all("Multi") == std::vector<std::string_view>{"x", "y"});
+  CHECK(h.size() == 3);
+
+  CHECK(peer.wait() == 0);
+}
+#endif
