@@ -154,6 +154,7 @@ def nats(path):
         "raw_libnats_copying": "raw libnats, copying at each end",
         "bridge/inline_handler": "herald bridge, inline handler",
         "bridge/pull_subscriber": "herald bridge, pull subscriber",
+        "bridge/inline_handler_headers": "herald bridge, inline handler, 2 headers",
     }
     rates = {}
     order = list(names)
@@ -172,7 +173,8 @@ def nats(path):
                 rates[(base, size)] = statistics.median(values)
     for (base, size), rate in rates.items():
         raw = rates.get(("raw_libnats", size))
-        if base.startswith("bridge/") and raw:
+        # The goal is for plain messages; raw libnats sends no headers, so no ratio for those.
+        if base.startswith("bridge/") and not base.endswith("_headers") and raw:
             goals.append(Goal("nats", f"{size}-byte messages/s, {names[base]} / raw libnats",
                               rate / raw, ">= 0.8x", "met" if rate / raw >= 0.8 else "MISSED"))
     return measures, goals

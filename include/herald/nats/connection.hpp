@@ -6,6 +6,7 @@
 #include <herald/detail/backoff.hpp>
 #include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
+#include <herald/headers.hpp>
 
 #include <nats/nats.h>
 
@@ -329,6 +330,56 @@ class NatsSubscription {
   EventCount done_;
   std::atomic<bool> complete_{false};
 };
+
+// What the C client makes of a status line ("NATS/1.0 503 No Responders"): not a publisher's.
+inline constexpr std::string_view kStatusHeader = "Status";
+inline constexpr std::string_view kDescriptionHeader = "Description";
+
+/// Adds every field of `headers` to `msg` (they met NATS's rules when they were built).
+inline natsStatus add_headers(natsMsg* msg, const Headers& headers) {
+  for (const auto& [name, value] : headers) {
+    if (const natsStatus s = natsMsgHeader_Add(msg, name.c_str(), value.c_str()); s != NATS_OK) {
+      return s;
+    }
+  }
+  return NATS_OK;
+}
+
+/// Appends the NATS headers of `msg` to `out`, but for the names `skip(name)` is true of and the
+/// status of a no-responders message. A field herald's rules refuse (Headers::check) throws
+/// std::invalid_argument, or is left out when `lenient`. Throws NatsError when the client cannot
+/// read them. A message without headers costs one call that allocates nothing (the C client has
+/// no cheaper way to ask).
+template <class Skip>
+void read_headers(natsMsg* msg, Headers& out, Skip&& skip, bool lenient) {
+  struct FreeArray {  // the client allocates the arrays of pointers; the strings are its own
+    void operator()(const char** p) const noexcept { std::free(static_cast<void*>(p)); }
+  };
+  const char** keys = nullptr;
+  int count = 0;
+  natsStatus s = natsMsgHeader_Keys(msg, &keys, &count);
+  if (s == NATS_NOT_FOUND) return;
+  const std::unique_ptr<const char*, FreeArray> own_keys(keys);
+  if (s != NATS_OK) throw NatsError("herald::nats: cannot read the headers", s);
+  const bool status = natsMsg_IsNoResponders(msg);
+  for (int k = 0; k < count; ++k) {
+    const std::string_view name(keys[k]);
+    if (skip(name)) continue;
+    if (status && (name == kStatusHeader || name == kDescriptionHeader)) continue;
+    const char** values = nullptr;
+    int n = 0;
+    s = natsMsgHeader_Values(msg, keys[k], &values, &n);
+    if (s != NATS_OK) throw NatsError("herald::nats: cannot read the headers", s);
+    const std::unique_ptr<const char*, FreeArray> own_values(values);
+    for (int v = 0; v < n; ++v) {
+      try {
+        out.add(name, values[v] ? std::string_view(values[v]) : std::string_view());
+      } catch (const std::invalid_argument&) {
+        if (!lenient) throw;
+      }
+    }
+  }
+}
 
 }  // namespace detail
 }  // namespace herald::nats

@@ -159,33 +159,12 @@ inline std::string header_text(std::string_view text) {
 /// The headers of a NATS message as herald Headers; fields herald cannot hold are left out.
 inline Headers headers_of(natsMsg* msg) {
   Headers out;
-  const char** keys = nullptr;
-  int count = 0;
-  if (natsMsgHeader_Keys(msg, &keys, &count) != NATS_OK) return out;
-  const std::unique_ptr<const char*, void (*)(void*)> free_keys(keys, std::free);
-  for (int i = 0; i < count; ++i) {
-    const char** values = nullptr;
-    int n = 0;
-    if (natsMsgHeader_Values(msg, keys[i], &values, &n) != NATS_OK) continue;
-    const std::unique_ptr<const char*, void (*)(void*)> free_values(values, std::free);
-    for (int j = 0; j < n; ++j) {
-      try {
-        out.add(keys[i], values[j]);
-      } catch (const std::invalid_argument&) {  // e.g. a value over 64 KiB
-      }
-    }
+  try {
+    read_headers(
+        msg, out, [](std::string_view) { return false; }, true);
+  } catch (const NatsError&) {  // unreadable: what was read so far
   }
   return out;
-}
-
-/// Adds `headers` to a NATS message.
-inline natsStatus add_headers(natsMsg* msg, const Headers& headers) {
-  for (const auto& [name, value] : headers) {
-    if (const natsStatus s = natsMsgHeader_Add(msg, name.c_str(), value.c_str()); s != NATS_OK) {
-      return s;
-    }
-  }
-  return NATS_OK;
 }
 
 }  // namespace detail
