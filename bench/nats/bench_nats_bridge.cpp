@@ -12,13 +12,6 @@
 //   bridge/inline_handler_headers  as bridge/inline_handler, each message with two headers
 //                          (a trace id and a reply subject) carried as NATS headers
 //
-// And request-reply, the baseline herald's NATS service bridge is to be compared with:
-//   raw_libnats_request    N requester threads calling natsConnection_Request("svc.echo") in a
-//                          loop on one connection; a responder on another connection answers on
-//                          the reply subject with the request's bytes. Requests/s, p50/p99 us;
-//                          asap:0 with the client's default buffered sends, asap:1 with
-//                          natsOptions_SetSendAsap on both connections.
-//
 // HERALD_BENCH_SMOKE=1: tiny batches, one payload size.
 #include <herald/nats.hpp>
 
@@ -27,7 +20,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -36,7 +28,6 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "nats_server.hpp"
 
@@ -117,18 +108,9 @@ void wait_for_all(std::uint64_t published, const std::atomic<std::uint64_t>& rec
   }
 }
 
-/// `send_asap`: each publish is written at once instead of by the client's flusher thread, which
-/// waits about a millisecond to gather more (good for streams, a millisecond a hop for requests).
-natsConnection* connect_raw(bool send_asap = false) {
-  natsOptions* opts = nullptr;
-  if (natsOptions_Create(&opts) != NATS_OK) return nullptr;
+natsConnection* connect_raw() {
   natsConnection* nc = nullptr;
-  if (natsOptions_SetURL(opts, server().url().c_str()) != NATS_OK ||
-      natsOptions_SetSendAsap(opts, send_asap) != NATS_OK ||
-      natsConnection_Connect(&nc, opts) != NATS_OK) {
-    nc = nullptr;
-  }
-  natsOptions_Destroy(opts);
+  if (natsConnection_ConnectTo(&nc, server().url().c_str()) != NATS_OK) return nullptr;
   return nc;
 }
 
@@ -258,77 +240,6 @@ void BM_bridge(benchmark::State& state) {
   out.reset();
 }
 
-/// Round trips through nats-server with the C client alone: what a herald service bridge adds
-/// is measured against this.
-void BM_raw_request(benchmark::State& state) {
-  const auto size = static_cast<std::size_t>(state.range(0));
-  const auto requesters = static_cast<std::size_t>(state.range(1));
-  const bool send_asap = state.range(2) != 0;
-  const std::uint64_t each = smoke() ? 200 : 2000;
-  natsConnection* requester = connect_raw(send_asap);
-  natsConnection* responder = connect_raw(send_asap);
-  if (!requester || !responder) {
-    state.SkipWithError("cannot connect to nats-server");
-    return;
-  }
-  natsSubscription* s = nullptr;
-  natsConnection_Subscribe(
-      &s, responder, "svc.echo",
-      [](natsConnection* nc, natsSubscription*, natsMsg* m, void*) {
-        natsConnection_Publish(nc, natsMsg_GetReply(m), natsMsg_GetData(m),
-                               natsMsg_GetDataLength(m));
-        natsMsg_Destroy(m);
-      },
-      nullptr);
-  natsConnection_Flush(responder);
-
-  const std::string payload(size, 'x');
-  std::vector<std::vector<std::chrono::nanoseconds>> latencies(requesters);
-  std::atomic<std::uint64_t> failures{0};
-  std::uint64_t requests = 0;
-  for (auto _ : state) {
-    std::vector<std::jthread> threads;
-    for (std::size_t t = 0; t < requesters; ++t) {
-      threads.emplace_back([&, t] {
-        for (std::uint64_t i = 0; i < each; ++i) {
-          natsMsg* reply = nullptr;
-          const auto t0 = std::chrono::steady_clock::now();
-          const natsStatus st = natsConnection_Request(
-              &reply, requester, "svc.echo", payload.data(), static_cast<int>(size), 1000);
-          latencies[t].push_back(std::chrono::steady_clock::now() - t0);
-          if (st != NATS_OK || natsMsg_GetDataLength(reply) != static_cast<int>(size)) {
-            failures.fetch_add(1, std::memory_order_relaxed);
-          }
-          natsMsg_Destroy(reply);
-        }
-        nats_ReleaseThreadMemory();
-      });
-    }
-    threads.clear();  // joins
-    requests += each * requesters;
-  }
-  std::vector<std::chrono::nanoseconds> all;
-  for (const auto& l : latencies)
-    all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
-  const auto at = [&](double p) {
-    const auto k = static_cast<std::size_t>(p * static_cast<double>(all.size() - 1));
-    return static_cast<double>(all[k].count()) / 1e3;
-  };
-  state.SetItemsProcessed(static_cast<std::int64_t>(requests));
-  if (!all.empty()) {
-    state.counters["p50_us"] = at(0.50);
-    state.counters["p99_us"] = at(0.99);
-  }
-  if (failures.load() != 0) {
-    state.SkipWithError("a request timed out or came back with the wrong bytes");
-  }
-  natsSubscription_Unsubscribe(s);
-  natsSubscription_Destroy(s);
-  natsConnection_Destroy(requester);
-  natsConnection_Destroy(responder);
-}
-
 void sizes(benchmark::internal::Benchmark* b) {
   b->Arg(16);
   if (!smoke()) b->Arg(256);
@@ -341,13 +252,6 @@ BENCHMARK_TEMPLATE(BM_raw_libnats, true)->Name("raw_libnats_copying")->Apply(siz
 BENCHMARK_TEMPLATE(BM_bridge, false)->Name("bridge/inline_handler")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_bridge, true)->Name("bridge/pull_subscriber")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_bridge, false, true)->Name("bridge/inline_handler_headers")->Apply(sizes);
-BENCHMARK(BM_raw_request)
-    ->Name("raw_libnats_request")
-    ->ArgNames({"bytes", "requesters", "asap"})
-    ->ArgsProduct({{16}, {1, 8}, {0, 1}})
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond)
-    ->Iterations(smoke() ? 1 : 3);
 
 }  // namespace
 
