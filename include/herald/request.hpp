@@ -559,17 +559,8 @@ class TimeoutThread {
     lock.unlock();
     if (thread.joinable()) thread.join();
     lock.lock();
-    while (!heap_.empty()) {
-      auto slot = heap_.top().slot.lock();
-      heap_.pop();
-      if (!slot) continue;
-      lock.unlock();
-      try {
-        slot->end_with(RequestError::closed, "the service is closed");
-      } catch (...) {
-      }
-      lock.lock();
-    }
+    while (!heap_.empty())
+      end_first(lock, RequestError::closed, "the service is closed");
   }
 
  private:
@@ -591,17 +582,22 @@ class TimeoutThread {
         cv_.wait_until(lock, when);
         continue;
       }
-      auto slot = heap_.top().slot.lock();
-      heap_.pop();
-      if (!slot) continue;
-      lock.unlock();
-      try {
-        slot->end_with(RequestError::timeout, "no reply within the timeout");
-      } catch (...) {
-      }
-      slot.reset();
-      lock.lock();
+      end_first(lock, RequestError::timeout, "no reply within the timeout");
     }
+  }
+
+  // Takes the earliest entry and ends its request (if still alive) with `e`, unlocked meanwhile.
+  void end_first(std::unique_lock<std::mutex>& lock, RequestError e, const char* text) {
+    auto slot = heap_.top().slot.lock();
+    heap_.pop();
+    if (!slot) return;
+    lock.unlock();
+    try {
+      slot->end_with(e, text);
+    } catch (...) {  // bad_alloc building the reply: that request's waiter stays to its timeout
+    }
+    slot.reset();  // outside the lock: the last reference may run a continuation's cleanup
+    lock.lock();
   }
 
   std::mutex mutex_;
