@@ -178,6 +178,35 @@ struct HeraldPeer {
   }
 };
 
+/// herald's pool with every task submitted in one priority lane (the pool-wide high or low
+/// queue instead of the workers' own): what a lane costs against plain submit.
+template <herald::Priority P>
+struct HeraldLanePeer {
+  static constexpr const char* name =
+      P == herald::Priority::high ? "herald, Priority::high" : "herald, Priority::low";
+  herald::WorkerPool pool{kThreads, kHeraldCapacity};
+
+  double empty_tasks(std::size_t n) {
+    const std::uint64_t target = pool.stats().completed + n;
+    const auto t0 = Clock::now();
+    for (std::size_t i = 0; i < n; ++i)
+      pool.submit([] {}, P);
+    while (pool.stats().completed < target)
+      std::this_thread::yield();
+    return seconds_since(t0) * 1e9 / static_cast<double>(n);
+  }
+
+  std::int64_t latency(Probe& p) {
+    p.reset();
+    const auto t0 = Clock::now();
+    pool.submit([&p] { p.hit(); }, P);
+    p.wait();
+    return p.started.load(std::memory_order_relaxed) - ns(t0);
+  }
+};
+using HeraldHighPeer = HeraldLanePeer<herald::Priority::high>;
+using HeraldLowPeer = HeraldLanePeer<herald::Priority::low>;
+
 #if defined(HERALD_HAVE_BOOST)
 struct AsioPeer {
   static constexpr const char* name = "boost::asio::thread_pool";
@@ -307,6 +336,11 @@ void run_round_robin() {
   series.push_back({TbbPeer::name, {}, {}});
 #endif
   series.push_back({MutexPeer::name, {}, {}});
+  // What the priority lanes cost, beside plain submit (not peers: no goal).
+  HeraldHighPeer high_peer;
+  HeraldLowPeer low_peer;
+  series.push_back({HeraldHighPeer::name, {}, {}});
+  series.push_back({HeraldLowPeer::name, {}, {}});
 
   // Warm-up (threads started, caches and allocators primed), not recorded.
   {
@@ -320,6 +354,8 @@ void run_round_robin() {
     one_rep(tbb_peer, scratch, warm);
 #endif
     one_rep(mutex_peer, scratch, warm);
+    one_rep(high_peer, scratch, warm);
+    one_rep(low_peer, scratch, warm);
   }
 
   for (int rep = 0; rep < z.reps; ++rep) {
@@ -332,6 +368,8 @@ void run_round_robin() {
     one_rep(tbb_peer, series[i++], z);
 #endif
     one_rep(mutex_peer, series[i++], z);
+    one_rep(high_peer, series[i++], z);
+    one_rep(low_peer, series[i++], z);
   }
 
   herald_bench::ResultsFile results;
@@ -407,6 +445,8 @@ void latency_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldPeer)->Apply(batch_args);
 BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldPeer)->Apply(latency_args);
+BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldHighPeer)->Apply(batch_args);
+BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldHighPeer)->Apply(latency_args);
 #if defined(HERALD_HAVE_BOOST)
 BENCHMARK_TEMPLATE(BM_empty_tasks, AsioPeer)->Apply(batch_args);
 BENCHMARK_TEMPLATE(BM_submit_to_start, AsioPeer)->Apply(latency_args);

@@ -163,6 +163,8 @@ TEST_CASE("SubscribeOptions: every nonsense value is rejected by name, and nothi
        {.overflow = Overflow::block, .block_timeout = std::chrono::nanoseconds::min()});
   both("disconnect_after 0 under Overflow::disconnect", "disconnect_after",
        {.overflow = Overflow::disconnect, .disconnect_after = 0});
+  both("priority Priority(3)", "priority", {.priority = static_cast<herald::Priority>(3)});
+  both("priority Priority(255)", "priority", {.priority = static_cast<herald::Priority>(255)});
   for (const char* name : {" ", "a b", "\t", "a\nb", "a\x01", ".", "a..b", ".a", "a."}) {
     SubscribeOptions o;
     o.queue_group = name;
@@ -285,6 +287,13 @@ TEST_CASE("WorkerPool: 0 and absurd thread counts or queue capacities are reject
   expect_rejected("threads 2^40", "threads", [] { herald::WorkerPool p(std::size_t{1} << 40, 8); });
   expect_rejected("queue_capacity SIZE_MAX", "capacity", [] { herald::WorkerPool p(1, kMax); });
   expect_rejected("queue_capacity 2^57", "capacity", [] { herald::WorkerPool p(1, kTwoTo57); });
+  expect_rejected("max_bypass 0", "max_bypass",
+                  [] { herald::WorkerPool p(1, 8, {.max_bypass = 0}); });
+  expect_accepted("max_bypass 1", [] { herald::WorkerPool p(1, 8, {.max_bypass = 1}); });
+  expect_rejected("submit at Priority(3)", "priority", [] {
+    herald::WorkerPool p(1, 8);
+    p.submit([] {}, static_cast<herald::Priority>(3));
+  });
 }
 
 TEST_CASE("BoundedQueue refuses a capacity it could never allocate before trying",

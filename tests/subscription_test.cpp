@@ -499,3 +499,67 @@ TEST_CASE("wait_idle returns false when unsubscribed with messages left, and ins
   CHECK_FALSE(inside_result.load());
   CHECK_FALSE(herald::HandlerSubscription<int>{}.wait_idle(0s));
 }
+
+TEST_CASE("a handler subscription's strand runs in the pool lane of its priority",
+          "[handler][priority]") {
+  herald::WorkerPool pool(1, 64, {.max_bypass = 100});
+  Broker<int> broker;
+  std::vector<std::string> order;  // the one worker appends; read after wait_idle
+  const auto record = [&order](const Message<int>& m) { order.emplace_back(m.topic()); };
+  auto low = broker.subscribe("low", record, pool, {.priority = herald::Priority::low});
+  auto normal = broker.subscribe("normal", record, pool, {});
+  auto high = broker.subscribe("high", record, pool, {.priority = herald::Priority::high});
+  Gate gate;
+  OpenOnExit open_on_exit{gate};
+  std::latch held{1};
+  REQUIRE(pool.submit([&] {
+    held.count_down();
+    gate.wait();
+  }));
+  held.wait();
+  for (const char* topic : {"low", "normal", "high"})
+    REQUIRE(broker.publish(topic, 1).delivered == 1);
+  gate.open();
+  for (auto* h : {&low, &normal, &high})
+    REQUIRE(h->wait_idle(10s));
+  CHECK(order == std::vector<std::string>{"high", "normal", "low"});
+}
+
+namespace {
+
+/// An executor with lanes of its own: records the priority it is asked for, runs the task.
+struct LaneRecorder {
+  std::mutex mutex;
+  std::vector<herald::Priority> seen;
+  bool execute(herald::Task&& task) { return execute(std::move(task), herald::Priority::normal); }
+  bool execute(herald::Task&& task, herald::Priority p) {
+    {
+      const std::lock_guard lock(mutex);
+      seen.push_back(p);
+    }
+    task();
+    return true;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("executors with lanes get the subscription's priority; the others ignore it",
+          "[handler][priority]") {
+  Broker<int> broker;
+  LaneRecorder lanes;
+  std::atomic<int> calls{0};
+  const auto count = [&calls](const Message<int>&) { ++calls; };
+  {
+    auto a = broker.subscribe("t", count, lanes, {.priority = herald::Priority::low});
+    auto b = broker.subscribe("t", count, herald::dedicated_thread,
+                              {.priority = herald::Priority::high});
+    auto c =
+        broker.subscribe("t", count, herald::inline_executor, {.priority = herald::Priority::high});
+    REQUIRE(broker.publish("t", 1).delivered == 3);
+    REQUIRE(b.wait_idle(10s));
+  }
+  CHECK(calls == 3);
+  const std::lock_guard lock(lanes.mutex);
+  CHECK(lanes.seen == std::vector<herald::Priority>{herald::Priority::low});
+}

@@ -182,13 +182,14 @@ class HandlerState final : public SubscriptionState<T>,
   // Hands the strand to the executor. Only the holder of `scheduled_` calls this.
   void post() noexcept {
     try {
+      const Priority priority = this->options().priority;
       Task task([self = this->shared_from_this()] { self->drain(kBatch); });
-      if (executor_.try_execute(task)) return;
+      if (executor_.try_execute(task, priority)) return;
       if (task && executor_.running_in_this_thread()) {
         drain(kBatch);  // a task must not wait for room that only its own executor can make
         return;
       }
-      if (task && executor_.execute(std::move(task))) return;
+      if (task && executor_.execute(std::move(task), priority)) return;
     } catch (...) {  // the executor threw: treat as refused
     }
     // Refused: the executor is shut down (or gone) and nothing will run this strand again. Say

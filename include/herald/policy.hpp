@@ -34,6 +34,18 @@ enum class Overflow : std::uint8_t {
   disconnect,
 };
 
+/// The lanes of a WorkerPool: a worker takes high before normal before low, except that a lane
+/// whose head has been passed over by WorkerPoolOptions::max_bypass dispatches of higher lanes
+/// goes next (aging), so no lane starves. Plain submissions and keyed ones are normal.
+enum class Priority : std::uint8_t {
+  high,    ///< control messages, cancellations: ahead of everything else
+  normal,  ///< the default
+  low,     ///< background work: runs when nothing else waits, or once it has aged
+};
+
+/// The number of Priority levels.
+inline constexpr std::size_t priority_levels = 3;
+
 /// Why a subscription stopped receiving new messages.
 enum class CloseReason : std::uint8_t {
   open,              ///< not closed
@@ -65,6 +77,11 @@ struct SubscribeOptions {
   /// Among the subscriptions of one group on the same pattern, each message goes to exactly one
   /// member (one with room when there is one).
   std::string queue_group{};
+  /// Handler subscriptions: the lane their strand is scheduled in on a WorkerPool (each batch of
+  /// up to 64 messages is one task of that priority). Executors without lanes ignore it
+  /// (inline_executor, dedicated_thread, and your own unless they take
+  /// `execute(task, Priority)`). Pull subscriptions ignore it.
+  Priority priority = Priority::normal;
 };
 
 /// How a handler subscription retries a message whose handler threw.
@@ -148,7 +165,7 @@ struct HandlerOptions {
 
 /// Throws std::invalid_argument, naming the field and the value, unless every field of
 /// `options` is in range: capacity in [1, max_capacity], a known Overflow, block_timeout >= 0,
-/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes).
+/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes), a known Priority.
 inline void validate(const SubscribeOptions& options) {
   const auto fail = [](const std::string& what) {
     throw std::invalid_argument("herald: SubscribeOptions::" + what);
@@ -171,6 +188,10 @@ inline void validate(const SubscribeOptions& options) {
     fail("block_timeout is negative (" + std::to_string(options.block_timeout.count()) + " ns)");
   }
   if (options.disconnect_after == 0) fail("disconnect_after is 0; it must be at least 1");
+  if (static_cast<std::size_t>(options.priority) >= priority_levels) {
+    fail("priority is " + std::to_string(static_cast<int>(options.priority)) +
+         ", not a Priority (high, normal or low)");
+  }
   if (options.queue_group.size() > 256) {
     fail("queue_group is " + std::to_string(options.queue_group.size()) +
          " bytes long; at most 256");
@@ -217,6 +238,19 @@ inline void validate(const RetryPolicy& retry) {
       return "drop_oldest";
     case Overflow::disconnect:
       return "disconnect";
+  }
+  return "?";
+}
+
+/// The enumerator's name, e.g. "high".
+[[nodiscard]] constexpr std::string_view to_string(Priority p) noexcept {
+  switch (p) {
+    case Priority::high:
+      return "high";
+    case Priority::normal:
+      return "normal";
+    case Priority::low:
+      return "low";
   }
   return "?";
 }
