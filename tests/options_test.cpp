@@ -216,6 +216,39 @@ TEST_CASE("RetryPolicy and HandlerOptions: nonsense values are rejected by name"
   });
 }
 
+TEST_CASE(
+    "HandlerOptions: a breaker mode, recheck or dedup window out of range is rejected by name",
+    "[options][breaker][dedup]") {
+  const auto with = [](const herald::HandlerOptions<int>& h) {
+    Broker<int> broker;
+    try {
+      (void)broker.subscribe(
+          "t", [](const Message<int>&) {}, herald::inline_executor, {}, h);
+    } catch (...) {
+      if (broker.stats().subscriptions != 0) throw std::logic_error("registered, then threw");
+      throw;
+    }
+  };
+  const auto key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); };
+  expect_rejected("when_open WhenOpen(2)", "when_open",
+                  [&] { with({.when_open = static_cast<herald::WhenOpen>(2)}); });
+  expect_rejected("breaker_recheck 0", "breaker_recheck", [&] { with({.breaker_recheck = 0ns}); });
+  expect_rejected("breaker_recheck -1 ms", "breaker_recheck",
+                  [&] { with({.breaker_recheck = -1ms}); });
+  expect_rejected("dedup.max_count 0", "dedup.max_count",
+                  [&] { with({.dedup = {.key = key, .max_count = 0}}); });
+  expect_rejected("dedup.max_count 2^31 + 1", "dedup.max_count",
+                  [&] { with({.dedup = {.key = key, .max_count = (std::size_t{1} << 31) + 1}}); });
+  expect_rejected("dedup.max_age 0", "dedup.max_age",
+                  [&] { with({.dedup = {.key = key, .max_age = 0ns}}); });
+  expect_rejected("dedup.max_age -1 s", "dedup.max_age",
+                  [&] { with({.dedup = {.key = key, .max_age = -1s}}); });
+  expect_accepted("dedup of one key for 1 ns",
+                  [&] { with({.dedup = {.key = key, .max_count = 1, .max_age = 1ns}}); });
+  expect_accepted("no dedup key: the window is not looked at",
+                  [&] { with({.dedup = {.max_count = 0}}); });
+}
+
 TEST_CASE("max_attempts 0 is rejected by name, or clamped to one attempt as documented",
           "[options][retry][item6]") {
   Broker<int> broker;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -149,7 +150,102 @@ class DeadLetterSink {
   std::function<bool(DeadLetter<T>&&)> sink_;
 };
 
-/// Options that only handler subscriptions have: failure handling.
+/// What a handler subscription does with a message its circuit breaker refuses.
+enum class WhenOpen : std::uint8_t {
+  /// Hold it (and the queue behind it, under the subscription's overflow policy) until the
+  /// breaker lets a call through. The strand waits on its worker thread, as retry backoff does.
+  wait,
+  /// Give it up at once: to the dead-letter sink if there is one, counted in
+  /// breaker_dead_lettered either way; the next message asks the breaker again.
+  dead_letter,
+};
+
+/// Something a handler subscription can put in front of its handler (HandlerOptions::breaker):
+/// `allow()` returns a permit that converts to bool (false: refused), and `record_success(p)` /
+/// `record_failure(p)` report the outcome of a permitted call. herald::CircuitBreaker is one;
+/// this floor names it by what it can do, so it needs no breaker header. An optional
+/// `retry_after()` (a duration) says how long it will refuse; without it a waiting subscription
+/// asks again every HandlerOptions::breaker_recheck.
+template <class B>
+concept CallBreaker = requires(B& b, decltype(std::declval<B&>().allow())& permit) {
+  static_cast<bool>(b.allow());
+  b.record_success(permit);
+  b.record_failure(permit);
+};
+
+/// A shared reference to a CallBreaker (a std::shared_ptr, so the breaker lives as long as its
+/// last holder: several subscriptions, and the application, may share one breaker in front of
+/// one dependency). Empty: no breaker.
+class BreakerRef {
+ public:
+  /// How a guarded call went.
+  enum class Outcome : std::uint8_t { refused, succeeded, failed };
+
+  BreakerRef() = default;
+  BreakerRef(std::nullptr_t) noexcept {}  // NOLINT(google-explicit-constructor)
+
+  template <class B>
+  requires(CallBreaker<B>) BreakerRef(std::shared_ptr<B> breaker)
+  noexcept  // NOLINT
+      : guard_(breaker ? &guard_on<B> : nullptr),
+        retry_after_(breaker ? &retry_after_on<B> : nullptr),
+        target_(std::move(breaker)) {}
+
+  explicit operator bool() const noexcept { return guard_ != nullptr; }
+
+  /// Asks the breaker for a permit; if it grants one, runs `attempt()` (true: the call
+  /// succeeded) and records the outcome. Throws: what the breaker throws.
+  template <class F>
+  Outcome guard(F& attempt) const {
+    return guard_(target_.get(), &attempt, [](void* f) { return (*static_cast<F*>(f))(); });
+  }
+
+  /// How long the breaker says it will keep refusing (zero when it cannot tell).
+  [[nodiscard]] std::chrono::nanoseconds retry_after() const { return retry_after_(target_.get()); }
+
+ private:
+  template <class B>
+  static Outcome guard_on(void* target, void* f, bool (*attempt)(void*)) {
+    B& breaker = *static_cast<B*>(target);
+    auto permit = breaker.allow();
+    if (!static_cast<bool>(permit)) return Outcome::refused;
+    if (attempt(f)) {
+      breaker.record_success(permit);
+      return Outcome::succeeded;
+    }
+    breaker.record_failure(permit);
+    return Outcome::failed;
+  }
+
+  template <class B>
+  static std::chrono::nanoseconds retry_after_on(void* target) {
+    if constexpr (requires(B & b) { b.retry_after(); }) {
+      return std::chrono::duration_cast<std::chrono::nanoseconds>(
+          static_cast<B*>(target)->retry_after());
+    } else {
+      return std::chrono::nanoseconds::zero();
+    }
+  }
+
+  Outcome (*guard_)(void*, void*, bool (*)(void*)) = nullptr;
+  std::chrono::nanoseconds (*retry_after_)(void*) = nullptr;
+  std::shared_ptr<void> target_;
+};
+
+/// Skipping messages a handler subscription has already handled (HandlerOptions::dedup): an
+/// idempotent consumer fed duplicates (redeliveries, retried publishes).
+template <class T>
+struct DedupOptions {
+  /// The message's identity, e.g. an id in its payload. Empty: no deduplication.
+  std::function<std::uint64_t(const Message<T>&)> key{};
+  /// Remember the keys of the last this many handled messages, in [1, 2^31]...
+  std::size_t max_count = 10'000;
+  /// ... each for at most this long (> 0; the default: no age limit).
+  std::chrono::nanoseconds max_age = std::chrono::nanoseconds::max();
+};
+
+/// Options that only handler subscriptions have: failure handling, a circuit breaker,
+/// deduplication.
 template <class T>
 struct HandlerOptions {
   /// Called (on the handler's thread) after every failed attempt. Exceptions from it are ignored.
@@ -158,9 +254,26 @@ struct HandlerOptions {
   /// Where messages that failed every attempt go (see DeadLetterSink): a callable, or a pointer
   /// to a Broker<DeadLetter<T>> (which must outlive the subscription). Empty: only counted.
   DeadLetterSink<T> dead_letters{};
-  /// How backoff waits are done; tests inject a recorder. Empty: wait on a clock, waking early
-  /// when the subscription is unsubscribed.
+  /// How backoff waits (and waits for the breaker) are done; tests inject a recorder. Empty:
+  /// wait on a clock, waking early when the subscription is unsubscribed.
   std::function<void(std::chrono::nanoseconds)> sleep{};
+  /// A circuit breaker in front of what the handler calls, e.g.
+  /// `.breaker = std::make_shared<herald::CircuitBreaker>(...)`; the subscription shares its
+  /// ownership. Every handler call, retries included, first asks it for a permit and then
+  /// reports its outcome (returned: success; threw: failure), so retries stop as soon as the
+  /// breaker opens. A refused message waits or is dead-lettered, per `when_open`. Empty: none.
+  BreakerRef breaker{};
+  /// What happens to a message the breaker refuses (see WhenOpen).
+  WhenOpen when_open = WhenOpen::wait;
+  /// WhenOpen::wait: how long to wait before asking the breaker again when it cannot say how
+  /// long it will refuse (a CircuitBreaker says so while open; half-open with every probe slot
+  /// taken it cannot). > 0.
+  std::chrono::nanoseconds breaker_recheck = std::chrono::milliseconds(10);
+  /// Deduplication (see DedupOptions): a message whose key is among those of the messages this
+  /// subscription handled successfully within the window is skipped, counted as deduplicated.
+  /// Keys are recorded once the handler succeeded, so a message that failed every attempt (or
+  /// that the breaker refused) is handled again if it is redelivered.
+  DedupOptions<T> dedup{};
 };
 
 /// Throws std::invalid_argument, naming the field and the value, unless every field of
@@ -224,6 +337,35 @@ inline void validate(const RetryPolicy& retry) {
     fail("max_backoff (" + std::to_string(retry.max_backoff.count()) +
          " ns) is below initial_backoff (" + std::to_string(retry.initial_backoff.count()) +
          " ns)");
+  }
+}
+
+/// Throws std::invalid_argument, naming the field, unless every field of `options` is in range:
+/// the retry policy (see above), a known WhenOpen, breaker_recheck > 0, and with a dedup key
+/// dedup.max_count in [1, 2^31] and dedup.max_age > 0.
+template <class T>
+void validate(const HandlerOptions<T>& options) {
+  validate(options.retry);
+  const auto fail = [](const std::string& what) {
+    throw std::invalid_argument("herald: HandlerOptions::" + what);
+  };
+  if (options.when_open != WhenOpen::wait && options.when_open != WhenOpen::dead_letter) {
+    fail("when_open is " + std::to_string(static_cast<int>(options.when_open)) +
+         ", not a WhenOpen (wait or dead_letter)");
+  }
+  if (options.breaker_recheck <= std::chrono::nanoseconds::zero()) {
+    fail("breaker_recheck is " + std::to_string(options.breaker_recheck.count()) +
+         " ns; it must be positive");
+  }
+  if (options.dedup.key) {
+    if (options.dedup.max_count == 0 || options.dedup.max_count > (std::size_t{1} << 31)) {
+      fail("dedup.max_count is " + std::to_string(options.dedup.max_count) +
+           "; it must be in [1, 2^31]");
+    }
+    if (options.dedup.max_age <= std::chrono::nanoseconds::zero()) {
+      fail("dedup.max_age is " + std::to_string(options.dedup.max_age.count()) +
+           " ns; it must be positive");
+    }
   }
 }
 
