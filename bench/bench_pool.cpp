@@ -28,6 +28,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "results.hpp"
@@ -155,15 +156,30 @@ struct Probe {
   }
 };
 
+/// herald's pool. With P other than normal every task goes to that priority lane (the
+/// pool-wide high or low queue instead of the workers' own): what a lane costs against plain
+/// submit, which is what P = normal measures.
+template <herald::Priority P = herald::Priority::normal>
 struct HeraldPeer {
-  static constexpr const char* name = "herald::WorkerPool";
+  static constexpr const char* name = P == herald::Priority::normal ? "herald::WorkerPool"
+                                      : P == herald::Priority::high ? "herald, Priority::high"
+                                                                    : "herald, Priority::low";
   herald::WorkerPool pool{kThreads, kHeraldCapacity};
+
+  template <class F>
+  void submit(F&& f) {
+    if constexpr (P == herald::Priority::normal) {
+      pool.submit(std::forward<F>(f));
+    } else {
+      pool.submit(std::forward<F>(f), P);
+    }
+  }
 
   double empty_tasks(std::size_t n) {
     const std::uint64_t target = pool.stats().completed + n;
     const auto t0 = Clock::now();
     for (std::size_t i = 0; i < n; ++i)
-      pool.submit([] {});
+      submit([] {});
     while (pool.stats().completed < target)
       std::this_thread::yield();
     return seconds_since(t0) * 1e9 / static_cast<double>(n);
@@ -172,40 +188,13 @@ struct HeraldPeer {
   std::int64_t latency(Probe& p) {
     p.reset();
     const auto t0 = Clock::now();
-    pool.submit([&p] { p.hit(); });
+    submit([&p] { p.hit(); });
     p.wait();
     return p.started.load(std::memory_order_relaxed) - ns(t0);
   }
 };
-
-/// herald's pool with every task submitted in one priority lane (the pool-wide high or low
-/// queue instead of the workers' own): what a lane costs against plain submit.
-template <herald::Priority P>
-struct HeraldLanePeer {
-  static constexpr const char* name =
-      P == herald::Priority::high ? "herald, Priority::high" : "herald, Priority::low";
-  herald::WorkerPool pool{kThreads, kHeraldCapacity};
-
-  double empty_tasks(std::size_t n) {
-    const std::uint64_t target = pool.stats().completed + n;
-    const auto t0 = Clock::now();
-    for (std::size_t i = 0; i < n; ++i)
-      pool.submit([] {}, P);
-    while (pool.stats().completed < target)
-      std::this_thread::yield();
-    return seconds_since(t0) * 1e9 / static_cast<double>(n);
-  }
-
-  std::int64_t latency(Probe& p) {
-    p.reset();
-    const auto t0 = Clock::now();
-    pool.submit([&p] { p.hit(); }, P);
-    p.wait();
-    return p.started.load(std::memory_order_relaxed) - ns(t0);
-  }
-};
-using HeraldHighPeer = HeraldLanePeer<herald::Priority::high>;
-using HeraldLowPeer = HeraldLanePeer<herald::Priority::low>;
+using HeraldHighPeer = HeraldPeer<herald::Priority::high>;
+using HeraldLowPeer = HeraldPeer<herald::Priority::low>;
 
 #if defined(HERALD_HAVE_BOOST)
 struct AsioPeer {
@@ -323,10 +312,10 @@ void print_ratio_row(herald_bench::ResultsFile& results, const Series& peer, dou
 
 void run_round_robin() {
   const Sizes z = sizes();
-  HeraldPeer herald_peer;
+  HeraldPeer<> herald_peer;
   MutexPeer mutex_peer;
   std::vector<Series> series;
-  series.push_back({HeraldPeer::name, {}, {}});
+  series.push_back({HeraldPeer<>::name, {}, {}});
 #if defined(HERALD_HAVE_BOOST)
   AsioPeer asio_peer;
   series.push_back({AsioPeer::name, {}, {}});
@@ -443,8 +432,8 @@ void latency_args(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kNanosecond)->Iterations(smoke() ? 50 : 5000);
 }
 
-BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldPeer)->Apply(batch_args);
-BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldPeer)->Apply(latency_args);
+BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldPeer<>)->Apply(batch_args);
+BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldPeer<>)->Apply(latency_args);
 BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldHighPeer)->Apply(batch_args);
 BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldHighPeer)->Apply(latency_args);
 #if defined(HERALD_HAVE_BOOST)

@@ -118,6 +118,18 @@ void subscribe_handler(const SubscribeOptions& o) {
   }
 }
 
+/// Subscribes a handler with `h` on a broker of its own, as subscribe_pull.
+void subscribe_handler_with(const herald::HandlerOptions<int>& h) {
+  Broker<int> broker;
+  try {
+    (void)broker.subscribe(
+        "t", [](const Message<int>&) {}, herald::inline_executor, {}, h);
+  } catch (...) {
+    if (broker.stats().subscriptions != 0) throw std::logic_error("registered, then threw");
+    throw;
+  }
+}
+
 /// `s` with control bytes shown as \xNN, for labels.
 std::string printable(const std::string& s) {
   static const char* hex = "0123456789abcdef";
@@ -193,16 +205,7 @@ TEST_CASE("subscribe rejects a capacity it could never allocate before allocatin
 TEST_CASE("RetryPolicy and HandlerOptions: nonsense values are rejected by name",
           "[options][retry][item6]") {
   const auto with_retry = [](const herald::RetryPolicy& retry) {
-    Broker<int> broker;
-    herald::HandlerOptions<int> h;
-    h.retry = retry;
-    try {
-      (void)broker.subscribe(
-          "t", [](const Message<int>&) {}, herald::inline_executor, {}, h);
-    } catch (...) {
-      if (broker.stats().subscriptions != 0) throw std::logic_error("registered, then threw");
-      throw;
-    }
+    subscribe_handler_with({.retry = retry});
   };
   expect_rejected("initial_backoff -1 ms", "initial_backoff",
                   [&] { with_retry({.max_attempts = 3, .initial_backoff = -1ms}); });
@@ -219,16 +222,7 @@ TEST_CASE("RetryPolicy and HandlerOptions: nonsense values are rejected by name"
 TEST_CASE(
     "HandlerOptions: a breaker mode, recheck or dedup window out of range is rejected by name",
     "[options][breaker][dedup]") {
-  const auto with = [](const herald::HandlerOptions<int>& h) {
-    Broker<int> broker;
-    try {
-      (void)broker.subscribe(
-          "t", [](const Message<int>&) {}, herald::inline_executor, {}, h);
-    } catch (...) {
-      if (broker.stats().subscriptions != 0) throw std::logic_error("registered, then threw");
-      throw;
-    }
-  };
+  const auto with = subscribe_handler_with;
   const auto key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); };
   expect_rejected("when_open WhenOpen(2)", "when_open",
                   [&] { with({.when_open = static_cast<herald::WhenOpen>(2)}); });

@@ -512,12 +512,7 @@ TEST_CASE("a handler subscription's strand runs in the pool lane of its priority
   auto high = broker.subscribe("high", record, pool, {.priority = herald::Priority::high});
   Gate gate;
   OpenOnExit open_on_exit{gate};
-  std::latch held{1};
-  REQUIRE(pool.submit([&] {
-    held.count_down();
-    gate.wait();
-  }));
-  held.wait();
+  herald_test::hold_workers(pool, gate);
   for (const char* topic : {"low", "normal", "high"})
     REQUIRE(broker.publish(topic, 1).delivered == 1);
   gate.open();
@@ -589,6 +584,17 @@ struct ManualTime {
   }
 };
 
+/// Collects dead letters (inline executor: the publisher's thread only).
+struct Letters {
+  std::vector<herald::DeadLetter<int>> got;
+  herald::DeadLetterSink<int> sink() {
+    return [this](herald::DeadLetter<int>&& d) {
+      got.push_back(std::move(d));
+      return true;
+    };
+  }
+};
+
 /// A dependency that is down until told otherwise.
 struct Dependency {
   bool down = true;
@@ -649,15 +655,12 @@ TEST_CASE("WhenOpen::dead_letter: refused messages go to the dead-letter sink at
   auto breaker = std::make_shared<herald::CircuitBreaker>(herald::CircuitBreakerOptions{
       .consecutive_failures = 2, .cooldown = 1s, .clock = time.clock()});
   Dependency dep;
-  std::vector<herald::DeadLetter<int>> letters;
+  Letters box;
+  auto& letters = box.got;
   Broker<int> broker;
   auto h = broker.subscribe(
       "t", [&](const Message<int>& m) { dep.call(*m); }, herald::inline_executor, {},
-      herald::HandlerOptions<int>{.dead_letters =
-                                      [&](herald::DeadLetter<int>&& d) {
-                                        letters.push_back(std::move(d));
-                                        return true;
-                                      },
+      herald::HandlerOptions<int>{.dead_letters = box.sink(),
                                   .sleep = time.sleep(),
                                   .breaker = breaker,
                                   .when_open = herald::WhenOpen::dead_letter});
@@ -688,17 +691,14 @@ TEST_CASE("every attempt asks the breaker: retries stop once it opens", "[handle
   ManualTime time;
   auto breaker = std::make_shared<herald::CircuitBreaker>(herald::CircuitBreakerOptions{
       .consecutive_failures = 2, .cooldown = 1h, .clock = time.clock()});
-  std::vector<herald::DeadLetter<int>> letters;
+  Letters box;
+  auto& letters = box.got;
   Broker<int> broker;
   auto h = broker.subscribe(
       "t", [&](const Message<int>&) { throw std::runtime_error("down"); }, herald::inline_executor,
       {},
       herald::HandlerOptions<int>{.retry = {.max_attempts = 10, .initial_backoff = 1ms},
-                                  .dead_letters =
-                                      [&](herald::DeadLetter<int>&& d) {
-                                        letters.push_back(std::move(d));
-                                        return true;
-                                      },
+                                  .dead_letters = box.sink(),
                                   .sleep = time.sleep(),
                                   .breaker = breaker,
                                   .when_open = herald::WhenOpen::dead_letter});

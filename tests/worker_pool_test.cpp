@@ -24,6 +24,7 @@ using herald::WorkerPool;
 using herald::detail::UniqueFunction;
 using herald_test::BlockedProbe;
 using herald_test::Gate;
+using herald_test::hold_workers;
 using herald_test::OpenOnExit;
 
 namespace {
@@ -336,12 +337,7 @@ TEST_CASE("an idle worker takes over plain tasks queued behind a busy one", "[wo
   Gate gate;
   WorkerPool pool(2, 64);
   OpenOnExit open_on_exit{gate};
-  std::latch blocked{1};
-  REQUIRE(pool.submit([&] {
-    blocked.count_down();
-    gate.wait();
-  }));
-  blocked.wait();
+  hold_workers(pool, gate);
   constexpr int n = 100;
   std::latch all_ran{n};
   for (int i = 0; i < n; ++i)
@@ -530,13 +526,7 @@ TEST_CASE("shutdown runs every accepted task and rejects everything afterwards",
   {
     WorkerPool pool(2, 4);
     OpenOnExit open_on_exit{gate};
-    std::latch blocked{2};
-    for (int w = 0; w < 2; ++w)  // one per worker: a blocked worker cannot take the second
-      REQUIRE(pool.submit([&] {
-        blocked.count_down();
-        gate.wait();
-      }));
-    blocked.wait();
+    hold_workers(pool, gate, 2);
     std::vector<std::thread> threads;
     for (int s = 0; s < submitters; ++s) {
       threads.emplace_back([&, s] {
@@ -710,13 +700,7 @@ TEST_CASE("task objects are destroyed exactly once on every path", "[worker_pool
     Gate gate;
     WorkerPool pool(2, 2);
     OpenOnExit open_on_exit{gate};
-    std::latch blocked{2};
-    for (int w = 0; w < 2; ++w)
-      REQUIRE(pool.submit([&] {
-        blocked.count_down();
-        gate.wait();
-      }));
-    blocked.wait();
+    hold_workers(pool, gate, 2);
     int accepted = 0;
     for (int i = 0; i < 10; ++i)
       accepted += pool.try_submit(LargeTask{probe}) ? 1 : 0;  // some fail
@@ -757,12 +741,7 @@ std::vector<Dispatch> run_gated(std::uint32_t max_bypass, const std::vector<Prio
   Gate gate;
   WorkerPool pool(1, 256, {.max_bypass = max_bypass});
   OpenOnExit open_on_exit{gate};
-  std::latch held{1};
-  REQUIRE(pool.submit([&] {
-    held.count_down();
-    gate.wait();
-  }));
-  held.wait();
+  hold_workers(pool, gate);
   std::array<int, herald::priority_levels> next{};
   for (const Priority p : order) {
     const int seq = next[static_cast<std::size_t>(p)]++;
@@ -872,13 +851,7 @@ TEST_CASE("shutdown runs every accepted task of every lane", "[worker_pool][prio
   {
     WorkerPool pool(2, 8);
     OpenOnExit open_on_exit{gate};
-    std::latch blocked{2};
-    for (int w = 0; w < 2; ++w)
-      REQUIRE(pool.submit([&] {
-        blocked.count_down();
-        gate.wait();
-      }));
-    blocked.wait();
+    hold_workers(pool, gate, 2);
     std::vector<std::thread> threads;
     for (std::size_t lane = 0; lane < herald::priority_levels; ++lane) {
       threads.emplace_back([&, lane] {
@@ -916,12 +889,7 @@ TEST_CASE("try_submit by priority fails when the lane is full, and a stop cancel
   Gate gate;
   WorkerPool pool(1, 2);
   OpenOnExit open_on_exit{gate};
-  std::latch held{1};
-  REQUIRE(pool.submit([&] {
-    held.count_down();
-    gate.wait();
-  }));
-  held.wait();
+  hold_workers(pool, gate);
   REQUIRE(pool.try_submit([] {}, Priority::high));
   REQUIRE(pool.try_submit([] {}, Priority::high));
   CHECK_FALSE(pool.try_submit([] {}, Priority::high));  // the lane holds 2
