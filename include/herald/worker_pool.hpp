@@ -423,18 +423,19 @@ class PoolCore {
   /// between keyed and plain so that a busy key cannot starve plain work (or the reverse), then
   /// other workers' plain queues. With some, by lane (find_by_priority).
   std::optional<PoolTask> find_task(std::size_t index, Turn& turn) noexcept {
-    // One load of a line that stays shared while nobody submits by priority.
+    // One load of a line that stays shared while nobody submits by priority; the lanes' code
+    // is kept out of line so that this path compiles as it did before they existed.
     if (lanes_pending_->load(std::memory_order_relaxed) != 0) [[unlikely]]
       return find_by_priority(index, turn);
-    return find_normal(index, turn);
+    return find_normal(index, turn.keyed_first);
   }
 
-  std::optional<PoolTask> find_normal(std::size_t index, Turn& turn) noexcept {
+  std::optional<PoolTask> find_normal(std::size_t index, bool& keyed_first) noexcept {
     PoolWorker& me = *workers_[index];
-    std::optional<PoolTask> t = turn.keyed_first ? me.keyed.try_pop() : me.plain.try_pop();
-    if (!t) t = turn.keyed_first ? me.plain.try_pop() : me.keyed.try_pop();
+    std::optional<PoolTask> t = keyed_first ? me.keyed.try_pop() : me.plain.try_pop();
+    if (!t) t = keyed_first ? me.plain.try_pop() : me.keyed.try_pop();
     if (!t) t = steal(index);
-    if (t) turn.keyed_first = !turn.keyed_first;
+    if (t) keyed_first = !keyed_first;
     return t;
   }
 
@@ -448,33 +449,40 @@ class PoolCore {
   /// times while it had work: that one goes first (low before normal when both are due, so that
   /// neither sees more than max_bypass dispatches of higher lanes). The normal lane is this
   /// worker's own queues (others age theirs); it steals only when those are empty.
-  std::optional<PoolTask> find_by_priority(std::size_t index, Turn& turn) noexcept {
+  [[gnu::noinline, gnu::cold]] std::optional<PoolTask> find_by_priority(std::size_t index,
+                                                                        Turn& turn) noexcept {
     PoolWorker& me = *workers_[index];
     const bool low_waits = low_.approx_size() != 0;
     const bool normal_waits = me.plain.approx_size() != 0 || me.keyed.approx_size() != 0;
     if (!low_waits) turn.low_bypassed = 0;
     if (!normal_waits) turn.normal_bypassed = 0;
-    std::optional<PoolTask> t;
-    if (turn.low_bypassed >= max_bypass_ && (t = pop_lane(low_))) {
-      turn.low_bypassed = 0;
-      return t;
+    if (turn.low_bypassed >= max_bypass_) {
+      if (std::optional<PoolTask> t = pop_lane(low_)) {
+        turn.low_bypassed = 0;
+        return t;
+      }
     }
     const bool normal_due = turn.normal_bypassed >= max_bypass_;
-    if (!normal_due && (t = pop_lane(high_))) {
-      if (normal_waits) ++turn.normal_bypassed;
-      if (low_waits) ++turn.low_bypassed;
-      return t;
+    if (!normal_due) {
+      if (std::optional<PoolTask> t = pop_lane(high_)) {
+        if (normal_waits) ++turn.normal_bypassed;
+        if (low_waits) ++turn.low_bypassed;
+        return t;
+      }
     }
-    if ((t = find_normal(index, turn))) {
+    if (std::optional<PoolTask> t = find_normal(index, turn.keyed_first)) {
       turn.normal_bypassed = 0;
       if (low_waits) ++turn.low_bypassed;
       return t;
     }
-    if (normal_due && (t = pop_lane(high_))) {  // normal was due, but another worker took it
-      if (low_waits) ++turn.low_bypassed;
-      return t;
+    if (normal_due) {  // normal was due, but another worker took it
+      if (std::optional<PoolTask> t = pop_lane(high_)) {
+        if (low_waits) ++turn.low_bypassed;
+        return t;
+      }
     }
-    if ((t = pop_lane(low_))) turn.low_bypassed = 0;
+    std::optional<PoolTask> t = pop_lane(low_);
+    if (t) turn.low_bypassed = 0;
     return t;
   }
 
