@@ -254,7 +254,9 @@ class HandlerState final : public SubscriptionState<T>,
       this->taken(*m);
       handle(*m);
       ++n;
-      finished_.add();  // the strand is the only writer: no locked instruction
+      // The strand is the only writer: no locked instruction. Release, so that wait_idle()'s
+      // load of the count also sees what the handler did (its contract: "handled").
+      finished_.add(1, std::memory_order_release);
     }
     running_handlers = frame.outer;
     if (n != 0) {
