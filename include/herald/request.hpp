@@ -310,7 +310,11 @@ class ReplySlot {
       cv_.notify_all();
       return;
     }
-    finish(Reply<Rep>::failure(unanswered_, unanswered_text_));
+    if (ended()) return;  // answered (the usual case): no failure text to build
+    finish(Reply<Rep>::failure(unanswered_,
+                               unanswered_topic_.empty()
+                                   ? std::string(unanswered_text_)
+                                   : "no responder serves \"" + unanswered_topic_ + "\""));
   }
 
   // ---- requester side ----
@@ -319,10 +323,13 @@ class ReplySlot {
   void set_continuation(Continuation c) { continuation_ = std::move(c); }
 
   /// What the request ends with if every hold goes unanswered; called after publishing, before
-  /// the requester releases its hold.
-  void set_unanswered(RequestError e, std::string text) {
+  /// the requester releases its hold. `text` must outlive the slot (a literal); a non-empty
+  /// `topic` makes the text "no responder serves <topic>" instead. Nothing is allocated unless a
+  /// topic is given (nobody was subscribed), so an answered request builds no failure text.
+  void set_unanswered(RequestError e, std::string_view text, std::string_view topic = {}) {
     unanswered_ = e;
-    unanswered_text_ = std::move(text);
+    unanswered_text_ = text;
+    unanswered_topic_.assign(topic);
   }
 
   /// Ends the request from the requester's side (timeout, cancelled, closed) unless it has ended.
@@ -474,7 +481,8 @@ class ReplySlot {
   const bool many_;
   std::atomic<int> holds_{1};  // the requester's, until it has published
   RequestError unanswered_ = RequestError::no_responders;
-  std::string unanswered_text_;
+  std::string_view unanswered_text_;
+  std::string unanswered_topic_;  // set only when nobody was subscribed
   // A plain request:
   std::atomic<std::uint32_t> state_{kPending};
   std::optional<Reply<Rep>> result_;
@@ -954,8 +962,7 @@ class Service {
     if (r.closed) {
       slot->set_unanswered(RequestError::closed, "the service is closed");
     } else if (r.matched == 0) {
-      slot->set_unanswered(RequestError::no_responders,
-                           "no responder serves \"" + std::string(topic) + "\"");
+      slot->set_unanswered(RequestError::no_responders, {}, topic);
     } else if (r.delivered == 0) {
       slot->set_unanswered(RequestError::failed,
                            "every responder's queue was full; the request was dropped");
