@@ -28,6 +28,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "results.hpp"
@@ -155,15 +156,30 @@ struct Probe {
   }
 };
 
+/// herald's pool. With P other than normal every task goes to that priority lane (the
+/// pool-wide high or low queue instead of the workers' own): what a lane costs against plain
+/// submit, which is what P = normal measures.
+template <herald::Priority P = herald::Priority::normal>
 struct HeraldPeer {
-  static constexpr const char* name = "herald::WorkerPool";
+  static constexpr const char* name = P == herald::Priority::normal ? "herald::WorkerPool"
+                                      : P == herald::Priority::high ? "herald, Priority::high"
+                                                                    : "herald, Priority::low";
   herald::WorkerPool pool{kThreads, kHeraldCapacity};
+
+  template <class F>
+  void submit(F&& f) {
+    if constexpr (P == herald::Priority::normal) {
+      pool.submit(std::forward<F>(f));
+    } else {
+      pool.submit(std::forward<F>(f), P);
+    }
+  }
 
   double empty_tasks(std::size_t n) {
     const std::uint64_t target = pool.stats().completed + n;
     const auto t0 = Clock::now();
     for (std::size_t i = 0; i < n; ++i)
-      pool.submit([] {});
+      submit([] {});
     while (pool.stats().completed < target)
       std::this_thread::yield();
     return seconds_since(t0) * 1e9 / static_cast<double>(n);
@@ -172,11 +188,13 @@ struct HeraldPeer {
   std::int64_t latency(Probe& p) {
     p.reset();
     const auto t0 = Clock::now();
-    pool.submit([&p] { p.hit(); });
+    submit([&p] { p.hit(); });
     p.wait();
     return p.started.load(std::memory_order_relaxed) - ns(t0);
   }
 };
+using HeraldHighPeer = HeraldPeer<herald::Priority::high>;
+using HeraldLowPeer = HeraldPeer<herald::Priority::low>;
 
 #if defined(HERALD_HAVE_BOOST)
 struct AsioPeer {
@@ -294,10 +312,10 @@ void print_ratio_row(herald_bench::ResultsFile& results, const Series& peer, dou
 
 void run_round_robin() {
   const Sizes z = sizes();
-  HeraldPeer herald_peer;
+  HeraldPeer<> herald_peer;
   MutexPeer mutex_peer;
   std::vector<Series> series;
-  series.push_back({HeraldPeer::name, {}, {}});
+  series.push_back({HeraldPeer<>::name, {}, {}});
 #if defined(HERALD_HAVE_BOOST)
   AsioPeer asio_peer;
   series.push_back({AsioPeer::name, {}, {}});
@@ -307,6 +325,11 @@ void run_round_robin() {
   series.push_back({TbbPeer::name, {}, {}});
 #endif
   series.push_back({MutexPeer::name, {}, {}});
+  // What the priority lanes cost, beside plain submit (not peers: no goal).
+  HeraldHighPeer high_peer;
+  HeraldLowPeer low_peer;
+  series.push_back({HeraldHighPeer::name, {}, {}});
+  series.push_back({HeraldLowPeer::name, {}, {}});
 
   // Warm-up (threads started, caches and allocators primed), not recorded.
   {
@@ -320,6 +343,8 @@ void run_round_robin() {
     one_rep(tbb_peer, scratch, warm);
 #endif
     one_rep(mutex_peer, scratch, warm);
+    one_rep(high_peer, scratch, warm);
+    one_rep(low_peer, scratch, warm);
   }
 
   for (int rep = 0; rep < z.reps; ++rep) {
@@ -332,6 +357,8 @@ void run_round_robin() {
     one_rep(tbb_peer, series[i++], z);
 #endif
     one_rep(mutex_peer, series[i++], z);
+    one_rep(high_peer, series[i++], z);
+    one_rep(low_peer, series[i++], z);
   }
 
   herald_bench::ResultsFile results;
@@ -405,8 +432,10 @@ void latency_args(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kNanosecond)->Iterations(smoke() ? 50 : 5000);
 }
 
-BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldPeer)->Apply(batch_args);
-BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldPeer)->Apply(latency_args);
+BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldPeer<>)->Apply(batch_args);
+BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldPeer<>)->Apply(latency_args);
+BENCHMARK_TEMPLATE(BM_empty_tasks, HeraldHighPeer)->Apply(batch_args);
+BENCHMARK_TEMPLATE(BM_submit_to_start, HeraldHighPeer)->Apply(latency_args);
 #if defined(HERALD_HAVE_BOOST)
 BENCHMARK_TEMPLATE(BM_empty_tasks, AsioPeer)->Apply(batch_args);
 BENCHMARK_TEMPLATE(BM_submit_to_start, AsioPeer)->Apply(latency_args);

@@ -4,9 +4,12 @@
 //   broker ping-pong the floor: thread A publishes on "ping" (pull subscription in B), B
 //                    receives and publishes on "pong", A receives -- herald's own round trip
 //                    through the broker without the request machinery (1 requester only).
+//   inline responder the responder runs in the requester's thread (inline_executor): what the
+//                    request machinery costs without a thread hand-over (shown, not judged).
 //   Go               the Go reference broker (bench/peers/refbroker's design) carrying each
 //                    request with a reply channel made per request; a responder goroutine
-//                    answers; 1 and 8 requester goroutines (bench/peers/reqreply).
+//                    answers; 1 and 8 requester goroutines (bench/peers/refbroker
+//                    -workload=request).
 // Every round trip is timed on its own (steady_clock, on both sides alike), giving p50 and p99;
 // requests/s is requests over wall time. Repetitions interleave the contenders; medians
 // reported. Goals: herald p50 <= 1.5x the broker ping-pong p50 (1 requester); herald
@@ -68,21 +71,27 @@ double ns_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
 }
 
-/// herald: `requesters` threads, `each` requests apiece, one responder on the pool.
-Run herald_service(herald::WorkerPool& pool, int requesters, std::uint64_t each) {
+/// herald: `requesters` threads, `each` requests apiece, one responder on `executor` (the pool,
+/// or inline_executor: then the responder runs in the requester's thread).
+Run herald_service(herald::ExecutorRef executor, int requesters, std::uint64_t each) {
   herald::Service<std::uint64_t, std::uint64_t> svc;
   auto responder =
-      svc.serve("svc.inc", [](const herald::Request<std::uint64_t>& r) { return *r + 1; }, pool,
+      svc.serve("svc.inc", [](const herald::Request<std::uint64_t>& r) { return *r + 1; }, executor,
                 {.capacity = 4096});
   std::vector<std::vector<double>> lat(static_cast<std::size_t>(requesters));
   std::atomic<std::uint64_t> wrong{0};
-  std::latch start(requesters + 1);
+  std::latch start(requesters);
+  // Wall time from the first requester's start to the last one's end, read by the requesters
+  // themselves (the main thread may be scheduled late on a busy machine).
+  std::vector<std::pair<Clock::time_point, Clock::time_point>> spans(
+      static_cast<std::size_t>(requesters));
   std::vector<std::thread> threads;
   for (int t = 0; t < requesters; ++t) {
     threads.emplace_back([&, t] {
       auto& mine = lat[static_cast<std::size_t>(t)];
       mine.reserve(each);
       start.arrive_and_wait();
+      spans[static_cast<std::size_t>(t)].first = Clock::now();
       for (std::uint64_t i = 0; i < each; ++i) {
         const std::uint64_t x = (static_cast<std::uint64_t>(t) << 40) | i;
         const auto t0 = Clock::now();
@@ -90,13 +99,18 @@ Run herald_service(herald::WorkerPool& pool, int requesters, std::uint64_t each)
         mine.push_back(ns_since(t0));
         if (!reply || *reply != x + 1) wrong.fetch_add(1, std::memory_order_relaxed);
       }
+      spans[static_cast<std::size_t>(t)].second = Clock::now();
     });
   }
-  start.arrive_and_wait();
-  const auto t0 = Clock::now();
   for (auto& th : threads)
     th.join();
-  const auto wall = Clock::now() - t0;
+  auto first = spans.front().first;
+  auto last = spans.front().second;
+  for (const auto& [b, e] : spans) {
+    first = std::min(first, b);
+    last = std::max(last, e);
+  }
+  const auto wall = last - first;
   if (wrong != 0) fail("herald Service", fmt::format("{} wrong or missing replies", wrong.load()));
   std::vector<double> all;
   for (auto& v : lat)
@@ -116,7 +130,7 @@ Run broker_ping_pong(std::uint64_t rounds) {
     for (std::uint64_t i = 0; i < rounds; ++i) {
       auto m = pings.receive();
       if (!m) return;
-      pong.publish(*m + 1);
+      pong.publish(**m + 1);
     }
   });
   std::vector<double> lat;
@@ -128,7 +142,7 @@ Run broker_ping_pong(std::uint64_t rounds) {
     ping.publish(i);
     auto m = pongs.receive();
     lat.push_back(ns_since(s));
-    ok = ok && m && *m == i + 1;
+    ok = ok && m && **m == i + 1;
   }
   const auto wall = Clock::now() - t0;
   echo.join();
@@ -136,11 +150,10 @@ Run broker_ping_pong(std::uint64_t rounds) {
   return summarize_run(lat, wall);
 }
 
-Run go_peer(const std::string& peer, int requesters, std::uint64_t each) {
-  const auto answer = herald_bench::run_peer(
-      peer, {"-requesters", std::to_string(requesters), "-requests", std::to_string(each)}, 3);
-  if (!answer.ok) fail("Go reference broker request-reply", answer.error);
-  return Run{answer.values[0], answer.values[1], answer.values[2]};
+Run go_peer(const std::string& refbroker, int requesters, std::uint64_t each) {
+  const auto f = herald_bench::go_request_reply(refbroker, requesters, each, 5000);
+  if (!f.ok) fail("Go reference broker request-reply", f.error);
+  return Run{f.p50_ns, f.p99_ns, f.requests_per_s};
 }
 
 }  // namespace
@@ -162,8 +175,11 @@ int main(int argc, char** argv) {
     int requesters;
     std::vector<Run> runs;
   };
-  std::vector<Contender> all = {
-      {"herald Service", 1, {}}, {"herald Service", 8, {}}, {"herald broker ping-pong", 1, {}}};
+  std::vector<Contender> all = {{"herald Service", 1, {}},
+                                {"herald Service", 8, {}},
+                                {"herald broker ping-pong", 1, {}},
+                                {"herald Service, inline responder", 1, {}},
+                                {"herald Service, inline responder", 8, {}}};
   if (!go.empty()) {
     all.push_back({"Go reference broker, reply channel", 1, {}});
     all.push_back({"Go reference broker, reply channel", 8, {}});
@@ -174,6 +190,8 @@ int main(int argc, char** argv) {
       const std::uint64_t each = per_run / static_cast<std::uint64_t>(c.requesters);
       if (c.name == "herald Service") {
         c.runs.push_back(herald_service(pool, c.requesters, each));
+      } else if (c.name == "herald Service, inline responder") {
+        c.runs.push_back(herald_service(herald::inline_executor, c.requesters, each));
       } else if (c.name == "herald broker ping-pong") {
         c.runs.push_back(broker_ping_pong(each));
       } else {

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -94,6 +95,37 @@ inline PeerAnswer run_peer(const std::string& program, const std::vector<std::st
   }
   answer.ok = true;
   return answer;
+}
+
+/// What the Go request-reply peer measured (bench/peers/refbroker -workload=request).
+struct RequestReplyFigures {
+  bool ok = false;
+  double p50_ns = 0;          ///< median round trip
+  double p99_ns = 0;          ///< 99th percentile round trip
+  double requests_per_s = 0;  ///< every requester's replies / wall time
+  std::string error;          ///< why not ok
+};
+
+/// Runs request-reply over the Go reference broker: `requesters` concurrent requesters, each
+/// making `requests` requests to one responder on "svc.add" (x -> x+1), each request with a
+/// reply channel of its own and a timeout of `timeout_ms` (a timeout or a wrong reply fails the
+/// run). `refbroker` is the program bench/peers/build.sh builds.
+inline RequestReplyFigures go_request_reply(const std::string& refbroker, int requesters,
+                                            std::uint64_t requests, int timeout_ms = 1000) {
+  const PeerAnswer a = run_peer(
+      refbroker,
+      {"-workload=request", "-requesters=" + std::to_string(requesters),
+       "-requests=" + std::to_string(requests), "-timeout-ms=" + std::to_string(timeout_ms)},
+      3);
+  RequestReplyFigures f;
+  f.ok = a.ok;
+  f.error = a.error;
+  if (a.ok) {
+    f.p50_ns = a.values[0];
+    f.p99_ns = a.values[1];
+    f.requests_per_s = a.values[2];
+  }
+  return f;
 }
 
 }  // namespace herald_bench

@@ -9,6 +9,7 @@ Inputs, all in the run directory:
   topic_index.json    Google Benchmark JSON of bench_topic_index's other cases (repetitions, not
                       aggregates): linear scan, insert, erase, subscribe/unsubscribe churn
   nats_bridge.json    the same for bench_nats_bridge (absent when the bridge is not built)
+  nats_service.json   the same for bench_nats_service (request-reply over NATS)
 Outputs, in the same directory:
   benchmarks.md       every table, with medians, min-max and herald's ratio against each peer
   readme_section.md   the run line, the goals table and the chart, for README.md
@@ -118,6 +119,32 @@ def matching(path):
     return measures, goals
 
 
+def nats_service(path):
+    """Request-reply over NATS: herald on both ends against raw libnats request/reply."""
+    measures, goals = [], []
+    if not os.path.exists(path):
+        return measures, goals
+    names = {
+        "raw_libnats/request/0": "raw libnats request/reply",
+        "raw_libnats/request_send_asap/1": "raw libnats request/reply, SendAsap",
+        "herald/service_bridge": "herald Service over ServiceBridge (SendAsap)",
+    }
+    rates = {}
+    for name, reps in gbench_samples(path).items():
+        if name in names:
+            values = [r["items_per_second"] for r in reps if "items_per_second" in r]
+            if values:
+                measures.append(measure_from("request", "round trips over NATS, 16 B", "",
+                                             names[name], "requests/s", True, values))
+                rates[name] = statistics.median(values)
+    herald = rates.get("herald/service_bridge")
+    raw = rates.get("raw_libnats/request_send_asap/1")
+    if herald and raw:
+        goals.append(Goal("request", "requests/s over NATS, herald / raw libnats (both SendAsap)",
+                          herald / raw, ">= 0.8x", "met" if herald / raw >= 0.8 else "MISSED"))
+    return measures, goals
+
+
 def nats(path):
     measures, goals = [], []
     if not os.path.exists(path):
@@ -127,6 +154,7 @@ def nats(path):
         "raw_libnats_copying": "raw libnats, copying at each end",
         "bridge/inline_handler": "herald bridge, inline handler",
         "bridge/pull_subscriber": "herald bridge, pull subscriber",
+        "bridge/inline_handler_headers": "herald bridge, inline handler, 2 headers",
     }
     rates = {}
     order = list(names)
@@ -145,7 +173,8 @@ def nats(path):
                 rates[(base, size)] = statistics.median(values)
     for (base, size), rate in rates.items():
         raw = rates.get(("raw_libnats", size))
-        if base.startswith("bridge/") and raw:
+        # The goal is for plain messages; raw libnats sends no headers, so no ratio for those.
+        if base.startswith("bridge/") and not base.endswith("_headers") and raw:
             goals.append(Goal("nats", f"{size}-byte messages/s, {names[base]} / raw libnats",
                               rate / raw, ">= 0.8x", "met" if rate / raw >= 0.8 else "MISSED"))
     return measures, goals
@@ -159,6 +188,7 @@ SUITES = [
     ("broker", "Broker vs the Go reference broker, its C++ translation and ZeroMQ inproc"),
     ("matching", "Topic matching vs NATS's sublist"),
     ("sync", "Concurrency toolkit vs plain baselines"),
+    ("request", "Request-reply vs the Go reference broker and raw libnats"),
     ("nats", "NATS bridge vs raw libnats"),
     ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
     ("retained", "Retained messages: publish with retention, subscribe with a replay"),
@@ -403,7 +433,8 @@ def main():
     smoke = ctx.get("mode") == "smoke"
     measures, goals = read_results(os.path.join(out, "results.tsv"))
     for part in (matching(os.path.join(out, "topic_index.json")),
-                 nats(os.path.join(out, "nats_bridge.json"))):
+                 nats(os.path.join(out, "nats_bridge.json")),
+                 nats_service(os.path.join(out, "nats_service.json"))):
         measures += part[0]
         goals += part[1]
 

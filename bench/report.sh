@@ -102,9 +102,14 @@ run bench_topic_index --reps="$reps" --go-peer="$peers/sublist" "${gbench_flags[
   "${smoke_time[@]}" --benchmark_filter=-BM_index_match --benchmark_out="$out/topic_index.json"
 run bench_sync --reps="$reps"
 run bench_retained --reps="$reps"
+run bench_request --reps="$reps" --go-peer="$peers/refbroker"
 run bench_metrics --reps="$reps"
+# The Go request-reply peer answers in the format go_peer.hpp reads (CI: smoke size).
+[ "$mode" = smoke ] && run go_request_peer "$peers/refbroker" --smoke
 if [ "$nats" = built ]; then
   run bench_nats_bridge "${gbench_flags[@]}" --benchmark_out="$out/nats_bridge.json"
+  run bench_nats_service "${gbench_flags[@]}" "${smoke_time[@]}" \
+    --benchmark_out="$out/nats_service.json"
 fi
 echo "load_end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/context.txt"
 

@@ -12,12 +12,9 @@
 
 #include <fmt/core.h>
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
+#include "nats_support.hpp"
+
 #include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,8 +26,6 @@
 #include <string>
 #include <thread>
 
-extern char** environ;
-
 namespace {
 
 /// What the plant publishes: trivially copyable, so the ready TrivialCodec carries it.
@@ -39,56 +34,9 @@ struct Reading {
   double celsius;
 };
 
-/// Only so that the example runs anywhere: a nats-server of its own on a free loopback port.
-class PrivateServer {
- public:
-  PrivateServer() {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    close(fd);
-    port_ = std::to_string(ntohs(addr.sin_port));
-    std::string bin = "/usr/sbin/nats-server", a = "-a", host = "127.0.0.1", p = "-p";
-    char* argv[] = {bin.data(), a.data(), host.data(), p.data(), port_.data(), nullptr};
-    posix_spawn_file_actions_t quiet;
-    posix_spawn_file_actions_init(&quiet);
-    posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
-    if (posix_spawnp(&pid_, "nats-server", &quiet, nullptr, argv, environ) != 0 &&
-        posix_spawn(&pid_, bin.c_str(), &quiet, nullptr, argv, environ) != 0) {
-      pid_ = -1;
-    }
-    posix_spawn_file_actions_destroy(&quiet);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let it start listening
-  }
-  ~PrivateServer() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    waitpid(pid_, nullptr, 0);
-  }
-  [[nodiscard]] bool started() const { return pid_ > 0; }
-  [[nodiscard]] std::string url() const { return "nats://127.0.0.1:" + port_; }
-
- private:
-  pid_t pid_ = -1;
-  std::string port_;
-};
-
 void print_stats(const char* who, const herald::nats::BridgeStats& s) {
   fmt::print("[{:>9}] bridge: exported {} sent {} dropped {} | received {} imported {}\n", who,
              s.exported, s.sent, s.dropped(), s.received, s.imported);
-}
-
-/// Starts this same program as the dashboard process.
-pid_t start_dashboard(const std::string& url) {
-  std::string self = "/proc/self/exe", flag = "--dashboard", u = url;
-  char* argv[] = {self.data(), flag.data(), u.data(), nullptr};
-  pid_t pid = -1;
-  if (posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, environ) != 0) return -1;
-  return pid;
 }
 
 // --- The dashboard process: shows readings, sends a command back. ---
@@ -136,10 +84,10 @@ int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--dashboard") return dashboard(argv[2]);
 
   // --- The plant process: publishes readings, obeys set-point commands. ---
-  std::unique_ptr<PrivateServer> server;
+  std::unique_ptr<examples::PrivateServer> server;
   std::string url = argc > 1 ? argv[1] : "";
   if (url.empty()) {
-    server = std::make_unique<PrivateServer>();
+    server = std::make_unique<examples::PrivateServer>();
     if (!server->started()) {
       fmt::print(stderr, "nats_bridge: cannot start nats-server; pass a NATS URL instead\n");
       return 1;
@@ -159,7 +107,7 @@ int main(int argc, char** argv) {
   herald::nats::Bridge<std::string> in(
       commands, {.url = url, .imports = {{.pattern = "commands.>", .prefix = "plant1"}}});
 
-  const pid_t child = start_dashboard(url);
+  const pid_t child = examples::start_self({"--dashboard", url});
   if (child < 0) {
     fmt::print(stderr, "nats_bridge: cannot start the dashboard process\n");
     return 1;

@@ -9,7 +9,7 @@ cd "$herald_root"
 herald_need_packages cmake make g++ clang clang-format libclang-rt-14-dev catch2 \
   libbenchmark-dev libfmt-dev libatomic-queue-dev libxenium-dev libconcurrentqueue-dev \
   libboost-dev libtbb-dev libzmq3-dev nats-server libnats-dev python3 gnuplot-nox \
-  prometheus libcpp-httplib-dev pkg-config
+  prometheus libcpp-httplib-dev pkg-config golang-go golang-github-nats-io-go-nats-dev
 
 export HERALD_WERROR="${HERALD_WERROR:-ON}"
 export CTEST_OUTPUT_ON_FAILURE=1

@@ -35,6 +35,7 @@ TEST_CASE("stats structs format every field by name", "[fmt]") {
   const std::string handler = fmt::format("{}", herald::HandlerStats{});
   CHECK(handler.find("HandlerStats{offered: 0,") == 0);
   CHECK(handler.find("invocations: 0, failures: 0, retries: 0, dead_lettered: 0, "
+                     "breaker_refused: 0, breaker_dead_lettered: 0, deduplicated: 0, "
                      "handler_time_total: 0ns, handler_time_max: 0ns}") != std::string::npos);
   CHECK(fmt::format("{}", herald::WorkerPoolStats{1, 2, 3, 4, 5}) ==
         "WorkerPoolStats{submitted: 1, completed: 2, failed: 3, queued: 4, threads: 5, stolen: 0, "

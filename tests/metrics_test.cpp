@@ -1,5 +1,6 @@
 // MetricsRegistry: what each family says after a known workload, label escaping, both formats,
 // and promtool's verdict on every exposition written here (promtool check metrics).
+#include <herald/circuit_breaker.hpp>
 #include <herald/metrics.hpp>
 
 #include <unistd.h>
@@ -187,6 +188,40 @@ TEST_CASE("an exposition reports a broker, its subscriptions, handlers, topics, 
   metrics.write(os);
   CHECK(os.str().size() > 0);
   CHECK(os.str().find("herald_broker_published_total{" + b + "} 9") != std::string::npos);
+}
+
+TEST_CASE(
+    "a handler's breaker refusals, breaker dead letters and deduplicated messages are exported") {
+  Broker<int> broker;
+  auto breaker = std::make_shared<herald::CircuitBreaker>();
+  breaker->trip();  // open for the default 5 s cooldown
+  auto refused = broker.subscribe(
+      "guarded", [](const herald::Message<int>&) {}, herald::inline_executor, {},
+      herald::HandlerOptions<int>{.breaker = breaker, .when_open = herald::WhenOpen::dead_letter});
+  auto dedup = broker.subscribe(
+      "dedup", [](const herald::Message<int>&) {}, herald::inline_executor, {},
+      herald::HandlerOptions<int>{
+          .dedup = {.key = [](const herald::Message<int>& m) { return std::uint64_t(*m); }}});
+  for (const int v : {1, 2, 3})
+    broker.publish("guarded", v);
+  for (const int v : {1, 1, 2, 1})
+    broker.publish("dedup", v);
+  MetricsRegistry metrics;
+  metrics.add_broker("b", broker);
+  const std::string text = metrics.exposition();
+  INFO(text);
+  const std::string g =
+      "broker=\"b\",subscription=\"1\",pattern=\"guarded\",queue_group=\"\","
+      "kind=\"handler\"";
+  const std::string d =
+      "broker=\"b\",subscription=\"2\",pattern=\"dedup\",queue_group=\"\","
+      "kind=\"handler\"";
+  CHECK(has_line(text, "herald_handler_breaker_refused_total{" + g + "} 3"));
+  CHECK(has_line(text, "herald_handler_breaker_dead_letters_total{" + g + "} 3"));
+  CHECK(has_line(text, "herald_handler_deduplicated_total{" + g + "} 0"));
+  CHECK(has_line(text, "herald_handler_deduplicated_total{" + d + "} 2"));
+  CHECK(has_line(text, "herald_handler_breaker_refused_total{" + d + "} 0"));
+  check_with_promtool(text);
 }
 
 TEST_CASE("OpenMetrics names counter families without _total, declares units and ends in EOF") {

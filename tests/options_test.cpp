@@ -118,6 +118,18 @@ void subscribe_handler(const SubscribeOptions& o) {
   }
 }
 
+/// Subscribes a handler with `h` on a broker of its own, as subscribe_pull.
+void subscribe_handler_with(const herald::HandlerOptions<int>& h) {
+  Broker<int> broker;
+  try {
+    (void)broker.subscribe(
+        "t", [](const Message<int>&) {}, herald::inline_executor, {}, h);
+  } catch (...) {
+    if (broker.stats().subscriptions != 0) throw std::logic_error("registered, then threw");
+    throw;
+  }
+}
+
 /// `s` with control bytes shown as \xNN, for labels.
 std::string printable(const std::string& s) {
   static const char* hex = "0123456789abcdef";
@@ -163,6 +175,8 @@ TEST_CASE("SubscribeOptions: every nonsense value is rejected by name, and nothi
        {.overflow = Overflow::block, .block_timeout = std::chrono::nanoseconds::min()});
   both("disconnect_after 0 under Overflow::disconnect", "disconnect_after",
        {.overflow = Overflow::disconnect, .disconnect_after = 0});
+  both("priority Priority(3)", "priority", {.priority = static_cast<herald::Priority>(3)});
+  both("priority Priority(255)", "priority", {.priority = static_cast<herald::Priority>(255)});
   for (const char* name : {" ", "a b", "\t", "a\nb", "a\x01", ".", "a..b", ".a", "a."}) {
     SubscribeOptions o;
     o.queue_group = name;
@@ -191,16 +205,7 @@ TEST_CASE("subscribe rejects a capacity it could never allocate before allocatin
 TEST_CASE("RetryPolicy and HandlerOptions: nonsense values are rejected by name",
           "[options][retry][item6]") {
   const auto with_retry = [](const herald::RetryPolicy& retry) {
-    Broker<int> broker;
-    herald::HandlerOptions<int> h;
-    h.retry = retry;
-    try {
-      (void)broker.subscribe(
-          "t", [](const Message<int>&) {}, herald::inline_executor, {}, h);
-    } catch (...) {
-      if (broker.stats().subscriptions != 0) throw std::logic_error("registered, then threw");
-      throw;
-    }
+    subscribe_handler_with({.retry = retry});
   };
   expect_rejected("initial_backoff -1 ms", "initial_backoff",
                   [&] { with_retry({.max_attempts = 3, .initial_backoff = -1ms}); });
@@ -212,6 +217,30 @@ TEST_CASE("RetryPolicy and HandlerOptions: nonsense values are rejected by name"
   expect_rejected("max_backoff 1 ms < initial_backoff 10 ms", "max_backoff", [&] {
     with_retry({.max_attempts = 3, .initial_backoff = 10ms, .max_backoff = 1ms});
   });
+}
+
+TEST_CASE(
+    "HandlerOptions: a breaker mode, recheck or dedup window out of range is rejected by name",
+    "[options][breaker][dedup]") {
+  const auto with = subscribe_handler_with;
+  const auto key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); };
+  expect_rejected("when_open WhenOpen(2)", "when_open",
+                  [&] { with({.when_open = static_cast<herald::WhenOpen>(2)}); });
+  expect_rejected("breaker_recheck 0", "breaker_recheck", [&] { with({.breaker_recheck = 0ns}); });
+  expect_rejected("breaker_recheck -1 ms", "breaker_recheck",
+                  [&] { with({.breaker_recheck = -1ms}); });
+  expect_rejected("dedup.max_count 0", "dedup.max_count",
+                  [&] { with({.dedup = {.key = key, .max_count = 0}}); });
+  expect_rejected("dedup.max_count 2^31 + 1", "dedup.max_count",
+                  [&] { with({.dedup = {.key = key, .max_count = (std::size_t{1} << 31) + 1}}); });
+  expect_rejected("dedup.max_age 0", "dedup.max_age",
+                  [&] { with({.dedup = {.key = key, .max_age = 0ns}}); });
+  expect_rejected("dedup.max_age -1 s", "dedup.max_age",
+                  [&] { with({.dedup = {.key = key, .max_age = -1s}}); });
+  expect_accepted("dedup of one key for 1 ns",
+                  [&] { with({.dedup = {.key = key, .max_count = 1, .max_age = 1ns}}); });
+  expect_accepted("no dedup key: the window is not looked at",
+                  [&] { with({.dedup = {.max_count = 0}}); });
 }
 
 TEST_CASE("max_attempts 0 is rejected by name, or clamped to one attempt as documented",
@@ -285,6 +314,13 @@ TEST_CASE("WorkerPool: 0 and absurd thread counts or queue capacities are reject
   expect_rejected("threads 2^40", "threads", [] { herald::WorkerPool p(std::size_t{1} << 40, 8); });
   expect_rejected("queue_capacity SIZE_MAX", "capacity", [] { herald::WorkerPool p(1, kMax); });
   expect_rejected("queue_capacity 2^57", "capacity", [] { herald::WorkerPool p(1, kTwoTo57); });
+  expect_rejected("max_bypass 0", "max_bypass",
+                  [] { herald::WorkerPool p(1, 8, {.max_bypass = 0}); });
+  expect_accepted("max_bypass 1", [] { herald::WorkerPool p(1, 8, {.max_bypass = 1}); });
+  expect_rejected("submit at Priority(3)", "priority", [] {
+    herald::WorkerPool p(1, 8);
+    p.submit([] {}, static_cast<herald::Priority>(3));
+  });
 }
 
 TEST_CASE("BoundedQueue refuses a capacity it could never allocate before trying",

@@ -1,6 +1,7 @@
 // Handler (push) subscriptions: executors, strand order and exclusivity, quiescent unsubscribe,
 // failures, retries with backoff, dead letters, handler durations.
 #include <herald/broker.hpp>
+#include <herald/circuit_breaker.hpp>
 #include <herald/worker_pool.hpp>
 
 #include <atomic>
@@ -498,4 +499,293 @@ TEST_CASE("wait_idle returns false when unsubscribed with messages left, and ins
   CHECK_FALSE(waited.load());
   CHECK_FALSE(inside_result.load());
   CHECK_FALSE(herald::HandlerSubscription<int>{}.wait_idle(0s));
+}
+
+TEST_CASE("a handler subscription's strand runs in the pool lane of its priority",
+          "[handler][priority]") {
+  herald::WorkerPool pool(1, 64, {.max_bypass = 100});
+  Broker<int> broker;
+  std::vector<std::string> order;  // the one worker appends; read after wait_idle
+  const auto record = [&order](const Message<int>& m) { order.emplace_back(m.topic()); };
+  auto low = broker.subscribe("low", record, pool, {.priority = herald::Priority::low});
+  auto normal = broker.subscribe("normal", record, pool, {});
+  auto high = broker.subscribe("high", record, pool, {.priority = herald::Priority::high});
+  Gate gate;
+  OpenOnExit open_on_exit{gate};
+  herald_test::hold_workers(pool, gate);
+  for (const char* topic : {"low", "normal", "high"})
+    REQUIRE(broker.publish(topic, 1).delivered == 1);
+  gate.open();
+  for (auto* h : {&low, &normal, &high})
+    REQUIRE(h->wait_idle(10s));
+  CHECK(order == std::vector<std::string>{"high", "normal", "low"});
+}
+
+namespace {
+
+/// An executor with lanes of its own: records the priority it is asked for, runs the task.
+struct LaneRecorder {
+  std::mutex mutex;
+  std::vector<herald::Priority> seen;
+  bool execute(herald::Task&& task) { return execute(std::move(task), herald::Priority::normal); }
+  bool execute(herald::Task&& task, herald::Priority p) {
+    {
+      const std::lock_guard lock(mutex);
+      seen.push_back(p);
+    }
+    task();
+    return true;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("executors with lanes get the subscription's priority; the others ignore it",
+          "[handler][priority]") {
+  Broker<int> broker;
+  LaneRecorder lanes;
+  std::atomic<int> calls{0};
+  const auto count = [&calls](const Message<int>&) { ++calls; };
+  {
+    auto a = broker.subscribe("t", count, lanes, {.priority = herald::Priority::low});
+    auto b = broker.subscribe("t", count, herald::dedicated_thread,
+                              {.priority = herald::Priority::high});
+    auto c =
+        broker.subscribe("t", count, herald::inline_executor, {.priority = herald::Priority::high});
+    REQUIRE(broker.publish("t", 1).delivered == 3);
+    REQUIRE(b.wait_idle(10s));
+  }
+  CHECK(calls == 3);
+  const std::lock_guard lock(lanes.mutex);
+  CHECK(lanes.seen == std::vector<herald::Priority>{herald::Priority::low});
+}
+
+// ---------------------------------------------------------------------------------------------
+// HandlerOptions::breaker and HandlerOptions::dedup.
+
+namespace {
+
+/// A clock the test moves by hand, and a sleep hook that moves it instead of sleeping: the
+/// strand's waits for the breaker become deterministic.
+struct ManualTime {
+  std::atomic<std::int64_t> now_ns{0};
+  std::vector<std::chrono::nanoseconds> slept;  // inline executor: the publisher's thread only
+
+  std::function<herald::CircuitBreaker::Clock::time_point()> clock() {
+    return [this] {
+      return herald::CircuitBreaker::Clock::time_point(std::chrono::nanoseconds(now_ns.load()));
+    };
+  }
+  std::function<void(std::chrono::nanoseconds)> sleep() {
+    return [this](std::chrono::nanoseconds d) {
+      slept.push_back(d);
+      now_ns += d.count();
+    };
+  }
+};
+
+/// Collects dead letters (inline executor: the publisher's thread only).
+struct Letters {
+  std::vector<herald::DeadLetter<int>> got;
+  herald::DeadLetterSink<int> sink() {
+    return [this](herald::DeadLetter<int>&& d) {
+      got.push_back(std::move(d));
+      return true;
+    };
+  }
+};
+
+/// A dependency that is down until told otherwise.
+struct Dependency {
+  bool down = true;
+  std::vector<int> served;
+  void call(int v) {
+    if (down) throw std::runtime_error("dependency down");
+    served.push_back(v);
+  }
+};
+
+}  // namespace
+
+TEST_CASE(
+    "WhenOpen::wait: while the breaker is open the handler is not called; the message "
+    "waits for the cooldown and then goes through as the probe",
+    "[handler][breaker]") {
+  ManualTime time;
+  auto breaker = std::make_shared<herald::CircuitBreaker>(herald::CircuitBreakerOptions{
+      .consecutive_failures = 3, .cooldown = 1s, .clock = time.clock()});
+  const std::weak_ptr<herald::CircuitBreaker> alive = breaker;
+  Dependency dep;
+  int calls = 0;
+  Broker<int> broker;
+  std::optional<herald::HandlerSubscription<int>> handle;
+  auto& h = handle.emplace(broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        ++calls;
+        dep.call(*m);
+      },
+      herald::inline_executor, {},
+      herald::HandlerOptions<int>{.sleep = time.sleep(), .breaker = breaker}));
+  breaker.reset();  // the subscription shares ownership: the breaker lives on
+  REQUIRE_FALSE(alive.expired());
+  for (int i = 1; i <= 3; ++i)
+    broker.publish("t", i);  // three failures in a row: the breaker opens
+  CHECK(alive.lock()->state() == herald::CircuitState::open);
+  CHECK(calls == 3);
+  dep.down = false;
+  time.now_ns += std::chrono::nanoseconds(400ms).count();
+  broker.publish("t", 4);  // refused; waits the 600 ms left, then is the half-open probe
+  CHECK(time.slept == std::vector<std::chrono::nanoseconds>{600ms});
+  CHECK(calls == 4);
+  CHECK(dep.served == std::vector<int>{4});
+  CHECK(alive.lock()->state() == herald::CircuitState::closed);
+  const auto s = h.stats();
+  CHECK(s.breaker_refused == 1);
+  CHECK(s.breaker_dead_lettered == 0);
+  CHECK(s.failures == 3);
+  CHECK(s.invocations == 4);
+  handle.reset();
+  CHECK(alive.expired());  // the subscription let go of its share with its last handle
+}
+
+TEST_CASE("WhenOpen::dead_letter: refused messages go to the dead-letter sink at once, counted",
+          "[handler][breaker]") {
+  ManualTime time;
+  auto breaker = std::make_shared<herald::CircuitBreaker>(herald::CircuitBreakerOptions{
+      .consecutive_failures = 2, .cooldown = 1s, .clock = time.clock()});
+  Dependency dep;
+  Letters box;
+  auto& letters = box.got;
+  Broker<int> broker;
+  auto h = broker.subscribe(
+      "t", [&](const Message<int>& m) { dep.call(*m); }, herald::inline_executor, {},
+      herald::HandlerOptions<int>{.dead_letters = box.sink(),
+                                  .sleep = time.sleep(),
+                                  .breaker = breaker,
+                                  .when_open = herald::WhenOpen::dead_letter});
+  for (int i = 1; i <= 4; ++i)
+    broker.publish("t", i);  // 1 and 2 fail and open the breaker; 3 and 4 are refused
+  REQUIRE(letters.size() == 4);
+  CHECK(letters[0].attempts == 1);
+  CHECK(letters[0].error == "dependency down");
+  for (const std::size_t i : {2u, 3u}) {
+    CHECK(*letters[i].message == static_cast<int>(i) + 1);
+    CHECK(letters[i].attempts == 0);  // never called
+    CHECK(letters[i].error.find("circuit breaker") != std::string::npos);
+  }
+  CHECK(time.slept.empty());
+  dep.down = false;
+  time.now_ns += std::chrono::nanoseconds(1s).count();
+  broker.publish("t", 5);  // the cooldown is over: 5 is the probe, and closes the breaker
+  CHECK(dep.served == std::vector<int>{5});
+  const auto s = h.stats();
+  CHECK(s.breaker_refused == 2);
+  CHECK(s.breaker_dead_lettered == 2);
+  CHECK(s.dead_lettered == 4);
+  CHECK(s.invocations == 3);
+  CHECK(breaker->state() == herald::CircuitState::closed);
+}
+
+TEST_CASE("every attempt asks the breaker: retries stop once it opens", "[handler][breaker]") {
+  ManualTime time;
+  auto breaker = std::make_shared<herald::CircuitBreaker>(herald::CircuitBreakerOptions{
+      .consecutive_failures = 2, .cooldown = 1h, .clock = time.clock()});
+  Letters box;
+  auto& letters = box.got;
+  Broker<int> broker;
+  auto h = broker.subscribe(
+      "t", [&](const Message<int>&) { throw std::runtime_error("down"); }, herald::inline_executor,
+      {},
+      herald::HandlerOptions<int>{.retry = {.max_attempts = 10, .initial_backoff = 1ms},
+                                  .dead_letters = box.sink(),
+                                  .sleep = time.sleep(),
+                                  .breaker = breaker,
+                                  .when_open = herald::WhenOpen::dead_letter});
+  broker.publish("t", 1);
+  const auto s = h.stats();
+  CHECK(s.invocations == 2);  // not 10: the third attempt was refused
+  CHECK(s.breaker_refused == 1);
+  REQUIRE(letters.size() == 1);
+  CHECK(letters[0].attempts == 2);
+  CHECK(breaker->stats().failures == 2);
+}
+
+TEST_CASE("unsubscribe cuts short a strand waiting for an open breaker, and is quiescent",
+          "[handler][breaker][quiescent]") {
+  auto breaker = std::make_shared<herald::CircuitBreaker>(
+      herald::CircuitBreakerOptions{.consecutive_failures = 1, .cooldown = 1h});
+  breaker->trip();
+  herald::WorkerPool pool(1, 8);
+  Broker<int> broker;
+  std::atomic<int> calls{0};
+  auto h = broker.subscribe(
+      "t", [&](const Message<int>&) { ++calls; }, pool, {},
+      herald::HandlerOptions<int>{.breaker = breaker, .breaker_recheck = 1h});
+  REQUIRE(broker.publish("t", 1).delivered == 1);
+  REQUIRE(broker.publish("t", 2).delivered == 1);
+  REQUIRE(eventually([&] { return h.stats().breaker_refused == 1; }));  // it is waiting
+  h.unsubscribe();  // returns although the cooldown has an hour to go
+  CHECK(calls == 0);
+  const auto s = h.stats();
+  CHECK(s.received == 1);     // the waiting message was taken, and left unhandled
+  CHECK(s.queue_depth == 1);  // the next one stayed queued
+  // The pool's worker is free again.
+  auto done = pool.async([] { return 7; });
+  CHECK(done.get() == 7);
+}
+
+TEST_CASE("dedup skips messages whose key was handled within the window, and counts them",
+          "[handler][dedup]") {
+  Broker<int> broker;
+  std::vector<int> handled;
+  bool fail_sevens = true;
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        if (*m == 7 && fail_sevens) {
+          fail_sevens = false;
+          throw std::runtime_error("first 7 fails");
+        }
+        handled.push_back(*m);
+      },
+      herald::inline_executor, {},
+      herald::HandlerOptions<int>{
+          .dedup = {.key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); },
+                    .max_count = 3}});
+  for (const int v : {1, 2, 1, 3, 2})
+    broker.publish("t", v);
+  CHECK(handled == std::vector<int>{1, 2, 3});
+  CHECK(h.stats().deduplicated == 2);
+  // A message that failed is not recorded: its redelivery is handled, the next copy is not.
+  for (const int v : {7, 7, 7})
+    broker.publish("t", v);
+  CHECK(handled == std::vector<int>{1, 2, 3, 7});
+  CHECK(h.stats().deduplicated == 3);
+  CHECK(h.stats().failures == 1);
+  // The window holds the last 3 handled keys (2, 3, 7 now): 1 has been forgotten.
+  broker.publish("t", 1);
+  broker.publish("t", 3);
+  CHECK(handled == std::vector<int>{1, 2, 3, 7, 1});
+  CHECK(h.stats().deduplicated == 4);
+}
+
+TEST_CASE("a throwing dedup key goes to on_error and the message is handled anyway",
+          "[handler][dedup]") {
+  Broker<int> broker;
+  int handled = 0;
+  int errors = 0;
+  auto h = broker.subscribe(
+      "t", [&](const Message<int>&) { ++handled; }, herald::inline_executor, {},
+      herald::HandlerOptions<int>{
+          .on_error = [&](const Message<int>&, std::exception_ptr) { ++errors; },
+          .dedup = {.key = [](const Message<int>& m) -> std::uint64_t {
+            if (*m < 0) throw std::runtime_error("no id");
+            return static_cast<std::uint64_t>(*m);
+          }}});
+  for (const int v : {-1, -1, 5, 5})
+    broker.publish("t", v);
+  CHECK(handled == 3);
+  CHECK(errors == 2);
+  CHECK(h.stats().deduplicated == 1);
 }

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <iostream>
 #include <latch>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -171,6 +172,23 @@ class Gate {
   mutable std::latch latch_{1};
   std::atomic<bool> opened_{false};
 };
+
+/// Occupies `n` workers of `pool` (anything with `bool submit(f)`) with a task each that waits
+/// at `gate`, and returns once all of them run: what the test queues next waits behind them.
+/// Each task must land on a different worker (plain submissions go round-robin, and a held
+/// worker cannot take a second).
+template <class Pool>
+void hold_workers(Pool& pool, const Gate& gate, std::ptrdiff_t n = 1) {
+  // Shared: a task may still be inside count_down() when the wait below returns.
+  auto held = std::make_shared<std::latch>(n);
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    REQUIRE(pool.submit([held, &gate] {
+      held->count_down();
+      gate.wait();
+    }));
+  }
+  held->wait();
+}
 
 /// Opens a gate when the scope ends, also when a failed REQUIRE leaves it early: whatever waits
 /// at the gate (a task a pool's destructor joins, a handler an unsubscribe waits for) can then

@@ -24,6 +24,7 @@ using herald::WorkerPool;
 using herald::detail::UniqueFunction;
 using herald_test::BlockedProbe;
 using herald_test::Gate;
+using herald_test::hold_workers;
 using herald_test::OpenOnExit;
 
 namespace {
@@ -336,12 +337,7 @@ TEST_CASE("an idle worker takes over plain tasks queued behind a busy one", "[wo
   Gate gate;
   WorkerPool pool(2, 64);
   OpenOnExit open_on_exit{gate};
-  std::latch blocked{1};
-  REQUIRE(pool.submit([&] {
-    blocked.count_down();
-    gate.wait();
-  }));
-  blocked.wait();
+  hold_workers(pool, gate);
   constexpr int n = 100;
   std::latch all_ran{n};
   for (int i = 0; i < n; ++i)
@@ -530,13 +526,7 @@ TEST_CASE("shutdown runs every accepted task and rejects everything afterwards",
   {
     WorkerPool pool(2, 4);
     OpenOnExit open_on_exit{gate};
-    std::latch blocked{2};
-    for (int w = 0; w < 2; ++w)  // one per worker: a blocked worker cannot take the second
-      REQUIRE(pool.submit([&] {
-        blocked.count_down();
-        gate.wait();
-      }));
-    blocked.wait();
+    hold_workers(pool, gate, 2);
     std::vector<std::thread> threads;
     for (int s = 0; s < submitters; ++s) {
       threads.emplace_back([&, s] {
@@ -710,13 +700,7 @@ TEST_CASE("task objects are destroyed exactly once on every path", "[worker_pool
     Gate gate;
     WorkerPool pool(2, 2);
     OpenOnExit open_on_exit{gate};
-    std::latch blocked{2};
-    for (int w = 0; w < 2; ++w)
-      REQUIRE(pool.submit([&] {
-        blocked.count_down();
-        gate.wait();
-      }));
-    blocked.wait();
+    hold_workers(pool, gate, 2);
     int accepted = 0;
     for (int i = 0; i < 10; ++i)
       accepted += pool.try_submit(LargeTask{probe}) ? 1 : 0;  // some fail
@@ -735,4 +719,199 @@ TEST_CASE("task objects are destroyed exactly once on every path", "[worker_pool
     CHECK(probe.calls == 5);
   }
   CHECK(probe.live == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Priority lanes.
+
+namespace {
+
+using herald::Priority;
+
+/// One dispatch as the single worker of a pool saw it: the task's lane and its number there.
+struct Dispatch {
+  Priority lane;
+  int seq;
+};
+
+/// Submits `counts[lane]` tasks per lane (in the order `order` gives) to a one-worker pool whose
+/// worker is held at a gate meanwhile, then lets it run them all; returns the dispatch order.
+std::vector<Dispatch> run_gated(std::uint32_t max_bypass, const std::vector<Priority>& order) {
+  std::vector<Dispatch> seen;  // written by the one worker only; read after shutdown joined it
+  Gate gate;
+  WorkerPool pool(1, 256, {.max_bypass = max_bypass});
+  OpenOnExit open_on_exit{gate};
+  hold_workers(pool, gate);
+  std::array<int, herald::priority_levels> next{};
+  for (const Priority p : order) {
+    const int seq = next[static_cast<std::size_t>(p)]++;
+    REQUIRE(pool.submit([&seen, p, seq] { seen.push_back({p, seq}); }, p));
+  }
+  gate.open();
+  pool.shutdown();
+  return seen;
+}
+
+std::vector<Priority> repeated(Priority p, std::size_t n) {
+  return std::vector<Priority>(n, p);
+}
+
+std::vector<Priority> operator+(std::vector<Priority> a, const std::vector<Priority>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("with aging out of reach, one worker runs high, then normal, then low, each in order",
+          "[worker_pool][priority]") {
+  const auto seen = run_gated(1000, repeated(Priority::low, 5) + repeated(Priority::normal, 5) +
+                                        repeated(Priority::high, 5));
+  REQUIRE(seen.size() == 15);
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    const auto lane = static_cast<Priority>(i / 5);
+    INFO("dispatch " << i);
+    CHECK(seen[i].lane == lane);
+    CHECK(seen[i].seq == static_cast<int>(i % 5));
+  }
+}
+
+TEST_CASE("a waiting lower-priority task sees at most max_bypass higher dispatches, and no fewer",
+          "[worker_pool][priority][aging]") {
+  for (const std::uint32_t bypass : {1u, 3u, 7u}) {
+    // A flood of high tasks, with normal and low work waiting behind it from the start.
+    std::vector<Priority> order =
+        repeated(Priority::high, 60) + repeated(Priority::normal, 12) + repeated(Priority::low, 6);
+    const auto seen = run_gated(bypass, order);
+    REQUIRE(seen.size() == order.size());
+    std::array<int, herald::priority_levels> left{60, 12, 6};
+    std::array<int, herald::priority_levels> expected_seq{};
+    // For each lower lane: higher dispatches since it last ran, while it had work waiting.
+    std::array<std::uint32_t, herald::priority_levels> bypassed{};
+    std::array<std::uint32_t, herald::priority_levels> worst{};
+    for (std::size_t i = 0; i < seen.size(); ++i) {
+      const auto lane = static_cast<std::size_t>(seen[i].lane);
+      INFO("max_bypass " << bypass << ", dispatch " << i << ", lane " << lane);
+      CHECK(seen[i].seq == expected_seq[lane]++);  // FIFO within a lane
+      for (std::size_t lower = lane + 1; lower < herald::priority_levels; ++lower) {
+        if (left[lower] == 0) continue;
+        worst[lower] = std::max(worst[lower], ++bypassed[lower]);
+      }
+      bypassed[lane] = 0;
+      --left[lane];
+    }
+    INFO("max_bypass " << bypass);
+    CHECK(worst[1] == bypass);  // the bound holds, and is what lets the normal lane through
+    CHECK(worst[2] == bypass);
+    // Priority still means something: the first max_bypass dispatches are all high.
+    for (std::size_t i = 0; i < bypass; ++i)
+      CHECK(seen[i].lane == Priority::high);
+  }
+}
+
+TEST_CASE("a flood of normal tasks cannot starve the low lane either", "[worker_pool][priority]") {
+  const auto seen = run_gated(4, repeated(Priority::normal, 40) + repeated(Priority::low, 3));
+  REQUIRE(seen.size() == 43);
+  std::vector<std::size_t> low_at;
+  for (std::size_t i = 0; i < seen.size(); ++i)
+    if (seen[i].lane == Priority::low) low_at.push_back(i);
+  CHECK(low_at == std::vector<std::size_t>{4, 9, 14});
+}
+
+TEST_CASE("a low task runs while several workers are flooded with high ones",
+          "[worker_pool][priority]") {
+  WorkerPool pool(2, 64, {.max_bypass = 8});
+  std::atomic<bool> low_ran{false};
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> high_ran{0};
+  // Two submitters keep the high lane non-empty until the low task has run (or 10 s passed).
+  std::vector<std::jthread> flooders;
+  for (int f = 0; f < 2; ++f) {
+    flooders.emplace_back([&] {
+      while (!stop.load() && !low_ran.load()) {
+        pool.try_submit([&] { high_ran.fetch_add(1); }, Priority::high);
+      }
+    });
+  }
+  while (high_ran.load() < 1000)
+    std::this_thread::yield();
+  REQUIRE(pool.submit([&] { low_ran.store(true); }, Priority::low));
+  const bool ran =
+      herald_test::eventually([&] { return low_ran.load(); }, std::chrono::seconds(10));
+  stop.store(true);
+  flooders.clear();
+  CHECK(ran);
+}
+
+TEST_CASE("shutdown runs every accepted task of every lane", "[worker_pool][priority][shutdown]") {
+  constexpr int per_lane = 300;
+  std::vector<std::atomic<int>> runs(herald::priority_levels * per_lane);
+  std::vector<std::atomic<bool>> accepted(runs.size());
+  Gate gate;
+  {
+    WorkerPool pool(2, 8);
+    OpenOnExit open_on_exit{gate};
+    hold_workers(pool, gate, 2);
+    // Each lane's first 8 submissions fit without waiting; the shutdown begins after them, while
+    // the rest wait for room.
+    std::latch filled{herald::priority_levels};
+    std::vector<std::thread> threads;
+    for (std::size_t lane = 0; lane < herald::priority_levels; ++lane) {
+      threads.emplace_back([&, lane] {
+        for (int i = 0; i < per_lane; ++i) {
+          const std::size_t id = lane * per_lane + static_cast<std::size_t>(i);
+          accepted[id] = pool.submit([&runs, id] { ++runs[id]; }, static_cast<Priority>(lane));
+          if (i == 7) filled.count_down();
+        }
+      });
+    }
+    std::thread closer([&] {
+      filled.wait();
+      pool.shutdown();
+    });
+    while (!pool.is_shut_down())
+      std::this_thread::yield();
+    gate.open();  // the lanes and queues are full and the workers stuck until now
+    closer.join();
+    for (auto& t : threads)
+      t.join();
+    CHECK_FALSE(pool.submit([] {}, Priority::high));
+    CHECK_FALSE(pool.try_submit([] {}, Priority::low));
+
+    std::uint64_t n_accepted = 0;
+    for (std::size_t id = 0; id < runs.size(); ++id) {
+      if (accepted[id]) ++n_accepted;
+      if (runs[id] != (accepted[id] ? 1 : 0)) FAIL("task " << id << " ran " << runs[id] << "x");
+    }
+    const auto s = pool.stats();
+    CHECK(n_accepted >= 3 * 8);  // what got in before the shutdown, at least
+    CHECK(s.submitted == n_accepted + 2);
+    CHECK(s.completed == s.submitted);
+    CHECK(s.queued == 0);
+  }
+}
+
+TEST_CASE("try_submit by priority fails when the lane is full, and a stop cancels a blocked submit",
+          "[worker_pool][priority]") {
+  Gate gate;
+  WorkerPool pool(1, 2);
+  OpenOnExit open_on_exit{gate};
+  hold_workers(pool, gate);
+  REQUIRE(pool.try_submit([] {}, Priority::high));
+  REQUIRE(pool.try_submit([] {}, Priority::high));
+  CHECK_FALSE(pool.try_submit([] {}, Priority::high));  // the lane holds 2
+  CHECK(pool.try_submit([] {}, Priority::low));         // the other lane has room
+  std::stop_source stop;
+  BlockedProbe probe;
+  std::atomic<int> result{-1};
+  std::thread submitter([&] {
+    probe.arrive();
+    result = pool.submit([] {}, Priority::high, stop.get_token()) ? 1 : 0;
+  });
+  CHECK(probe.wait_until_blocked());
+  stop.request_stop();
+  submitter.join();
+  CHECK(result == 0);
+  CHECK_THROWS_AS(pool.submit([] {}, static_cast<Priority>(7)), std::invalid_argument);
+  gate.open();
 }

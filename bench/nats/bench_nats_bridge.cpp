@@ -9,6 +9,8 @@
 //   bridge/inline_handler  Broker::publish -> export thread -> server -> import callback ->
 //                          Broker::publish_from -> inline handler (counts)
 //   bridge/pull_subscriber ... -> publish_from -> subscription queue -> consumer thread (counts)
+//   bridge/inline_handler_headers  as bridge/inline_handler, each message with two headers
+//                          (a trace id and a reply subject) carried as NATS headers
 //
 // HERALD_BENCH_SMOKE=1: tiny batches, one payload size.
 #include <herald/nats.hpp>
@@ -166,7 +168,7 @@ void BM_raw_libnats(benchmark::State& state) {
   natsConnection_Destroy(sub);
 }
 
-template <bool Pull>
+template <bool Pull, bool WithHeaders = false>
 void BM_bridge(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
   herald::Broker<std::string> local;
@@ -205,6 +207,7 @@ void BM_bridge(benchmark::State& state) {
         "bridge.>",
         [&](const herald::Message<std::string>& m) {
           benchmark::DoNotOptimize(m->size());
+          if constexpr (WithHeaders) benchmark::DoNotOptimize(m.headers().size());
           received.fetch_add(1, std::memory_order_release);
         },
         herald::inline_executor, queue);
@@ -212,12 +215,18 @@ void BM_bridge(benchmark::State& state) {
 
   auto publisher = local.publisher("bridge.data");
   const std::string payload(size, 'x');
+  const herald::Headers headers{{"Trace-Id", "4bf92f3577b34da6a3ce929d0e0e4736"},
+                                {"Reply-To", "orders.replies.42"}};
   std::uint64_t published = 0;
   const CpuPerMessage cpu;
   for (auto _ : state) {
     for (std::uint64_t i = 0; i < batch(); ++i) {
       wait_for_window(published, received);
-      publisher.publish(payload);
+      if constexpr (WithHeaders) {
+        publisher.publish(payload, {.headers = headers});
+      } else {
+        publisher.publish(payload);
+      }
       ++published;
     }
     wait_for_all(published, received);
@@ -242,6 +251,7 @@ BENCHMARK_TEMPLATE(BM_raw_libnats, false)->Name("raw_libnats")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_raw_libnats, true)->Name("raw_libnats_copying")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_bridge, false)->Name("bridge/inline_handler")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_bridge, true)->Name("bridge/pull_subscriber")->Apply(sizes);
+BENCHMARK_TEMPLATE(BM_bridge, false, true)->Name("bridge/inline_handler_headers")->Apply(sizes);
 
 }  // namespace
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go peers of the benchmark report into OUTDIR (default build/bench/peers):
-#   OUTDIR/refbroker   the Go reference broker of DESIGN.md (bench_broker --go-peer=...)
+#   OUTDIR/refbroker   the Go reference broker of DESIGN.md (bench_broker --go-peer=...), also
+#                      the request-reply peer (-workload=request; go_peer.hpp: go_request_reply)
 #   OUTDIR/sublist     NATS's subscription matcher on bench_topic_index's workloads
 #                      (bench_topic_index --go-peer=...)
 # Offline and from Debian packages only: golang-go, and nats-server's sources from

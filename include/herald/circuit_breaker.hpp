@@ -277,6 +277,15 @@ class CircuitBreaker {
     return state_of(word_->load(std::memory_order_acquire));
   }
 
+  /// How long the breaker will still refuse calls: the rest of the cooldown while open (zero
+  /// once it has elapsed: the next allow() admits a probe), zero while closed or half-open.
+  /// Handler subscriptions waiting on the breaker (HandlerOptions::breaker) sleep this long.
+  [[nodiscard]] std::chrono::nanoseconds retry_after() const {
+    if (state() != CircuitState::open) return std::chrono::nanoseconds::zero();
+    const std::int64_t left = open_until_ns_.load(std::memory_order_acquire) - now_ns();
+    return std::chrono::nanoseconds(left > 0 ? left : 0);
+  }
+
   /// Closes the breaker now (clears the failure counts), whatever its state.
   void reset() { transition_from_any(CircuitState::closed); }
 

@@ -136,6 +136,7 @@ class DedupWindow {
   [[nodiscard]] bool contains(const Key& key) const {
     const std::uint64_t h = hash(key);
     Shard& s = shard_for(h);
+    s.prefetch_slot(tag_of(h));  // as in insert: the miss overlaps taking the lock
     const std::lock_guard lock(s.mutex);
     // A key not in the table is not in the window: a miss reads no clock and no ring.
     if (s.find(key, tag_of(h), equal_) == Shard::npos) return false;
@@ -386,15 +387,20 @@ class DedupWindow {
     const std::uint64_t h = hash(key);
     const std::uint32_t tag = tag_of(h);
     Shard& s = shard_for(h);
+    // The key's home slot is cold at 100k keys: start loading it before the lock, so that its
+    // cache miss overlaps taking the lock (the table's address never changes).
+    s.prefetch_slot(tag);
     const std::lock_guard lock(s.mutex);
-    // In a full window every new key evicts the head's key, whose slot is cold: start loading
-    // it now so that its cache miss overlaps the one of the lookup below.
+    // In a full window every new key evicts the head's key, whose slot is cold too: start
+    // loading it now so that its miss overlaps the lookup's.
     if (s.size != 0) s.prefetch_slot(s.ring[s.head].tag);
     // The clock is read under the lock so that stamps never decrease along a shard's ring.
     const std::int64_t now_ns = timed() ? now() : 0;
     std::size_t at = s.find(key, tag, equal_);
-    // As in contains(): drop what is due; if that deleted anything, keys may have moved.
-    if (drop_due(s, now_ns) != 0 && at != Shard::npos) at = s.find(key, tag, equal_);
+    // As in contains(): a key found counts only if it is not due to be dropped; drop what is
+    // due and, if that deleted anything, look again (keys may have moved). A key not found
+    // needs no such check: the drop below, after numbering, covers what is due.
+    if (at != Shard::npos && drop_due(s, now_ns) != 0) at = s.find(key, tag, equal_);
     if (at != Shard::npos) {
       ++s.duplicates;
       return false;

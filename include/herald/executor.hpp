@@ -16,6 +16,7 @@
 
 #include <herald/bounded_queue.hpp>
 #include <herald/detail/unique_function.hpp>
+#include <herald/policy.hpp>
 
 #include <concepts>
 #include <cstddef>
@@ -39,6 +40,9 @@ using Task = detail::UniqueFunction<void()>;
 /// - `bool running_in_this_thread() const`: true on the executor's own threads, so that a task
 ///   posting to a full executor from inside it runs the work itself instead of waiting for room
 ///   only it could make;
+/// - `bool execute(Task&& task, Priority)` and `bool try_execute(Task& task, Priority)`: lanes;
+///   a handler subscription schedules its strand with SubscribeOptions::priority (WorkerPool
+///   has them; without them the priority is ignored);
 /// - `static constexpr bool runs_inline = true`: execute() runs the task before returning;
 /// - `void watch(std::weak_ptr<ExecutorListener>)`: the executor calls `executor_stopped()` on
 ///   each live listener once it stops accepting work (at once if it already has); a handler
@@ -125,8 +129,8 @@ namespace detail {
 
 /// The operations ExecutorRef erases, one table per executor type.
 struct ExecutorOps {
-  bool (*execute)(void* target, Task&& task);
-  bool (*try_execute)(void* target, Task& task);
+  bool (*execute)(void* target, Task&& task, Priority priority);
+  bool (*try_execute)(void* target, Task& task, Priority priority);
   bool (*running_here)(void* target);
   void (*watch)(void* target, std::weak_ptr<ExecutorListener> listener);
   bool runs_inline;
@@ -143,23 +147,31 @@ E& executor_from(void* target) noexcept {
 }
 
 template <class E>
-bool execute_on(void* target, Task&& task) {
-  if constexpr (std::is_void_v<decltype(std::declval<E&>().execute(std::move(task)))>) {
-    executor_from<E>(target).execute(std::move(task));
+bool execute_on(void* target, Task&& task, Priority priority) {
+  E& e = executor_from<E>(target);
+  if constexpr (requires { e.execute(std::move(task), priority); }) {
+    return static_cast<bool>(e.execute(std::move(task), priority));
+  } else if constexpr (std::is_void_v<decltype(e.execute(std::move(task)))>) {
+    e.execute(std::move(task));
     return true;
   } else {
-    return static_cast<bool>(executor_from<E>(target).execute(std::move(task)));
+    return static_cast<bool>(e.execute(std::move(task)));
   }
 }
 
 template <class E>
-bool try_execute_on(void* target, Task& task) {
-  if constexpr (requires(E & e) {
-                  { e.try_execute(task) } -> std::convertible_to<bool>;
+bool try_execute_on(void* target, Task& task, Priority priority) {
+  E& e = executor_from<E>(target);
+  if constexpr (requires {
+                  { e.try_execute(task, priority) } -> std::convertible_to<bool>;
                 }) {
-    return executor_from<E>(target).try_execute(task);
+    return e.try_execute(task, priority);
+  } else if constexpr (requires {
+                         { e.try_execute(task) } -> std::convertible_to<bool>;
+                       }) {
+    return e.try_execute(task);
   } else {
-    return execute_on<E>(target, std::move(task));  // may consume `task` even when refused
+    return execute_on<E>(target, std::move(task), priority);  // may consume `task` when refused
   }
 }
 
@@ -227,11 +239,16 @@ class ExecutorRef {
   /// True when execute() runs the task before returning.
   [[nodiscard]] bool runs_inline() const noexcept { return ops_->runs_inline; }
 
-  /// See the Executor concept. Throws: what the executor throws.
-  bool execute(Task&& task) const { return ops_->execute(target_, std::move(task)); }
+  /// See the Executor concept; `priority` picks the lane of an executor that has lanes (a
+  /// WorkerPool) and is ignored by the others. Throws: what the executor throws.
+  bool execute(Task&& task, Priority priority = Priority::normal) const {
+    return ops_->execute(target_, std::move(task), priority);
+  }
   /// Never blocks when the executor has try_execute; false: refused, and `task` is intact unless
   /// the executor has no try_execute (then it may have been consumed).
-  bool try_execute(Task& task) const { return ops_->try_execute(target_, task); }
+  bool try_execute(Task& task, Priority priority = Priority::normal) const {
+    return ops_->try_execute(target_, task, priority);
+  }
   [[nodiscard]] bool running_in_this_thread() const { return ops_->running_here(target_); }
   /// Asks the executor to tell `listener` when it stops accepting work (if it can tell).
   /// Throws: std::bad_alloc.

@@ -66,8 +66,9 @@ void subscription_fields(FieldWriter<Out>& w, const SubscriptionStats& s) {
 template <class Out>
 void handler_fields(FieldWriter<Out>& w, const HandlerCounters& s) {
   w("invocations", s.invocations)("failures", s.failures)("retries", s.retries)(
-      "dead_lettered", s.dead_lettered)("handler_time_total", s.handler_time_total)(
-      "handler_time_max", s.handler_time_max);
+      "dead_lettered", s.dead_lettered)("breaker_refused", s.breaker_refused)(
+      "breaker_dead_lettered", s.breaker_dead_lettered)("deduplicated", s.deduplicated)(
+      "handler_time_total", s.handler_time_total)("handler_time_max", s.handler_time_max);
 }
 
 /// Formats an enum through its to_string().

@@ -1,8 +1,10 @@
 // What a handler subscription is: a subscription (subscription_state.hpp) whose queue is drained
 // by a strand posted to an executor (executor.hpp) -- at most one invocation at a time, in
-// publish order; a quiescent unsubscribe; retries with backoff and dead letters.
+// publish order; a quiescent unsubscribe; retries with backoff and dead letters; a circuit
+// breaker in front of the handler and deduplication of what it handled.
 #pragma once
 
+#include <herald/dedup_window.hpp>
 #include <herald/detail/backoff.hpp>
 #include <herald/detail/cache_line.hpp>
 #include <herald/detail/counters.hpp>
@@ -70,6 +72,11 @@ class HandlerState final : public SubscriptionState<T>,
         executor_(std::move(executor)),
         hopts_(validated(std::move(handler_options))),
         backoff_(hopts_.retry.initial_backoff, hopts_.retry.max_backoff, std::random_device{}()) {
+    if (hopts_.dedup.key) {
+      // The strand is its only user: one shard, whose lock is never contended.
+      handled_ = std::make_unique<DedupWindow<std::uint64_t>>(
+          hopts_.dedup.max_count, hopts_.dedup.max_age, DedupWindowOptions{.shards = 1});
+    }
     if (executor_.wants_own_thread()) {
       own_thread_ = std::make_unique<ThreadExecutor>();
       executor_ = ExecutorRef(*own_thread_);
@@ -124,11 +131,15 @@ class HandlerState final : public SubscriptionState<T>,
     if (own_thread_) own_thread_->stop();
   }
 
-  /// After the last handle: what is queued is let go (SubscriptionState::release), and so is the
-  /// handler with its captures, unless this thread is inside it (then it goes with the state).
+  /// After the last handle: what is queued is let go (SubscriptionState::release), and so are
+  /// the handler with its captures and the share of the breaker, unless this thread is inside
+  /// the handler (then they go with the state).
   void release() noexcept override {
     SubscriptionState<T>::release();
-    if (!running_on_this_thread(this)) handler_ = nullptr;  // quiesced: it is never called again
+    if (running_on_this_thread(this)) return;  // then they go with the state
+    // Quiesced: never called again. The breaker's share goes too (it may be the last one).
+    handler_ = nullptr;
+    hopts_.breaker = nullptr;
   }
 
   [[nodiscard]] SubscriptionKind kind() const noexcept override {
@@ -141,6 +152,9 @@ class HandlerState final : public SubscriptionState<T>,
     c.failures = failures_.get();
     c.retries = retries_.get();
     c.dead_lettered = dead_lettered_.get();
+    c.breaker_refused = breaker_refused_.get();
+    c.breaker_dead_lettered = breaker_dead_lettered_.get();
+    c.deduplicated = deduplicated_.get();
     c.handler_time_total = std::chrono::nanoseconds(time_total_.get());
     c.handler_time_max = std::chrono::nanoseconds(time_max_.get());
     return c;
@@ -182,13 +196,14 @@ class HandlerState final : public SubscriptionState<T>,
   // Hands the strand to the executor. Only the holder of `scheduled_` calls this.
   void post() noexcept {
     try {
+      const Priority priority = this->options().priority;
       Task task([self = this->shared_from_this()] { self->drain(kBatch); });
-      if (executor_.try_execute(task)) return;
+      if (executor_.try_execute(task, priority)) return;
       if (task && executor_.running_in_this_thread()) {
         drain(kBatch);  // a task must not wait for room that only its own executor can make
         return;
       }
-      if (task && executor_.execute(std::move(task))) return;
+      if (task && executor_.execute(std::move(task), priority)) return;
     } catch (...) {  // the executor threw: treat as refused
     }
     // Refused: the executor is shut down (or gone) and nothing will run this strand again. Say
@@ -239,7 +254,9 @@ class HandlerState final : public SubscriptionState<T>,
       this->taken(*m);
       handle(*m);
       ++n;
-      finished_.add();  // the strand is the only writer: no locked instruction
+      // The strand is the only writer: no locked instruction. Release, so that wait_idle()'s
+      // load of the count also sees what the handler did (its contract: "handled").
+      finished_.add(1, std::memory_order_release);
     }
     running_handlers = frame.outer;
     if (n != 0) {
@@ -252,21 +269,31 @@ class HandlerState final : public SubscriptionState<T>,
     return n;
   }
 
-  // One message through the handler, with retries, then to the dead-letter sink.
+  // One message through the handler: skipped if deduplication has seen its key, else called
+  // (each attempt guarded by the breaker, if any) with retries, then to the dead-letter sink.
   void handle(const Message<T>& m) noexcept {
+    std::optional<std::uint64_t> key;
+    if (handled_) {
+      key = dedup_key(m);
+      if (key && seen(*key)) {
+        deduplicated_.add();
+        return;
+      }
+    }
     backoff_.reset();
     std::exception_ptr error;
     std::uint32_t attempt = 0;
     while (attempt < hopts_.retry.max_attempts) {
       if (attempt > 0) {
         if (cancelled()) break;
-        wait_backoff(backoff_.next());
+        pause(backoff_.next());
         if (cancelled()) break;
         retries_.add();
         mark_ = std::chrono::steady_clock::now();  // the backoff is not handler time
       }
+      if (hopts_.breaker && !admitted(m, attempt, error)) return;
       ++attempt;
-      error = call(m);
+      if (!hopts_.breaker) error = call(m);
       if (!error) break;
       failures_.add();
       if (hopts_.on_error) {
@@ -276,7 +303,80 @@ class HandlerState final : public SubscriptionState<T>,
         }
       }
     }
-    if (error && attempt == hopts_.retry.max_attempts) dead_letter(m, error, attempt);
+    if (!error && attempt != 0) {
+      if (key) remember(*key);
+      return;
+    }
+    if (error && attempt == hopts_.retry.max_attempts) {
+      dead_letter(m, error, attempt);
+    }
+  }
+
+  // The breaker's turn before an attempt: asks it for a permit and, when granted, makes the call
+  // (its outcome goes to the breaker and to `error`). When refused: WhenOpen::wait waits (the
+  // time the breaker says, or breaker_recheck) and asks again, until granted or unsubscribed;
+  // WhenOpen::dead_letter gives the message up. False: the message is done with, unhandled.
+  bool admitted(const Message<T>& m, std::uint32_t attempt, std::exception_ptr& error) noexcept {
+    bool called = false;
+    auto attempt_call = [&] {
+      called = true;
+      error = call(m);
+      return !error;
+    };
+    for (;;) {
+      BreakerRef::Outcome outcome;
+      try {
+        outcome = hopts_.breaker.guard(attempt_call);
+      } catch (...) {  // a breaker that throws: make the call unguarded rather than lose it
+        if (!called) error = call(m);
+        return true;
+      }
+      if (outcome != BreakerRef::Outcome::refused) return true;
+      breaker_refused_.add();
+      if (hopts_.when_open == WhenOpen::dead_letter) {
+        breaker_dead_lettered_.add();
+        dead_letter(m, nullptr, attempt);
+        return false;
+      }
+      std::chrono::nanoseconds wait = hopts_.breaker_recheck;
+      try {
+        const auto after = hopts_.breaker.retry_after();
+        if (after > std::chrono::nanoseconds::zero()) wait = after;
+      } catch (...) {
+      }
+      pause(wait);
+      if (cancelled()) return false;
+      mark_ = std::chrono::steady_clock::now();  // the wait is not handler time
+    }
+  }
+
+  std::optional<std::uint64_t> dedup_key(const Message<T>& m) noexcept {
+    try {
+      return hopts_.dedup.key(m);
+    } catch (...) {  // no key: the message is handled without deduplication
+      if (hopts_.on_error) {
+        try {
+          hopts_.on_error(m, std::current_exception());
+        } catch (...) {
+        }
+      }
+      return std::nullopt;
+    }
+  }
+
+  // The window allocates nothing after construction; only its mutex could throw.
+  bool seen(std::uint64_t key) const noexcept {
+    try {
+      return handled_->contains(key);
+    } catch (...) {
+      return false;
+    }
+  }
+  void remember(std::uint64_t key) noexcept {
+    try {
+      handled_->insert(key);
+    } catch (...) {
+    }
   }
 
   // Times the invocation from mark_ and moves mark_ to its end: one clock read per message,
@@ -302,7 +402,7 @@ class HandlerState final : public SubscriptionState<T>,
   }
 
   static HandlerOptions<T> validated(HandlerOptions<T> o) {
-    validate(o.retry);
+    validate(o);
     return o;
   }
 
@@ -314,7 +414,9 @@ class HandlerState final : public SubscriptionState<T>,
     quiet_.notify_all();  // a load, no syscall, unless quiesce() is parked
   }
 
-  void wait_backoff(std::chrono::nanoseconds d) noexcept {
+  // Backoff between retries, and waits for the breaker: the sleep hook, or the clock, cut short
+  // by an unsubscribe.
+  void pause(std::chrono::nanoseconds d) noexcept {
     if (hopts_.sleep) {
       try {
         hopts_.sleep(d);
@@ -326,11 +428,14 @@ class HandlerState final : public SubscriptionState<T>,
         cancel_, [&] { return cancelled(); }, Deadline::after(d));
   }
 
+  // `error` null: the breaker refused the message.
   void dead_letter(const Message<T>& m, const std::exception_ptr& error,
                    std::uint32_t attempts) noexcept {
     if (!hopts_.dead_letters) return;
     try {
-      if (hopts_.dead_letters(DeadLetter<T>{m, exception_text(error), attempts, this->pattern()})) {
+      std::string text =
+          error ? exception_text(error) : "herald: the circuit breaker refused the call";
+      if (hopts_.dead_letters(DeadLetter<T>{m, std::move(text), attempts, this->pattern()})) {
         dead_lettered_.add();
       }
     } catch (...) {  // a failing dead-letter sink is counted as a failure, not fatal
@@ -342,7 +447,8 @@ class HandlerState final : public SubscriptionState<T>,
   ExecutorRef executor_;
   std::unique_ptr<ThreadExecutor> own_thread_;  // dedicated_thread only
   HandlerOptions<T> hopts_;
-  DecorrelatedJitter backoff_;                  // used by the strand only
+  DecorrelatedJitter backoff_;                           // used by the strand only
+  std::unique_ptr<DedupWindow<std::uint64_t>> handled_;  // dedup: keys handled, strand only
   std::chrono::steady_clock::time_point mark_;  // strand only: where the next timing starts
 
   alignas(cache_line_size) std::atomic<bool> scheduled_{false};  // the strand is held
@@ -362,6 +468,9 @@ class HandlerState final : public SubscriptionState<T>,
   OwnedCounter failures_;
   OwnedCounter retries_;
   OwnedCounter dead_lettered_;
+  OwnedCounter breaker_refused_;
+  OwnedCounter breaker_dead_lettered_;
+  OwnedCounter deduplicated_;
   OwnedCounter time_total_;
   OwnedCounter time_max_;
   std::array<OwnedCounter, DurationHistogram::buckets> durations_;  // the duration histogram

@@ -575,6 +575,15 @@ class MetricsRegistry {
     handler_family("herald_handler_dead_letters",
                    "Messages that failed every attempt and were accepted by the dead-letter sink.",
                    [](const S& s) { return s.handler.dead_lettered; });
+    handler_family("herald_handler_breaker_refused",
+                   "Handler calls the circuit breaker refused (each wait-and-ask-again counts).",
+                   [](const S& s) { return s.handler.breaker_refused; });
+    handler_family("herald_handler_breaker_dead_letters",
+                   "Messages given up because the circuit breaker refused them.",
+                   [](const S& s) { return s.handler.breaker_dead_lettered; });
+    handler_family("herald_handler_deduplicated",
+                   "Messages skipped because one with the same key was handled recently.",
+                   [](const S& s) { return s.handler.deduplicated; });
     if (handlers != 0) {
       w.family("herald_handler_duration_seconds", Type::histogram,
                "Duration of each handler call (log-linear buckets).", "seconds");

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -33,6 +34,18 @@ enum class Overflow : std::uint8_t {
   /// closes with CloseReason::slow_consumer; what was queued can still be drained.
   disconnect,
 };
+
+/// The lanes of a WorkerPool: a worker takes high before normal before low, except that a lane
+/// whose head has been passed over by WorkerPoolOptions::max_bypass dispatches of higher lanes
+/// goes next (aging), so no lane starves. Plain submissions and keyed ones are normal.
+enum class Priority : std::uint8_t {
+  high,    ///< control messages, cancellations: ahead of everything else
+  normal,  ///< the default
+  low,     ///< background work: runs when nothing else waits, or once it has aged
+};
+
+/// The number of Priority levels.
+inline constexpr std::size_t priority_levels = 3;
 
 /// Why a subscription stopped receiving new messages.
 enum class CloseReason : std::uint8_t {
@@ -93,6 +106,11 @@ struct SubscribeOptions {
   /// messages go through this subscription's overflow policy like any other offer, except that
   /// Overflow::block does not wait while the subscribe call runs (see Broker::subscribe).
   Replay replay = Replay::none();
+  /// Handler subscriptions: the lane their strand is scheduled in on a WorkerPool (each batch of
+  /// up to 64 messages is one task of that priority). Executors without lanes ignore it
+  /// (inline_executor, dedicated_thread, and your own unless they take
+  /// `execute(task, Priority)`). Pull subscriptions ignore it.
+  Priority priority = Priority::normal;
 };
 
 /// Per-publish options (Broker::publish, Publisher::publish, Broker::publish_from).
@@ -209,7 +227,102 @@ class DeadLetterSink {
   std::function<bool(DeadLetter<T>&&)> sink_;
 };
 
-/// Options that only handler subscriptions have: failure handling.
+/// What a handler subscription does with a message its circuit breaker refuses.
+enum class WhenOpen : std::uint8_t {
+  /// Hold it (and the queue behind it, under the subscription's overflow policy) until the
+  /// breaker lets a call through. The strand waits on its worker thread, as retry backoff does.
+  wait,
+  /// Give it up at once: to the dead-letter sink if there is one, counted in
+  /// breaker_dead_lettered either way; the next message asks the breaker again.
+  dead_letter,
+};
+
+/// Something a handler subscription can put in front of its handler (HandlerOptions::breaker):
+/// `allow()` returns a permit that converts to bool (false: refused), and `record_success(p)` /
+/// `record_failure(p)` report the outcome of a permitted call. herald::CircuitBreaker is one;
+/// this floor names it by what it can do, so it needs no breaker header. An optional
+/// `retry_after()` (a duration) says how long it will refuse; without it a waiting subscription
+/// asks again every HandlerOptions::breaker_recheck.
+template <class B>
+concept CallBreaker = requires(B& b, decltype(std::declval<B&>().allow())& permit) {
+  static_cast<bool>(b.allow());
+  b.record_success(permit);
+  b.record_failure(permit);
+};
+
+/// A shared reference to a CallBreaker (a std::shared_ptr, so the breaker lives as long as its
+/// last holder: several subscriptions, and the application, may share one breaker in front of
+/// one dependency). Empty: no breaker.
+class BreakerRef {
+ public:
+  /// How a guarded call went.
+  enum class Outcome : std::uint8_t { refused, succeeded, failed };
+
+  BreakerRef() = default;
+  BreakerRef(std::nullptr_t) noexcept {}  // NOLINT(google-explicit-constructor)
+
+  template <class B>
+  requires(CallBreaker<B>) BreakerRef(std::shared_ptr<B> breaker)
+  noexcept  // NOLINT
+      : guard_(breaker ? &guard_on<B> : nullptr),
+        retry_after_(breaker ? &retry_after_on<B> : nullptr),
+        target_(std::move(breaker)) {}
+
+  explicit operator bool() const noexcept { return guard_ != nullptr; }
+
+  /// Asks the breaker for a permit; if it grants one, runs `attempt()` (true: the call
+  /// succeeded) and records the outcome. Throws: what the breaker throws.
+  template <class F>
+  Outcome guard(F& attempt) const {
+    return guard_(target_.get(), &attempt, [](void* f) { return (*static_cast<F*>(f))(); });
+  }
+
+  /// How long the breaker says it will keep refusing (zero when it cannot tell).
+  [[nodiscard]] std::chrono::nanoseconds retry_after() const { return retry_after_(target_.get()); }
+
+ private:
+  template <class B>
+  static Outcome guard_on(void* target, void* f, bool (*attempt)(void*)) {
+    B& breaker = *static_cast<B*>(target);
+    auto permit = breaker.allow();
+    if (!static_cast<bool>(permit)) return Outcome::refused;
+    if (attempt(f)) {
+      breaker.record_success(permit);
+      return Outcome::succeeded;
+    }
+    breaker.record_failure(permit);
+    return Outcome::failed;
+  }
+
+  template <class B>
+  static std::chrono::nanoseconds retry_after_on(void* target) {
+    if constexpr (requires(B & b) { b.retry_after(); }) {
+      return std::chrono::duration_cast<std::chrono::nanoseconds>(
+          static_cast<B*>(target)->retry_after());
+    } else {
+      return std::chrono::nanoseconds::zero();
+    }
+  }
+
+  Outcome (*guard_)(void*, void*, bool (*)(void*)) = nullptr;
+  std::chrono::nanoseconds (*retry_after_)(void*) = nullptr;
+  std::shared_ptr<void> target_;
+};
+
+/// Skipping messages a handler subscription has already handled (HandlerOptions::dedup): an
+/// idempotent consumer fed duplicates (redeliveries, retried publishes).
+template <class T>
+struct DedupOptions {
+  /// The message's identity, e.g. an id in its payload. Empty: no deduplication.
+  std::function<std::uint64_t(const Message<T>&)> key{};
+  /// Remember the keys of the last this many handled messages, in [1, 2^31]...
+  std::size_t max_count = 10'000;
+  /// ... each for at most this long (> 0; the default: no age limit).
+  std::chrono::nanoseconds max_age = std::chrono::nanoseconds::max();
+};
+
+/// Options that only handler subscriptions have: failure handling, a circuit breaker,
+/// deduplication.
 template <class T>
 struct HandlerOptions {
   /// Called (on the handler's thread) after every failed attempt. Exceptions from it are ignored.
@@ -218,14 +331,31 @@ struct HandlerOptions {
   /// Where messages that failed every attempt go (see DeadLetterSink): a callable, or a pointer
   /// to a Broker<DeadLetter<T>> (which must outlive the subscription). Empty: only counted.
   DeadLetterSink<T> dead_letters{};
-  /// How backoff waits are done; tests inject a recorder. Empty: wait on a clock, waking early
-  /// when the subscription is unsubscribed.
+  /// How backoff waits (and waits for the breaker) are done; tests inject a recorder. Empty:
+  /// wait on a clock, waking early when the subscription is unsubscribed.
   std::function<void(std::chrono::nanoseconds)> sleep{};
+  /// A circuit breaker in front of what the handler calls, e.g.
+  /// `.breaker = std::make_shared<herald::CircuitBreaker>(...)`; the subscription shares its
+  /// ownership. Every handler call, retries included, first asks it for a permit and then
+  /// reports its outcome (returned: success; threw: failure), so retries stop as soon as the
+  /// breaker opens. A refused message waits or is dead-lettered, per `when_open`. Empty: none.
+  BreakerRef breaker{};
+  /// What happens to a message the breaker refuses (see WhenOpen).
+  WhenOpen when_open = WhenOpen::wait;
+  /// WhenOpen::wait: how long to wait before asking the breaker again when it cannot say how
+  /// long it will refuse (a CircuitBreaker says so while open; half-open with every probe slot
+  /// taken it cannot). > 0.
+  std::chrono::nanoseconds breaker_recheck = std::chrono::milliseconds(10);
+  /// Deduplication (see DedupOptions): a message whose key is among those of the messages this
+  /// subscription handled successfully within the window is skipped, counted as deduplicated.
+  /// Keys are recorded once the handler succeeded, so a message that failed every attempt (or
+  /// that the breaker refused) is handled again if it is redelivered.
+  DedupOptions<T> dedup{};
 };
 
 /// Throws std::invalid_argument, naming the field and the value, unless every field of
 /// `options` is in range: capacity in [1, max_capacity], a known Overflow, block_timeout >= 0,
-/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes).
+/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes), a known Priority.
 inline void validate(const SubscribeOptions& options) {
   const auto fail = [](const std::string& what) {
     throw std::invalid_argument("herald: SubscribeOptions::" + what);
@@ -248,6 +378,10 @@ inline void validate(const SubscribeOptions& options) {
     fail("block_timeout is negative (" + std::to_string(options.block_timeout.count()) + " ns)");
   }
   if (options.disconnect_after == 0) fail("disconnect_after is 0; it must be at least 1");
+  if (static_cast<std::size_t>(options.priority) >= priority_levels) {
+    fail("priority is " + std::to_string(static_cast<int>(options.priority)) +
+         ", not a Priority (high, normal or low)");
+  }
   if (options.queue_group.size() > 256) {
     fail("queue_group is " + std::to_string(options.queue_group.size()) +
          " bytes long; at most 256");
@@ -283,6 +417,35 @@ inline void validate(const RetryPolicy& retry) {
   }
 }
 
+/// Throws std::invalid_argument, naming the field, unless every field of `options` is in range:
+/// the retry policy (see above), a known WhenOpen, breaker_recheck > 0, and with a dedup key
+/// dedup.max_count in [1, 2^31] and dedup.max_age > 0.
+template <class T>
+void validate(const HandlerOptions<T>& options) {
+  validate(options.retry);
+  const auto fail = [](const std::string& what) {
+    throw std::invalid_argument("herald: HandlerOptions::" + what);
+  };
+  if (options.when_open != WhenOpen::wait && options.when_open != WhenOpen::dead_letter) {
+    fail("when_open is " + std::to_string(static_cast<int>(options.when_open)) +
+         ", not a WhenOpen (wait or dead_letter)");
+  }
+  if (options.breaker_recheck <= std::chrono::nanoseconds::zero()) {
+    fail("breaker_recheck is " + std::to_string(options.breaker_recheck.count()) +
+         " ns; it must be positive");
+  }
+  if (options.dedup.key) {
+    if (options.dedup.max_count == 0 || options.dedup.max_count > (std::size_t{1} << 31)) {
+      fail("dedup.max_count is " + std::to_string(options.dedup.max_count) +
+           "; it must be in [1, 2^31]");
+    }
+    if (options.dedup.max_age <= std::chrono::nanoseconds::zero()) {
+      fail("dedup.max_age is " + std::to_string(options.dedup.max_age.count()) +
+           " ns; it must be positive");
+    }
+  }
+}
+
 /// The enumerator's name, e.g. "drop_oldest".
 [[nodiscard]] constexpr std::string_view to_string(Overflow o) noexcept {
   switch (o) {
@@ -294,6 +457,19 @@ inline void validate(const RetryPolicy& retry) {
       return "drop_oldest";
     case Overflow::disconnect:
       return "disconnect";
+  }
+  return "?";
+}
+
+/// The enumerator's name, e.g. "high".
+[[nodiscard]] constexpr std::string_view to_string(Priority p) noexcept {
+  switch (p) {
+    case Priority::high:
+      return "high";
+    case Priority::normal:
+      return "normal";
+    case Priority::low:
+      return "low";
   }
   return "?";
 }

@@ -265,7 +265,8 @@ class ReplySlot {
 
   // ---- answering side (responders, Repliers) ----
 
-  /// A responder's outcome. Counted as late or extra when the request had already ended.
+  /// A responder's outcome. Counted as late or extra when the request had already ended (except
+  /// a timeout error, which is no reply).
   void answer(Reply<Rep>&& r) {
     if (many_) {
       std::unique_lock lock(mutex_);
@@ -280,8 +281,11 @@ class ReplySlot {
       counters_->add(ServiceCounters::late);
       return;
     }
+    // A responder (a bridge) reporting a timeout after the request ended has not replied: it
+    // only agrees that nobody did in time. Not counted.
+    const bool is_timeout = r.error() == RequestError::timeout;
     const RequestError by = finish(std::move(r));
-    if (by != kWon) {
+    if (by != kWon && !is_timeout) {
       counters_->add(by == RequestError::timeout || by == RequestError::cancelled ||
                              by == RequestError::closed
                          ? ServiceCounters::late
@@ -306,7 +310,11 @@ class ReplySlot {
       cv_.notify_all();
       return;
     }
-    finish(Reply<Rep>::failure(unanswered_, unanswered_text_));
+    if (ended()) return;  // answered (the usual case): no failure text to build
+    finish(Reply<Rep>::failure(unanswered_,
+                               unanswered_topic_.empty()
+                                   ? std::string(unanswered_text_)
+                                   : "no responder serves \"" + unanswered_topic_ + "\""));
   }
 
   // ---- requester side ----
@@ -315,10 +323,13 @@ class ReplySlot {
   void set_continuation(Continuation c) { continuation_ = std::move(c); }
 
   /// What the request ends with if every hold goes unanswered; called after publishing, before
-  /// the requester releases its hold.
-  void set_unanswered(RequestError e, std::string text) {
+  /// the requester releases its hold. `text` must outlive the slot (a literal); a non-empty
+  /// `topic` makes the text "no responder serves <topic>" instead. Nothing is allocated unless a
+  /// topic is given (nobody was subscribed), so an answered request builds no failure text.
+  void set_unanswered(RequestError e, std::string_view text, std::string_view topic = {}) {
     unanswered_ = e;
-    unanswered_text_ = std::move(text);
+    unanswered_text_ = text;
+    unanswered_topic_.assign(topic);
   }
 
   /// Ends the request from the requester's side (timeout, cancelled, closed) unless it has ended.
@@ -470,7 +481,8 @@ class ReplySlot {
   const bool many_;
   std::atomic<int> holds_{1};  // the requester's, until it has published
   RequestError unanswered_ = RequestError::no_responders;
-  std::string unanswered_text_;
+  std::string_view unanswered_text_;
+  std::string unanswered_topic_;  // set only when nobody was subscribed
   // A plain request:
   std::atomic<std::uint32_t> state_{kPending};
   std::optional<Reply<Rep>> result_;
@@ -555,17 +567,8 @@ class TimeoutThread {
     lock.unlock();
     if (thread.joinable()) thread.join();
     lock.lock();
-    while (!heap_.empty()) {
-      auto slot = heap_.top().slot.lock();
-      heap_.pop();
-      if (!slot) continue;
-      lock.unlock();
-      try {
-        slot->end_with(RequestError::closed, "the service is closed");
-      } catch (...) {
-      }
-      lock.lock();
-    }
+    while (!heap_.empty())
+      end_first(lock, RequestError::closed, "the service is closed");
   }
 
  private:
@@ -587,17 +590,22 @@ class TimeoutThread {
         cv_.wait_until(lock, when);
         continue;
       }
-      auto slot = heap_.top().slot.lock();
-      heap_.pop();
-      if (!slot) continue;
-      lock.unlock();
-      try {
-        slot->end_with(RequestError::timeout, "no reply within the timeout");
-      } catch (...) {
-      }
-      slot.reset();
-      lock.lock();
+      end_first(lock, RequestError::timeout, "no reply within the timeout");
     }
+  }
+
+  // Takes the earliest entry and ends its request (if still alive) with `e`, unlocked meanwhile.
+  void end_first(std::unique_lock<std::mutex>& lock, RequestError e, const char* text) {
+    auto slot = heap_.top().slot.lock();
+    heap_.pop();
+    if (!slot) return;
+    lock.unlock();
+    try {
+      slot->end_with(e, text);
+    } catch (...) {  // bad_alloc building the reply: that request's waiter stays to its timeout
+    }
+    slot.reset();  // outside the lock: the last reference may run a continuation's cleanup
+    lock.lock();
   }
 
   std::mutex mutex_;
@@ -954,8 +962,7 @@ class Service {
     if (r.closed) {
       slot->set_unanswered(RequestError::closed, "the service is closed");
     } else if (r.matched == 0) {
-      slot->set_unanswered(RequestError::no_responders,
-                           "no responder serves \"" + std::string(topic) + "\"");
+      slot->set_unanswered(RequestError::no_responders, {}, topic);
     } else if (r.delivered == 0) {
       slot->set_unanswered(RequestError::failed,
                            "every responder's queue was full; the request was dropped");

@@ -76,6 +76,14 @@ struct HandlerCounters {
   std::uint64_t failures = 0;       ///< calls that threw
   std::uint64_t retries = 0;        ///< calls that were retries of a failed message
   std::uint64_t dead_lettered = 0;  ///< messages that failed every attempt, accepted by the sink
+  /// Handler calls the circuit breaker refused (HandlerOptions::breaker); under WhenOpen::wait
+  /// each time the strand asked again counts.
+  std::uint64_t breaker_refused = 0;
+  /// Messages given up because the breaker refused them (WhenOpen::dead_letter), whether or not
+  /// a dead-letter sink took them (those it took count in dead_lettered too).
+  std::uint64_t breaker_dead_lettered = 0;
+  /// Messages skipped because one with the same key was handled recently (HandlerOptions::dedup).
+  std::uint64_t deduplicated = 0;
   /// Time spent in the handler, retries' backoff excluded. Measured with one clock read per
   /// message (the end of one call starts the next's timing), so it includes the strand's own
   /// few nanoseconds per message between calls.

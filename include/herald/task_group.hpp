@@ -2,12 +2,16 @@
 // first error back; the first error also requests stop on a std::stop_source every task can see
 // (Go's errgroup.WithContext, with an optional limit on tasks in flight like errgroup.SetLimit).
 //
-// One 64-bit word counts the group: tasks in flight in the low half, "finishing tasks still
-// notifying" in the high half. A finishing task that must notify (the last one, or any under a
-// limit) leaves the first count and enters the second in one CAS, notifies, then leaves the
-// second; the others just leave the first. The destructor waits for both to reach zero, so no
-// task touches a destroyed group. Blocking (wait(), spawn() at the limit) uses the EventCount
-// protocol of detail/parking.hpp; a notify costs a single load while nobody waits.
+// One 64-bit word counts the group: tasks in flight in the low half, notifications owed in the
+// high half. The spawn that takes the count off zero owes one (a second increment, only then);
+// the task that brings it back to zero learns so from its decrement, notifies, then pays it.
+// Every other task leaves with one decrement and touches nothing of the group afterwards: no
+// CAS loop on the line every spawn and every finish write. Under a limit each finishing task
+// notifies, so it enters the owed count as it leaves the in-flight one, in one addition. The
+// destructor waits for both halves to reach zero, so no task touches a destroyed group. (The
+// owed half is modular: a task may pay before its spawner has noted the debt.) Blocking (wait(),
+// spawn() at the limit) uses the EventCount protocol of detail/parking.hpp; a notify costs a single
+// load while nobody waits.
 //
 // Two modes, chosen when the group is made:
 // - direct (made outside the pool): each task is one pool task; nothing else per task.
@@ -84,7 +88,10 @@ class TaskGroupCore {
     auto attempt = [this] {
       std::uint64_t s = state_->load(std::memory_order_relaxed);
       while (in_flight(s) < limit_.load(std::memory_order_relaxed)) {
-        if (state_->compare_exchange_weak(s, s + 1, std::memory_order_relaxed)) return true;
+        if (state_->compare_exchange_weak(s, s + 1, std::memory_order_relaxed)) {
+          if (in_flight(s) == 0) owe();
+          return true;
+        }
       }
       return false;
     };
@@ -100,7 +107,7 @@ class TaskGroupCore {
   /// Counts a task regardless of the limit (inline runs; see TaskGroup).
   void count_one() noexcept {
     // relaxed: the pool's queue (or running it on this thread) orders it before the task.
-    state_->fetch_add(1, std::memory_order_relaxed);
+    if (in_flight(state_->fetch_add(1, std::memory_order_relaxed)) == 0) owe();
   }
 
   /// Runs a task's callable as a task of this group: errors recorded, stop requested.
@@ -126,21 +133,23 @@ class TaskGroupCore {
 
   /// One task (or an unused reservation) is done.
   void finish() noexcept {
-    // Most tasks are neither the last nor under a limit: they only leave the in-flight count
-    // (one CAS) and touch nothing of the group afterwards. The others leave the count and join
-    // the notifiers in the same step, so that the destructor, which may run as soon as in-flight
-    // reads zero, waits until they have left idle_ and slots_.
-    const bool limited = limit_.load(std::memory_order_relaxed) != unlimited;
-    std::uint64_t s = state_->load(std::memory_order_relaxed);
-    bool notifies = false;
-    do {
-      notifies = limited || in_flight(s) == 1;
-    } while (!state_->compare_exchange_weak(s, notifies ? s - 1 + notifier : s - 1,
-                                            std::memory_order_seq_cst, std::memory_order_relaxed));
-    if (!notifies) return;
-    if (in_flight(s) == 1) idle_.notify_all();
-    if (limited) slots_.notify_one();
-    state_->fetch_sub(notifier, std::memory_order_release);
+    // seq_cst: the event-count protocol (detail/parking.hpp) between this change and a waiter's
+    // check of it before parking.
+    if (limit_.load(std::memory_order_relaxed) == unlimited) {
+      // Most tasks are not the last: one decrement, and the group may be gone right after it.
+      const std::uint64_t s = state_->fetch_sub(1, std::memory_order_seq_cst);
+      if (in_flight(s) != 1) return;
+      idle_.notify_all();  // the last: the destructor waits for the debt paid below
+      state_->fetch_sub(owed, std::memory_order_release);
+      return;
+    }
+    // Under a limit every finishing task wakes a spawner: it joins the owed count as it leaves
+    // the in-flight one, so that the destructor waits until it has left idle_ and slots_.
+    const std::uint64_t s = state_->fetch_add(owed - 1, std::memory_order_seq_cst);
+    const bool last = in_flight(s) == 1;
+    if (last) idle_.notify_all();
+    slots_.notify_one();
+    state_->fetch_sub(last ? 2 * owed : owed, std::memory_order_release);
   }
 
   bool inside_own_task() const noexcept {
@@ -167,9 +176,9 @@ class TaskGroupCore {
   }
 
   /// Waits until finishing tasks have left notify (nanoseconds: no allocation, no syscall unless
-  /// a thread is parked), so that the memory can go.
+  /// a thread is parked) and every debt is paid, so that the memory can go.
   void wait_notifiers_gone() const noexcept {
-    while ((load() >> notifier_shift) != 0)
+    while ((load() >> owed_shift) != 0)
       std::this_thread::yield();
   }
 
@@ -210,10 +219,12 @@ class TaskGroupCore {
   std::size_t approx_in_flight() const noexcept { return in_flight(load()); }
 
  private:
-  // state_: tasks in flight in the low 32 bits, finishing tasks still notifying above.
-  static constexpr unsigned notifier_shift = 32;
-  static constexpr std::uint64_t in_flight_mask = (std::uint64_t{1} << notifier_shift) - 1;
-  static constexpr std::uint64_t notifier = std::uint64_t{1} << notifier_shift;
+  // state_: tasks in flight in the low 32 bits, notifications owed above (modulo 2^32).
+  static constexpr unsigned owed_shift = 32;
+  static constexpr std::uint64_t in_flight_mask = (std::uint64_t{1} << owed_shift) - 1;
+  static constexpr std::uint64_t owed = std::uint64_t{1} << owed_shift;
+
+  void owe() noexcept { state_->fetch_add(owed, std::memory_order_relaxed); }
 
   std::uint64_t load() const noexcept { return state_->load(std::memory_order_seq_cst); }
   static std::size_t in_flight(std::uint64_t s) noexcept {

@@ -5,6 +5,11 @@
 // (round-robin per submitting thread, or the worker's own queue when a task submits), and any idle
 // worker may steal from it, so plain work load-balances. Its "keyed" queue receives the keys that
 // hash to it and only that worker pops it, so one key's tasks run one at a time, in order.
+// Two more queues belong to the pool as a whole: the high and low priority lanes. A worker takes
+// high before its own work before low, and ages the lanes it passes over (WorkerPoolOptions::
+// max_bypass), so neither a flood of high nor of normal tasks starves the lanes below. While
+// both lanes are empty (one shared load per dispatch says so) a worker never looks at them:
+// plain and keyed work pays nothing for priorities.
 // Workers look for work, spin briefly (detail::spin, the one spin policy), then park on their
 // own event count (detail/parking.hpp, the one waiting protocol); a submitter only pays for a
 // wake-up (one syscall) when some worker is actually parked. The pool's state lives in a shared
@@ -45,7 +50,13 @@ namespace herald {
 struct WorkerPoolOptions {
   /// Called on the worker thread with the exception of every task that throws (may be empty).
   /// Exceptions thrown by the handler itself are swallowed.
-  std::function<void(std::exception_ptr)> on_error;
+  std::function<void(std::exception_ptr)> on_error{};
+  /// Aging of the priority lanes, >= 1: once a worker has passed over a waiting normal or low
+  /// task for this many dispatches of higher lanes, it takes that task next (when both are due,
+  /// low first, so each waits for at most this many higher dispatches of that worker). With one
+  /// worker that is the bound on how many higher-priority tasks run ahead of a waiting one;
+  /// with several, each worker ages on its own, so at most threads x max_bypass run pool-wide.
+  std::uint32_t max_bypass = 16;
 };
 
 namespace detail {
@@ -105,7 +116,9 @@ class PoolCore {
  public:
   using ErrorHandler = std::function<void(std::exception_ptr)>;
 
-  PoolCore(std::size_t threads, std::size_t capacity, ErrorHandler on_error) {
+  PoolCore(std::size_t threads, std::size_t capacity, ErrorHandler on_error,
+           std::uint32_t max_bypass)
+      : high_(capacity), low_(capacity), max_bypass_(max_bypass) {
     workers_.reserve(threads);
     for (std::size_t i = 0; i < threads; ++i)
       workers_.push_back(std::make_unique<PoolWorker>(capacity));
@@ -132,6 +145,28 @@ class PoolCore {
     const bool ok = wait == Wait::stop ? workers_[first]->plain.push(std::move(task), *stop)
                                        : workers_[first]->plain.push(std::move(task));
     return ok && accepted_plain(first);
+  }
+
+  /// Puts `task` in the lane of `priority` (normal: a plain queue); as submit_plain otherwise.
+  bool submit(PoolTask& task, Priority priority, Wait wait, const std::stop_token* stop) {
+    if (priority == Priority::normal) return submit_plain(task, wait, stop);
+    if (static_cast<std::size_t>(priority) >= priority_levels) {
+      throw std::invalid_argument("herald::WorkerPool: priority " +
+                                  std::to_string(static_cast<int>(priority)) +
+                                  " is not a Priority (high, normal or low)");
+    }
+    BoundedQueue<PoolTask>& lane = priority == Priority::high ? high_ : low_;
+    // Counted before the push, so that the count is never below what the lanes hold: a worker
+    // that reads zero may skip them, and the push's own wake-up check below covers that window.
+    lanes_pending_->fetch_add(1, std::memory_order_seq_cst);
+    bool ok = lane.try_push(std::move(task));
+    if (!ok && wait != Wait::none)
+      ok = wait == Wait::stop ? lane.push(std::move(task), *stop) : lane.push(std::move(task));
+    if (!ok) {
+      lanes_pending_->fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    return accepted_plain(next_round_robin(workers_.size()));
   }
 
   /// Puts `f` on the keyed queue of worker `index`.
@@ -175,6 +210,8 @@ class PoolCore {
       w->plain.close();
       w->keyed.close();
     }
+    high_.close();
+    low_.close();
     std::atomic_thread_fence(std::memory_order_seq_cst);
     for (auto& w : workers_)
       wake(*w);
@@ -207,6 +244,12 @@ class PoolCore {
   // it has shut down every call here refuses.
   bool execute(Task&& task) { return submit_plain(task, Wait::block, nullptr); }
   bool try_execute(Task& task) { return submit_plain(task, Wait::none, nullptr); }
+  bool execute(Task&& task, Priority priority) {
+    return submit(task, priority, Wait::block, nullptr);
+  }
+  bool try_execute(Task& task, Priority priority) {
+    return submit(task, priority, Wait::none, nullptr);
+  }
   [[nodiscard]] bool running_in_this_thread() const noexcept {
     return current_pool_worker().pool == this;
   }
@@ -226,6 +269,7 @@ class PoolCore {
     }
     for (const auto& w : workers_)
       s.stolen += w->stolen.load(std::memory_order_relaxed);
+    s.queued += high_.approx_size() + low_.approx_size();
     s.submitted = submitted_.sum(0);
     s.threads = workers_.size();
     s.parked = idle_->load(std::memory_order_relaxed);
@@ -236,10 +280,10 @@ class PoolCore {
   void run(std::size_t index) noexcept {
     current_pool_worker() = {this, index};
     PoolWorker& me = *workers_[index];
-    bool keyed_first = true;
+    Turn turn;
     bool searching = false;  // whether this worker is counted in searching_
     for (;;) {
-      std::optional<PoolTask> t = find_task(index, keyed_first);
+      std::optional<PoolTask> t = find_task(index, turn);
       if (!t) {
         if (stopping()) break;
         if (!searching) {
@@ -247,7 +291,7 @@ class PoolCore {
           searching_->fetch_add(1, std::memory_order_seq_cst);
         }
         const auto found = [&] {
-          t = find_task(index, keyed_first);
+          t = find_task(index, turn);
           return t.has_value() || stopping();
         };
         if (!spin(found, Deadline::forever(), {}) || !t) {
@@ -304,7 +348,9 @@ class PoolCore {
     }
   }
 
+  /// Work any worker may take: the lanes, and plain queues.
   bool plain_work() const noexcept {
+    if (lanes_pending_->load(std::memory_order_relaxed) != 0) return true;
     for (const auto& w : workers_)
       if (w->plain.approx_size() != 0) return true;
     return false;
@@ -364,10 +410,27 @@ class PoolCore {
     return std::nullopt;
   }
 
-  /// The next task for worker `index`: its own queues first, alternating between keyed and
-  /// plain so that a busy key cannot starve plain work (or the reverse), then other workers'
-  /// plain queues.
-  std::optional<PoolTask> find_task(std::size_t index, bool& keyed_first) noexcept {
+  /// A worker's own bookkeeping between dispatches (only it reads or writes it).
+  struct Turn {
+    bool keyed_first = true;
+    // Dispatches of higher lanes since this worker last took from the normal / low lane while
+    // that lane had work waiting (aging).
+    std::uint32_t normal_bypassed = 0;
+    std::uint32_t low_bypassed = 0;
+  };
+
+  /// The next task for worker `index`. Without priority work: its own queues first, alternating
+  /// between keyed and plain so that a busy key cannot starve plain work (or the reverse), then
+  /// other workers' plain queues. With some, by lane (find_by_priority).
+  std::optional<PoolTask> find_task(std::size_t index, Turn& turn) noexcept {
+    // One load of a line that stays shared while nobody submits by priority; the lanes' code
+    // is kept out of line so that this path compiles as it did before they existed.
+    if (lanes_pending_->load(std::memory_order_relaxed) != 0) [[unlikely]]
+      return find_by_priority(index, turn);
+    return find_normal(index, turn.keyed_first);
+  }
+
+  std::optional<PoolTask> find_normal(std::size_t index, bool& keyed_first) noexcept {
     PoolWorker& me = *workers_[index];
     std::optional<PoolTask> t = keyed_first ? me.keyed.try_pop() : me.plain.try_pop();
     if (!t) t = keyed_first ? me.plain.try_pop() : me.keyed.try_pop();
@@ -376,15 +439,66 @@ class PoolCore {
     return t;
   }
 
+  std::optional<PoolTask> pop_lane(BoundedQueue<PoolTask>& lane) noexcept {
+    std::optional<PoolTask> t = lane.try_pop();
+    if (t) lanes_pending_->fetch_sub(1, std::memory_order_relaxed);
+    return t;
+  }
+
+  /// High, then normal, then low, except for a lane this worker has passed over max_bypass
+  /// times while it had work: that one goes first (low before normal when both are due, so that
+  /// neither sees more than max_bypass dispatches of higher lanes). The normal lane is this
+  /// worker's own queues (others age theirs); it steals only when those are empty.
+  [[gnu::noinline, gnu::cold]] std::optional<PoolTask> find_by_priority(std::size_t index,
+                                                                        Turn& turn) noexcept {
+    PoolWorker& me = *workers_[index];
+    const bool low_waits = low_.approx_size() != 0;
+    const bool normal_waits = me.plain.approx_size() != 0 || me.keyed.approx_size() != 0;
+    if (!low_waits) turn.low_bypassed = 0;
+    if (!normal_waits) turn.normal_bypassed = 0;
+    if (turn.low_bypassed >= max_bypass_) {
+      if (std::optional<PoolTask> t = pop_lane(low_)) {
+        turn.low_bypassed = 0;
+        return t;
+      }
+    }
+    const bool normal_due = turn.normal_bypassed >= max_bypass_;
+    if (!normal_due) {
+      if (std::optional<PoolTask> t = pop_lane(high_)) {
+        if (normal_waits) ++turn.normal_bypassed;
+        if (low_waits) ++turn.low_bypassed;
+        return t;
+      }
+    }
+    if (std::optional<PoolTask> t = find_normal(index, turn.keyed_first)) {
+      turn.normal_bypassed = 0;
+      if (low_waits) ++turn.low_bypassed;
+      return t;
+    }
+    if (normal_due) {  // normal was due, but another worker took it
+      if (std::optional<PoolTask> t = pop_lane(high_)) {
+        if (low_waits) ++turn.low_bypassed;
+        return t;
+      }
+    }
+    std::optional<PoolTask> t = pop_lane(low_);
+    if (t) turn.low_bypassed = 0;
+    return t;
+  }
+
   /// After shutdown began: run what is left in this worker's own queues (pop() waits for pushes
   /// that were accepted before close() but are still being written), then help the others.
   void drain(std::size_t index) noexcept {
     PoolWorker& me = *workers_[index];
+    while (auto t = high_.pop())
+      execute(me, std::move(*t));
     while (auto t = me.keyed.pop())
       execute(me, std::move(*t));
     while (auto t = me.plain.pop())
       execute(me, std::move(*t));
     while (auto t = steal(index))
+      execute(me, std::move(*t));
+    while (auto t = low_.pop())
       execute(me, std::move(*t));
   }
 
@@ -418,6 +532,12 @@ class PoolCore {
   }
 
   std::vector<std::unique_ptr<PoolWorker>> workers_;
+  BoundedQueue<PoolTask> high_;  // the priority lanes, shared by every worker
+  BoundedQueue<PoolTask> low_;
+  // Tasks in the lanes, counted before they are pushed: read by every dispatch (zero: skip the
+  // lanes), written only by priority submissions and the dispatches that take them.
+  CachePadded<std::atomic<std::uint32_t>> lanes_pending_{std::in_place, 0u};
+  const std::uint32_t max_bypass_;
   // Parked workers: read by every plain submit, written only when a worker parks or is woken.
   CachePadded<std::atomic<std::uint32_t>> idle_{std::in_place, 0u};
   // Workers looking for work (spinning, or woken and not yet running): read by submitters only
@@ -455,12 +575,13 @@ class WorkerPool {
   /// The most worker threads a pool accepts.
   static constexpr std::size_t max_threads = 4096;
 
-  /// Starts `threads` workers, each with two queues of `queue_capacity` tasks (plain and keyed).
-  /// Throws: std::invalid_argument when `threads` is not in [1, max_threads] or `queue_capacity`
-  /// not in [1, herald::max_capacity]; std::system_error when a thread cannot be started (the
-  /// ones already started are stopped first).
+  /// Starts `threads` workers, each with two queues of `queue_capacity` tasks (plain and keyed),
+  /// and two priority lanes of `queue_capacity` tasks shared by all of them.
+  /// Throws: std::invalid_argument when `threads` is not in [1, max_threads], `queue_capacity`
+  /// not in [1, herald::max_capacity] or options.max_bypass is 0; std::system_error when a thread
+  /// cannot be started (the ones already started are stopped first).
   WorkerPool(std::size_t threads, std::size_t queue_capacity, Options options = {})
-      : core_(make_core(threads, queue_capacity, std::move(options.on_error))) {
+      : core_(make_core(threads, queue_capacity, std::move(options))) {
     threads_.reserve(threads);
     try {
       for (std::size_t i = 0; i < threads; ++i)
@@ -518,6 +639,35 @@ class WorkerPool {
     if (stop.stop_requested()) return false;
     Task task(std::forward<F>(f));
     return core_->submit_plain(task, Wait::stop, &stop);
+  }
+
+  /// Queues `f` in the lane of `priority`: Priority::normal is submit(f); high and low go to
+  /// the pool's lanes (each holds `queue_capacity` tasks), which every worker serves before /
+  /// after its own work, with aging (WorkerPoolOptions::max_bypass). False when the pool is
+  /// shut down.
+  /// Blocks: while the lane is full (normal: as submit(f)).
+  /// Throws: std::invalid_argument for a value that is not a Priority; what constructing the
+  /// task from `f` throws.
+  template <detail::PoolCallable F>
+  bool submit(F&& f, Priority priority) {
+    Task task(std::forward<F>(f));
+    return core_->submit(task, priority, Wait::block, nullptr);
+  }
+
+  /// As submit(f, priority), but returns false at once when the lane is full (`f` has then been
+  /// moved into a task that was destroyed).
+  template <detail::PoolCallable F>
+  bool try_submit(F&& f, Priority priority) {
+    Task task(std::forward<F>(f));
+    return core_->submit(task, priority, Wait::none, nullptr);
+  }
+
+  /// As submit(f, priority), but gives up (returns false) once `stop` is requested.
+  template <detail::PoolCallable F>
+  bool submit(F&& f, Priority priority, std::stop_token stop) {
+    if (stop.stop_requested()) return false;
+    Task task(std::forward<F>(f));
+    return core_->submit(task, priority, Wait::stop, &stop);
   }
 
   /// Runs `f` on the pool and returns a future of its result. An exception thrown by `f` goes
@@ -586,6 +736,14 @@ class WorkerPool {
   bool execute(Task&& task) { return core_->submit_plain(task, Wait::block, nullptr); }
   /// Executor concept: as try_submit(task), but a refused `task` is left intact.
   bool try_execute(Task& task) { return core_->submit_plain(task, Wait::none, nullptr); }
+  /// Executor concept, lanes: as submit(task, priority).
+  bool execute(Task&& task, Priority priority) {
+    return core_->submit(task, priority, Wait::block, nullptr);
+  }
+  /// Executor concept, lanes: as try_submit(task, priority), but a refused `task` is left intact.
+  bool try_execute(Task& task, Priority priority) {
+    return core_->submit(task, priority, Wait::none, nullptr);
+  }
   /// Executor concept: as on_worker_thread().
   [[nodiscard]] bool running_in_this_thread() const noexcept { return on_worker_thread(); }
   /// Executor concept: the pool's shared state, which handler subscriptions hold on to. After
@@ -616,8 +774,8 @@ class WorkerPool {
  private:
   using Wait = detail::PoolCore::Wait;
 
-  static std::shared_ptr<detail::PoolCore> make_core(
-      std::size_t threads, std::size_t capacity, std::function<void(std::exception_ptr)> on_error) {
+  static std::shared_ptr<detail::PoolCore> make_core(std::size_t threads, std::size_t capacity,
+                                                     Options options) {
     if (threads == 0 || threads > max_threads) {
       throw std::invalid_argument("herald::WorkerPool: threads is " + std::to_string(threads) +
                                   "; it must be in [1, " + std::to_string(max_threads) + "]");
@@ -627,7 +785,13 @@ class WorkerPool {
                                   std::to_string(capacity) + "; it must be in [1, " +
                                   std::to_string(max_capacity) + "]");
     }
-    return std::make_shared<detail::PoolCore>(threads, capacity, std::move(on_error));
+    if (options.max_bypass == 0) {
+      throw std::invalid_argument(
+          "herald::WorkerPool: max_bypass is 0; it must be at least 1 (how many higher-priority "
+          "dispatches may pass a waiting task)");
+    }
+    return std::make_shared<detail::PoolCore>(threads, capacity, std::move(options.on_error),
+                                              options.max_bypass);
   }
 
   std::shared_ptr<detail::PoolCore> core_;

@@ -16,12 +16,14 @@ import sys
 FLOORS = [
     (r"detail/.*", 1),
     (r"(topic|version|headers)\.hpp", 1),
-    (r"(message|policy|stats|topic_index|bounded_queue|executor)\.hpp", 2),
+    # dedup_window: a standalone tool (like bounded_queue) that handler subscriptions use for
+    # HandlerOptions::dedup, so it sits below handler_state.
+    (r"(message|policy|stats|topic_index|bounded_queue|executor|dedup_window)\.hpp", 2),
     (r"(worker_pool|subscription_state|handler_state)\.hpp", 3),
     (r"subscription\.hpp", 4),
     (r"broker\.hpp", 5),
     (r"(nats/.*|nats|fmt|request|metrics|task_group|weighted_semaphore|circuit_breaker"
-     r"|rate_limiter|dedup_window|retained)\.hpp", 6),
+     r"|rate_limiter|retained)\.hpp", 6),
     (r"herald\.hpp", 7),
 ]
 INCLUDE = re.compile(r'^\s*#\s*include\s*<herald/([^>]+)>', re.M)

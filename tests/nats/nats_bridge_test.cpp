@@ -1,9 +1,14 @@
 // herald::nats::Bridge against a real nats-server (started per test on a free loopback port):
 // exchange between two brokers, the same wildcard meaning on both sides, no echo loops, a server
 // restart in the middle of a stream with every loss counted, the export queue's overflow policy
-// during an outage, and clear errors for invalid and oversized subjects and payloads.
+// during an outage, clear errors for invalid and oversized subjects and payloads, and message
+// headers carried as NATS headers, with herald on both ends and with a nats.go client ("[go]").
 #include <herald/metrics.hpp>
 #include <herald/nats.hpp>
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <atomic>
@@ -711,3 +716,205 @@ TEST_CASE("a bridge is destroyed promptly and cleanly while the server is down",
   CHECK(a.stats().subscriptions == 0);
   a.publish("out", 1);  // nothing left to receive it
 }
+
+namespace {
+
+/// The headers of `m` as (name, value) pairs, in their order.
+std::vector<std::pair<std::string, std::string>> fields(const herald::Message<std::string>& m) {
+  return {m.headers().begin(), m.headers().end()};
+}
+
+}  // namespace
+
+TEST_CASE("headers travel herald -> NATS -> herald: every value of a name, in order", "[nats]") {
+  const bool track_loss = GENERATE(false, true);  // true: beside the bridge's own Herald-Seq
+  INFO("track_loss " << track_loss);
+  NatsServer server;
+  Broker<std::string> east;
+  Broker<std::string> west;
+  Bridge<std::string> out(
+      east, {.url = server.url(), .exports = {{.pattern = "h.>"}}, .track_loss = track_loss});
+  Bridge<std::string> in(
+      west, {.url = server.url(), .imports = {{.pattern = "h.>"}}, .track_loss = track_loss});
+  auto at_west = west.subscribe("h.>", {.capacity = 64});
+
+  east.publish("h.a", std::string("with"),
+               {.headers = {{"Trace-Id", "t-1"},
+                            {"Multi", "1"},
+                            {"Multi", "2"},
+                            {"lower-case", "kept as written"},
+                            {"Multi", "3"},
+                            {"Utf8", "\xc3\xa9t\xc3\xa9 \xe2\x82\xac"}}});
+  east.publish("h.b", std::string("without"));
+  auto publisher = east.publisher("h.c");
+  publisher.publish(std::string("publisher"), {.headers = {{"Multi", "solo"}}});
+  publisher.publish(std::string("publisher, none"));
+
+  auto with = at_west.receive_for(10s);
+  REQUIRE(with);
+  CHECK(**with == "with");
+  CHECK(with->origin() == in.id());
+  const herald::Headers& h = with->headers();
+  CHECK(h.get_all("Multi") == std::vector<std::string_view>{"1", "2", "3"});
+  CHECK(h.get("Trace-Id") == "t-1");
+  CHECK(h.get("lower-case") == "kept as written");
+  CHECK_FALSE(h.contains("Lower-Case"));  // names are case-sensitive on the way
+  CHECK(h.get("Utf8") == "\xc3\xa9t\xc3\xa9 \xe2\x82\xac");
+  CHECK_FALSE(h.contains("Herald-Seq"));  // the bridge's own, never imported
+  CHECK(h.size() == 6);
+  INFO("headers received: " << h.size());
+
+  auto without = at_west.receive_for(10s);
+  REQUIRE(without);
+  CHECK(**without == "without");
+  CHECK(without->headers().empty());
+
+  auto solo = at_west.receive_for(10s);
+  REQUIRE(solo);
+  CHECK(fields(*solo) == std::vector<std::pair<std::string, std::string>>{{"Multi", "solo"}});
+  auto none = at_west.receive_for(10s);
+  REQUIRE(none);
+  CHECK(**none == "publisher, none");
+  CHECK(none->headers().empty());
+
+  REQUIRE(eventually([&] { return in.stats().imported == 4; }));
+  const auto s = in.stats();
+  CHECK(s.received == 4);
+  CHECK(s.dropped_decode == 0);
+  CHECK(s.lost == 0);
+}
+
+TEST_CASE("an imported header that breaks herald's rules drops its message, reported", "[nats]") {
+  NatsServer server;
+  Errors errors;
+  Broker<std::string> broker;
+  Bridge<std::string> bridge(
+      broker, {.url = server.url(), .imports = {{.pattern = "in.>"}}, .on_error = errors.sink()});
+  auto sub = broker.subscribe("in.>", {.capacity = 8});
+
+  natsConnection* raw = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&raw, server.url().c_str()) == NATS_OK);
+  auto publish = [&](const char* subject, const char* name, const std::string& value) {
+    natsMsg* msg = nullptr;
+    REQUIRE(natsMsg_Create(&msg, subject, nullptr, "v", 1) == NATS_OK);
+    REQUIRE(natsMsgHeader_Add(msg, name, value.c_str()) == NATS_OK);
+    REQUIRE(natsConnection_PublishMsg(raw, msg) == NATS_OK);
+    natsMsg_Destroy(msg);
+  };
+  publish("in.bad", "Big", std::string(herald::Headers::max_value_bytes + 1, 'x'));
+  publish("in.good", "Ok", "1");
+  REQUIRE(natsConnection_FlushTimeout(raw, 5000) == NATS_OK);
+  natsConnection_Destroy(raw);
+
+  auto m = sub.receive_for(10s);
+  REQUIRE(m);
+  CHECK(m->topic() == "in.good");
+  CHECK(m->headers().get("Ok") == "1");
+  REQUIRE(eventually([&] { return bridge.stats().imported == 1; }));
+  const auto s = bridge.stats();
+  CHECK(s.received == 2);
+  CHECK(s.dropped_decode == 1);
+  const auto seen = errors.snapshot();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].kind == ErrorKind::decode_failed);
+  CHECK(seen[0].subject == "in.bad");
+  CHECK_THAT(seen[0].message, Catch::Matchers::Contains("header \"Big\"") &&
+                                  Catch::Matchers::Contains("at most 65536"));
+}
+
+TEST_CASE("the status of a no-responders message is not imported as headers", "[nats]") {
+  NatsServer server;
+  Broker<std::string> broker;
+  Bridge<std::string> bridge(broker, {.url = server.url(), .imports = {{.pattern = "inbox.>"}}});
+  auto sub = broker.subscribe("inbox.>", {.capacity = 8});
+  // A request nobody serves, answered to a subject the bridge imports: the server sends its
+  // "NATS/1.0 503" status there (to the requesting connection, so from the bridge's own).
+  REQUIRE(natsConnection_PublishRequestString(bridge.native_handle(), "nobody.home", "inbox.r1",
+                                              "?") == NATS_OK);
+  auto m = sub.receive_for(10s);
+  REQUIRE(m);
+  CHECK(m->topic() == "inbox.r1");
+  CHECK((*m)->empty());
+  CHECK(m->headers().empty());
+}
+
+#ifdef HERALD_NATS_GO_PEER
+namespace {
+
+/// A child process sharing the test's stdout and stderr; the destructor kills it if it still
+/// runs (a failed REQUIRE on the way).
+class Child {
+ public:
+  explicit Child(std::vector<std::string> args) {
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  [[nodiscard]] bool started() const noexcept { return pid_ > 0; }
+  /// Its exit status (-1: killed or not started).
+  int wait() {
+    int status = 0;
+    while (pid_ > 0 && waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    const bool ran = pid_ > 0;
+    pid_ = -1;
+    return ran && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("a nats.go client reads the headers herald exports, and herald imports its headers",
+          "[nats][go]") {
+  NatsServer server;
+  Broker<std::string> broker;
+  Bridge<std::string> bridge(
+      broker,
+      {.url = server.url(), .exports = {{.pattern = "out.>"}}, .imports = {{.pattern = "in.>"}}});
+  auto in = broker.subscribe("in.>", {.capacity = 16});
+  Child peer({HERALD_NATS_GO_PEER, "-url=" + server.url()});
+  REQUIRE(peer.started());
+
+  auto ready = in.receive_for(20s);  // the peer listens on out.>
+  REQUIRE(ready);
+  REQUIRE(ready->topic() == "in.ready");
+  CHECK(ready->headers().empty());  // nats.go sent it without headers
+
+  broker.publish(
+      "out.check", std::string("from herald"),
+      {.headers = {{"Trace-Id", "abc-123"}, {"Multi", "1"}, {"lower-case", "v"}, {"Multi", "2"}}});
+
+  auto report = in.receive_for(20s);
+  REQUIRE(report);
+  REQUIRE(report->topic() == "in.report");
+  // What nats.go saw: names sorted, the values of each in the order herald added them.
+  CHECK(**report ==
+        "subject=out.check\npayload=from herald\nMulti=1\nMulti=2\nTrace-Id=abc-123\n"
+        "lower-case=v\n");
+
+  auto from_go = in.receive_for(20s);
+  REQUIRE(from_go);
+  CHECK(from_go->topic() == "in.from-go");
+  CHECK(**from_go == "from nats.go");
+  CHECK(from_go->origin() == bridge.id());
+  const herald::Headers& h = from_go->headers();
+  CHECK(h.get("Trace-Id") == "go-42");
+  CHECK(h.get_all("Multi") == std::vector<std::string_view>{"x", "y"});
+  CHECK(h.size() == 3);
+
+  CHECK(peer.wait() == 0);
+}
+#endif

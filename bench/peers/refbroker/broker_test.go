@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMatchTokensFollowsNATS(t *testing.T) {
@@ -101,4 +102,33 @@ func TestUnsubscribeReleasesABlockedPublisher(t *testing.T) {
 	<-done
 	close(gate)
 	<-s.Done()
+}
+
+func TestRequestsGetTheirOwnReplies(t *testing.T) {
+	for _, requesters := range []int{1, 8} {
+		lat, elapsed, err := roundTrips(requesters, 2000, 10*time.Second)
+		if err != nil {
+			t.Fatalf("%d requester(s): %v", requesters, err)
+		}
+		if len(lat) != requesters*2000 || elapsed <= 0 {
+			t.Fatalf("%d requester(s): %d latencies in %v, want %d", requesters, len(lat), elapsed,
+				requesters*2000)
+		}
+	}
+}
+
+func TestPercentileIsTheNearestRank(t *testing.T) {
+	var sorted []time.Duration
+	for i := 1; i <= 100; i++ {
+		sorted = append(sorted, time.Duration(i))
+	}
+	if p := percentile(sorted, 0.50); p != 50 {
+		t.Errorf("p50 = %v, want 50", p)
+	}
+	if p := percentile(sorted, 0.99); p != 99 {
+		t.Errorf("p99 = %v, want 99", p)
+	}
+	if p := percentile(sorted[:1], 0.99); p != 1 {
+		t.Errorf("p99 of one = %v, want 1", p)
+	}
 }

@@ -17,6 +17,10 @@
 //	    3 wildcard subscriptions match "market.eu.quote" among K that do not; prints the
 //	    publishing thread's CPU ns per publish, timed in batches of 256, the 3 subscribers
 //	    caught up between batches outside the clock.
+//	refbroker -workload=request -requesters=N -requests=M [-timeout-ms=T]
+//	    Request-reply (request.go): N requesters each make M requests to one responder on
+//	    "svc.add", each with a reply channel of its own and a timeout of T ms (a timeout fails
+//	    the run). Prints "p50_ns p99_ns requests_per_s" of the round trips.
 package main
 
 import (
@@ -266,7 +270,7 @@ func wildcard(others int, budget time.Duration) {
 }
 
 func main() {
-	workload := flag.String("workload", "", "fanout | pingpong | wildcard")
+	workload := flag.String("workload", "", "fanout | pingpong | wildcard | request")
 	subs := flag.Int("subs", 1, "fanout: subscribers")
 	messages := flag.Uint64("messages", 100000, "fanout: messages to publish")
 	mode := flag.String("mode", "block", "fanout: block | drop")
@@ -274,6 +278,9 @@ func main() {
 		"wildcard: CPU time to spend")
 	rounds := flag.Uint64("rounds", 20000, "pingpong: round trips")
 	others := flag.Int("nonmatching", 100, "wildcard: non-matching subscriptions")
+	requesters := flag.Int("requesters", 1, "request: concurrent requesters")
+	requests := flag.Uint64("requests", 20000, "request: requests per requester")
+	timeoutMs := flag.Int("timeout-ms", 1000, "request: how long a requester waits for a reply")
 	flag.Parse()
 	budget := time.Duration(*budgetMs) * time.Millisecond
 	switch *workload {
@@ -295,7 +302,12 @@ func main() {
 		pingpong(*rounds)
 	case "wildcard":
 		wildcard(*others, budget)
+	case "request":
+		if *requesters < 1 || *requests < 1 || *timeoutMs < 1 {
+			fail("-requesters, -requests and -timeout-ms must be at least 1")
+		}
+		request(*requesters, *requests, time.Duration(*timeoutMs)*time.Millisecond)
 	default:
-		fail("unknown -workload=%q (fanout | pingpong | wildcard)", *workload)
+		fail("unknown -workload=%q (fanout | pingpong | wildcard | request)", *workload)
 	}
 }

@@ -49,8 +49,10 @@ class ShardedCounters {
 /// read-modify-write.
 class OwnedCounter {
  public:
-  void add(std::uint64_t n = 1) noexcept {
-    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  /// `order`: std::memory_order_release when a reader's acquire load of the value must also see
+  /// what the writer did before (e.g. "n messages handled, and their effects").
+  void add(std::uint64_t n = 1, std::memory_order order = std::memory_order_relaxed) noexcept {
+    v_.store(v_.load(std::memory_order_relaxed) + n, order);
   }
   [[nodiscard]] std::uint64_t get(
       std::memory_order order = std::memory_order_relaxed) const noexcept {

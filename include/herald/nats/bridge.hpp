@@ -8,6 +8,7 @@
 #include <herald/detail/error_text.hpp>
 #include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
+#include <herald/headers.hpp>
 #include <herald/nats/codec.hpp>
 #include <herald/nats/connection.hpp>
 #include <herald/policy.hpp>
@@ -23,6 +24,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -79,7 +81,8 @@ struct BridgeOptions {
   std::size_t max_subject_bytes = 4000;
   /// Adds a `Herald-Seq` header (stream and per-subject sequence number) to every exported
   /// message, so importing bridges count the messages they missed (`lost`) and drop their own
-  /// that come back (`echoes`). Costs: NATS messages with headers are several times slower.
+  /// that come back (`echoes`); it replaces a message's own header of that name. Costs: NATS
+  /// messages with headers are several times slower.
   bool track_loss = false;
   /// Called for every failure, from the bridge's or the NATS client's threads (concurrently).
   /// Exceptions from it are ignored.
@@ -122,17 +125,25 @@ inline std::string prefix_with_dot(const std::string& prefix) {
 ///
 /// Each export is a subscription on the broker (its queue is the outbound queue) drained by a
 /// thread of the bridge; each import is a NATS subscription whose callback decodes and calls
-/// `broker.publish_from(Origin{id()}, topic, value)`. While the server is unreachable the export
-/// threads stop taking messages, so each export queue's overflow policy applies, and the client
-/// reconnects forever with jittered backoff. Delivery over NATS is at most once: a message handed
-/// to the client just before the link died can be lost (track_loss counts such losses).
-/// The broker must outlive the bridge. Destroying the bridge ends the imports (waiting for a
-/// running callback), stops the export threads (messages still queued are discarded: call
-/// flush() first), then closes the connection.
-/// Throws: (constructor) InvalidTopic for an invalid pattern or prefix; std::invalid_argument
-/// for other bad rules; std::length_error for an import subject longer than max_subject_bytes;
-/// NatsError when the server cannot be reached. Nothing is left running then.
-/// Thread-safety: every member function may be called concurrently.
+/// `broker.publish_from(Origin{id()}, {.headers = ...}, topic, value)`.
+///
+/// Headers (Message::headers, PublishOptions::headers) travel as NATS headers, both ways and with
+/// any NATS client: every value of a name, in order (the C client keeps names in a hash, so the
+/// order between different names is not kept). An import leaves out `Herald-Seq` (the bridge's
+/// own, see track_loss) and the `Status` and `Description` the client makes of the status line
+/// of a no-responders message (the server's answer, not a publisher's data); a header that
+/// breaks herald's rules (Headers::check) drops the message as undecodable. Header bytes count
+/// toward the server's max_payload. A message without headers costs nothing for them: it is
+/// exported with a plain publish and imported with nothing allocated. While the server is
+/// unreachable the export threads stop taking messages, so each export queue's overflow policy
+/// applies, and the client reconnects forever with jittered backoff. Delivery over NATS is at most
+/// once: a message handed to the client just before the link died can be lost (track_loss counts
+/// such losses). The broker must outlive the bridge. Destroying the bridge ends the imports
+/// (waiting for a running callback), stops the export threads (messages still queued are discarded:
+/// call flush() first), then closes the connection. Throws: (constructor) InvalidTopic for an
+/// invalid pattern or prefix; std::invalid_argument for other bad rules; std::length_error for an
+/// import subject longer than max_subject_bytes; NatsError when the server cannot be reached.
+/// Nothing is left running then. Thread-safety: every member function may be called concurrently.
 template <class T, class C = DefaultCodec<T>>
 requires Codec<C, T>
 class Bridge {
@@ -384,7 +395,7 @@ class Bridge {
     std::string scratch;
     while (auto m = e.sub.receive(stop)) {
       if (const auto payload = prepare(e, *m, subject, scratch)) {
-        send(e, subject, *payload, stop);
+        send(e, subject, *payload, m->headers(), stop);
       }
       e.handled.fetch_add(1, std::memory_order_seq_cst);
       e.handled_changed.notify_all();  // a load, unless flush() waits
@@ -431,7 +442,7 @@ class Bridge {
   /// Hands one message to the NATS client, holding it through disconnects (the export queue
   /// behind it fills meanwhile, and its overflow policy applies) until it is sent, refused for
   /// good, or the bridge stops.
-  void send(Export& e, const std::string& subject, std::string_view payload,
+  void send(Export& e, const std::string& subject, std::string_view payload, const Headers& headers,
             const std::stop_token& stop) {
     std::uint64_t* seq = options_.track_loss ? &next_sequence(e, subject) : nullptr;
     for (;;) {
@@ -439,7 +450,7 @@ class Bridge {
         e.dropped_failed.add();
         return;
       }
-      const natsStatus s = publish(e, subject, payload, seq);
+      const natsStatus s = publish(e, subject, payload, headers, seq);
       switch (s) {
         case NATS_OK:
           e.sent.add();
@@ -486,14 +497,20 @@ class Bridge {
   }
 
   natsStatus publish(Export& e, const std::string& subject, std::string_view payload,
-                     const std::uint64_t* seq) {
+                     const Headers& headers, const std::uint64_t* seq) {
     const int size = static_cast<int>(payload.size());  // <= max_payload, which is an int64
-    if (!seq) return natsConnection_Publish(conn_->get(), subject.c_str(), payload.data(), size);
+    // Most messages: no header, and no natsMsg to build and free.
+    if (!seq && headers.empty()) {
+      return natsConnection_Publish(conn_->get(), subject.c_str(), payload.data(), size);
+    }
     natsMsg* msg = nullptr;
     natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, payload.data(), size);
     if (s != NATS_OK) return s;
-    std::string value = e.stream + " " + std::to_string(*seq);
-    s = natsMsgHeader_Set(msg, detail::kSeqHeader, value.c_str());
+    s = detail::add_headers(msg, headers);
+    if (s == NATS_OK && seq) {
+      const std::string value = e.stream + " " + std::to_string(*seq);
+      s = natsMsgHeader_Set(msg, detail::kSeqHeader, value.c_str());  // replaces a user's own
+    }
     if (s == NATS_OK) s = natsConnection_PublishMsg(conn_->get(), msg);
     natsMsg_Destroy(msg);
     return s;
@@ -534,12 +551,18 @@ class Bridge {
               "herald::nats: decode: " + herald::detail::exception_text(std::current_exception()));
       return;
     }
+    Headers headers;
+    if (!take_headers(imp, msg, subject, headers)) return;
     // Count before publishing: an export thread may skip the message before publish returns.
     for (const auto& e : exports_) {
       if (e->pattern.matches(topic)) e->imported_here.fetch_add(1, std::memory_order_relaxed);
     }
     try {
-      if (!publisher_for(imp, topic).publish(std::move(*value)).closed) {
+      Publisher<T>& publisher = publisher_for(imp, topic);
+      const PublishResult r =
+          headers.empty() ? publisher.publish(std::move(*value))
+                          : publisher.publish(std::move(*value), {.headers = std::move(headers)});
+      if (!r.closed) {
         imp.imported.add();
         return;
       }
@@ -551,6 +574,22 @@ class Bridge {
     imp.import_failed.add();
     for (const auto& e : exports_) {
       if (e->pattern.matches(topic)) e->imported_here.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  /// Moves the NATS headers of `msg` into `out`, but for the bridge's own Herald-Seq and the
+  /// status a no-responders message carries. False (counted and reported as a decode failure)
+  /// when the client cannot parse them or one breaks herald's rules (Headers::check).
+  bool take_headers(Import& imp, natsMsg* msg, std::string_view subject, Headers& out) {
+    try {
+      detail::read_headers(
+          msg, out, [](std::string_view name) { return name == detail::kSeqHeader; }, false);
+      return true;
+    } catch (...) {
+      imp.dropped_decode.add();
+      report_(ErrorKind::decode_failed, subject,
+              "herald::nats: headers: " + herald::detail::exception_text(std::current_exception()));
+      return false;
     }
   }
 

@@ -6,6 +6,7 @@
 #include <herald/detail/backoff.hpp>
 #include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
+#include <herald/headers.hpp>
 
 #include <nats/nats.h>
 
@@ -120,20 +121,29 @@ struct ConnectionSettings {
   ReconnectPolicy reconnect;
   std::chrono::milliseconds ping_interval;
   int reconnect_buffer_bytes;
+  /// Write each publish to the socket at once instead of letting the client's flusher batch
+  /// them: lower latency for request-reply, fewer messages/s for streams.
+  bool send_asap = false;
 };
 
 /// One NATS connection with the settings a bridge needs: never echoes its own publishes,
 /// reconnects forever with jittered backoff, and tracks whether it is connected.
+/// `on_change(connected)`, if given, runs on the client's thread after each disconnect (false),
+/// reconnect (true) and the final close (false); it must not throw or destroy the connection.
 class Connection {
  public:
-  Connection(const ConnectionSettings& o, Reporter& report, std::uint64_t seed)
-      : report_(report), backoff_(o.reconnect.initial, o.reconnect.max, seed) {
+  Connection(const ConnectionSettings& o, Reporter& report, std::uint64_t seed,
+             std::function<void(bool connected)> on_change = {})
+      : report_(report),
+        backoff_(o.reconnect.initial, o.reconnect.max, seed),
+        on_change_(std::move(on_change)) {
     natsOptions* opts = nullptr;
     check(natsOptions_Create(&opts), "herald::nats: cannot create NATS options");
     std::unique_ptr<natsOptions, void (*)(natsOptions*)> guard(opts, natsOptions_Destroy);
     check(natsOptions_SetURL(opts, o.url.c_str()), "herald::nats: invalid URL");
     if (!o.name.empty()) check(natsOptions_SetName(opts, o.name.c_str()), "herald::nats: name");
     check(natsOptions_SetNoEcho(opts, true), "herald::nats: no-echo");
+    if (o.send_asap) check(natsOptions_SetSendAsap(opts, true), "herald::nats: send asap");
     check(natsOptions_SetTimeout(opts, o.connect_timeout.count()), "herald::nats: timeout");
     check(natsOptions_SetPingInterval(opts, o.ping_interval.count()), "herald::nats: ping");
     check(natsOptions_SetAllowReconnect(opts, true), "herald::nats: reconnect");
@@ -211,6 +221,7 @@ class Connection {
     auto& c = *static_cast<Connection*>(self);
     c.disconnects_.fetch_add(1, std::memory_order_relaxed);
     c.set(c.connected_, false);
+    if (c.on_change_) c.on_change_(false);
   }
   static void on_reconnected(natsConnection* nc, void* self) {
     auto& c = *static_cast<Connection*>(self);
@@ -222,10 +233,12 @@ class Connection {
     // Another server of the cluster may have another limit.
     c.max_payload_.store(natsConnection_GetMaxPayload(nc), std::memory_order_relaxed);
     c.set(c.connected_, true);
+    if (c.on_change_) c.on_change_(true);
   }
   static void on_closed(natsConnection*, void* self) {
     auto& c = *static_cast<Connection*>(self);
     const std::lock_guard lock(c.close_mutex_);  // see the destructor
+    if (c.on_change_) c.on_change_(false);
     c.connected_.store(false, std::memory_order_seq_cst);
     c.set(c.closed_, true);
   }
@@ -245,6 +258,7 @@ class Connection {
   Reporter& report_;
   std::mutex backoff_mutex_;  // the client's reconnect thread and reconnect callback
   herald::detail::DecorrelatedJitter backoff_;
+  const std::function<void(bool)> on_change_;
   natsConnection* nc_ = nullptr;
   std::atomic<bool> connected_{false};
   std::atomic<bool> closed_{false};
@@ -254,6 +268,118 @@ class Connection {
   EventCount changed_;      // connected_ or closed_ changed
   std::mutex close_mutex_;  // held by on_closed while it touches this object
 };
+
+/// One NATS subscription that ends cleanly: end() (and the destructor) unsubscribes and waits
+/// until the client runs no callback for it and never will, then frees it.
+class NatsSubscription {
+ public:
+  /// Subscribes to `subject` (in `queue_group` unless empty); the client calls `handler` with
+  /// `closure` for each message and keeps at most the given numbers pending (beyond: drops them).
+  /// Throws: NatsError naming the subject; nothing is left subscribed then.
+  NatsSubscription(natsConnection* nc, const std::string& subject, const std::string& queue_group,
+                   natsMsgHandler handler, void* closure, int pending_messages = 65536,
+                   int pending_bytes = 64 * 1024 * 1024) {
+    natsStatus s = queue_group.empty()
+                       ? natsConnection_Subscribe(&sub_, nc, subject.c_str(), handler, closure)
+                       : natsConnection_QueueSubscribe(&sub_, nc, subject.c_str(),
+                                                       queue_group.c_str(), handler, closure);
+    check(s, ("herald::nats: cannot subscribe to '" + subject + "'").c_str());
+    s = natsSubscription_SetOnCompleteCB(sub_, &NatsSubscription::on_complete, this);
+    if (s != NATS_OK) complete_.store(true);  // no completion callback to wait for
+    if (s == NATS_OK) s = natsSubscription_SetPendingLimits(sub_, pending_messages, pending_bytes);
+    if (s != NATS_OK) {
+      end();
+      throw NatsError("herald::nats: cannot set up the subscription to '" + subject + "'", s);
+    }
+  }
+  NatsSubscription(const NatsSubscription&) = delete;
+  NatsSubscription& operator=(const NatsSubscription&) = delete;
+  ~NatsSubscription() { end(); }
+
+  [[nodiscard]] natsSubscription* get() const noexcept { return sub_; }
+  /// Messages the client dropped because the pending limits were reached.
+  [[nodiscard]] std::uint64_t dropped() const noexcept {
+    std::int64_t n = 0;
+    return sub_ && natsSubscription_GetDropped(sub_, &n) == NATS_OK && n > 0
+               ? static_cast<std::uint64_t>(n)
+               : 0;
+  }
+
+  /// Unsubscribes and waits until no callback runs or will run, then frees the subscription.
+  /// Idempotent. Must not be called from this subscription's own callback.
+  void end() noexcept {
+    if (!sub_) return;
+    natsSubscription_Unsubscribe(sub_);
+    wait_until(done_, [&] { return complete_.load(std::memory_order_seq_cst); });
+    // on_complete finishes under mutex_: once we hold it, it no longer touches this object.
+    { const std::lock_guard lock(mutex_); }
+    natsSubscription_Destroy(sub_);
+    sub_ = nullptr;
+  }
+
+ private:
+  static void on_complete(void* self) {
+    auto& s = *static_cast<NatsSubscription*>(self);
+    const std::lock_guard lock(s.mutex_);
+    s.complete_.store(true, std::memory_order_seq_cst);
+    s.done_.notify_all();
+  }
+
+  natsSubscription* sub_ = nullptr;
+  std::mutex mutex_;  // held by on_complete while it touches this object
+  EventCount done_;
+  std::atomic<bool> complete_{false};
+};
+
+// What the C client makes of a status line ("NATS/1.0 503 No Responders"): not a publisher's.
+inline constexpr std::string_view kStatusHeader = "Status";
+inline constexpr std::string_view kDescriptionHeader = "Description";
+
+/// Adds every field of `headers` to `msg` (they met NATS's rules when they were built).
+inline natsStatus add_headers(natsMsg* msg, const Headers& headers) {
+  for (const auto& [name, value] : headers) {
+    if (const natsStatus s = natsMsgHeader_Add(msg, name.c_str(), value.c_str()); s != NATS_OK) {
+      return s;
+    }
+  }
+  return NATS_OK;
+}
+
+/// Appends the NATS headers of `msg` to `out`, but for the names `skip(name)` is true of and the
+/// status of a no-responders message. A field herald's rules refuse (Headers::check) throws
+/// std::invalid_argument, or is left out when `lenient`. Throws NatsError when the client cannot
+/// read them. A message without headers costs one call that allocates nothing (the C client has
+/// no cheaper way to ask).
+template <class Skip>
+void read_headers(natsMsg* msg, Headers& out, Skip&& skip, bool lenient) {
+  struct FreeArray {  // the client allocates the arrays of pointers; the strings are its own
+    void operator()(const char** p) const noexcept { std::free(static_cast<void*>(p)); }
+  };
+  const char** keys = nullptr;
+  int count = 0;
+  natsStatus s = natsMsgHeader_Keys(msg, &keys, &count);
+  if (s == NATS_NOT_FOUND) return;
+  const std::unique_ptr<const char*, FreeArray> own_keys(keys);
+  if (s != NATS_OK) throw NatsError("herald::nats: cannot read the headers", s);
+  const bool status = natsMsg_IsNoResponders(msg);
+  for (int k = 0; k < count; ++k) {
+    const std::string_view name(keys[k]);
+    if (skip(name)) continue;
+    if (status && (name == kStatusHeader || name == kDescriptionHeader)) continue;
+    const char** values = nullptr;
+    int n = 0;
+    s = natsMsgHeader_Values(msg, keys[k], &values, &n);
+    if (s != NATS_OK) throw NatsError("herald::nats: cannot read the headers", s);
+    const std::unique_ptr<const char*, FreeArray> own_values(values);
+    for (int v = 0; v < n; ++v) {
+      try {
+        out.add(name, values[v] ? std::string_view(values[v]) : std::string_view());
+      } catch (const std::invalid_argument&) {
+        if (!lenient) throw;
+      }
+    }
+  }
+}
 
 }  // namespace detail
 }  // namespace herald::nats
