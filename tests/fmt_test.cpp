@@ -27,7 +27,8 @@ TEST_CASE("stats structs format every field by name", "[fmt]") {
         "PublishResult{matched: 1, delivered: 1, dropped: 0, evicted: 0, closed: false}");
   CHECK(fmt::format("{}", broker.stats()) ==
         "BrokerStats{published: 2, delivered: 1, dropped: 1, evicted: 0, no_subscriber: 0, "
-        "subscriptions: 1, disconnects: 0}");
+        "subscriptions: 1, disconnects: 0, replayed: 0, retained_topics: 0, retained_messages: 0, "
+        "retained_bytes: 0, retained_evicted: 0, retained_expired: 0}");
   CHECK(fmt::format("{}", sub.stats()) ==
         "SubscriptionStats{offered: 2, delivered: 1, dropped: 1, dropped_full: 1, "
         "dropped_timeout: 0, evicted: 0, received: 0, queue_depth: 1, high_water_mark: 1, "

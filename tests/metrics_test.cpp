@@ -301,6 +301,26 @@ TEST_CASE("slow-consumer disconnects are counted by the broker") {
   CHECK(has_line(metrics.exposition(), "herald_broker_disconnects_total{broker=\"b\"} 1"));
 }
 
+TEST_CASE("retained messages, replays and evictions are exported per broker") {
+  Broker<int> broker(herald::BrokerOptions{.max_retained_topics = 2});
+  broker.publish("s.a", 1, {.retain = true});
+  broker.publish("s.b", 2, {.retain = true});
+  broker.publish("s.c", 3, {.retain = true});  // a third topic: s.a is evicted
+  auto late = broker.subscribe("s.*", {.replay = herald::Replay::last_value()});
+  MetricsRegistry metrics;
+  metrics.add_broker("b", broker);
+  const std::string text = metrics.exposition();
+  INFO(text);
+  CHECK(has_line(text, "# TYPE herald_broker_retained_topics gauge"));
+  CHECK(has_line(text, "herald_broker_retained_topics{broker=\"b\"} 2"));
+  CHECK(has_line(text, "herald_broker_retained_messages{broker=\"b\"} 2"));
+  CHECK(has_line(text, "herald_broker_retained_evicted_total{broker=\"b\"} 1"));
+  CHECK(has_line(text, "herald_broker_retained_expired_total{broker=\"b\"} 0"));
+  CHECK(has_line(text, "herald_broker_replayed_total{broker=\"b\"} 2"));
+  CHECK(text.find("herald_broker_retained_bytes{broker=\"b\"} ") != std::string::npos);
+  check_with_promtool(text);
+}
+
 TEST_CASE("track_topics validates, bounds and replaces the tracked set") {
   Broker<int> broker;
   CHECK_THROWS_AS(broker.track_topics({"a..b"}), herald::InvalidTopic);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <map>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -81,21 +82,45 @@ TEST_CASE("Replay::none is the default; a plain subscription gets no retained me
   CHECK(Replay::last(5).count() == 5);
 }
 
-TEST_CASE("a replayed message shares the payload: marking copies no T", "[retained]") {
+TEST_CASE("a replayed message is the subscriber's copy, made once per replay; live ones are not",
+          "[retained]") {
   CountedGuard guard;
   {
     Broker<Counted> broker;
     broker.publish("c", Counted(7), retain);
+    const long before = Counted::copies;
     auto sub = broker.subscribe("c", {.replay = Replay::last_value()});
+    CHECK(Counted::copies == before + 1);  // one copy for this replay
     auto m = sub.try_receive();
     REQUIRE(m);
     CHECK(m->replayed());
-    const Message<Counted> copy = *m;  // the mark travels with the handle
+    const Message<Counted> copy = *m;  // copying the handle copies no T and keeps the mark
     CHECK(copy.replayed());
-    CHECK(&copy.value() == &broker.retained("c")->value());
-    CHECK(Counted::copies == 0);
+    CHECK(&copy.value() == &m->value());
+    CHECK(Counted::copies == before + 1);
+    const auto kept = broker.retained("c");  // the retained one itself is not marked
+    REQUIRE(kept);
+    CHECK_FALSE(kept->replayed());
+    CHECK(&kept->value() != &m->value());
+    CHECK(m->sequence() == kept->sequence());
+    CHECK(m->topic() == kept->topic());
+    CHECK(m->published_at() == kept->published_at());
     static_assert(sizeof(Message<Counted>) == sizeof(void*));
   }
+}
+
+TEST_CASE("replay with a move-only message type is refused by name; retention still works",
+          "[retained]") {
+  Broker<std::unique_ptr<int>> broker;
+  broker.publish("u", std::make_unique<int>(5), retain);
+  REQUIRE(broker.retained("u"));
+  CHECK(*broker.retained("u")->value() == 5);
+  CHECK_THROWS_WITH(broker.subscribe("u", {.replay = Replay::last_value()}),
+                    Catch::Matchers::Contains("SubscribeOptions::replay needs a copyable"));
+  CHECK(broker.stats().subscriptions == 0);
+  auto plain = broker.subscribe("u");  // without replay: fine
+  broker.publish("u", std::make_unique<int>(6));
+  REQUIRE(plain.try_receive());
 }
 
 TEST_CASE("wildcard replay covers every matching topic; for_each_retained and clear_retained",

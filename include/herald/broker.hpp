@@ -98,6 +98,8 @@ class BrokerCore final : public Registry<T> {
     std::shared_ptr<TrackedTopic> tracked;
     /// The retain policy covering this topic (Broker::retain), or null: one branch per publish.
     std::shared_ptr<const RetainedPattern> retain;
+    /// Where this topic's retained messages were stored last (guarded by the store's lock).
+    mutable typename RetainedStore<Message<T>>::Hint retained_slot;
     std::uint64_t generation = 0;
     [[nodiscard]] bool empty() const noexcept { return plain.empty() && groups.empty(); }
   };
@@ -285,17 +287,27 @@ class BrokerCore final : public Registry<T> {
   /// Offers one message to everything on the route, applying each subscriber's policy.
   /// `headers`: moved into the message when one is built (null: none). `retain`: keep it as a
   /// retained message (also when the route's topic has a retain policy).
+  // Inlined into the publisher, so that a publish nobody receives (and nothing retains) returns
+  // without entering the large function below and saving its registers.
   template <class... Args>
-  PublishResult deliver(const Route& route, Site& site, std::string_view topic,
-                        std::uint64_t origin, Headers* headers, bool retain, Args&&... args) {
-    if (retain || route.retain) [[unlikely]]
-      return deliver_retained(route, site, topic, origin, headers, std::forward<Args>(args)...);
-    if (route.empty()) return nobody(route, site);
+  [[gnu::always_inline]] PublishResult deliver(const Route& route, Site& site,
+                                               std::string_view topic, std::uint64_t origin,
+                                               Headers* headers, bool retain, Args&&... args) {
+    if (route.empty() && !retain && route.retain == nullptr) return nobody(route, site);
+    return deliver_built(route, site, topic, origin, headers, retain, std::forward<Args>(args)...);
+  }
+
+  // deliver, once a message is to be built: one place builds it (a second one would make the
+  // compiler outline its parts).
+  template <class... Args>
+  PublishResult deliver_built(const Route& route, Site& site, std::string_view topic,
+                              std::uint64_t origin, Headers* headers, bool retain, Args&&... args) {
+    const bool keep = retain || route.retain != nullptr;
     // The sequence number is drawn once the value is built: a throwing copy consumes none.
-    auto m = Message<T>::make_drawn(
-        topic, route.long_topic,
-        [this] { return sequence_.fetch_add(1, std::memory_order_relaxed) + 1; }, origin, headers,
-        std::forward<Args>(args)...);
+    auto m = Message<T>::make_drawn(topic, route.long_topic, next_sequence(), origin, headers,
+                                    std::forward<Args>(args)...);
+    if (keep) [[unlikely]]
+      return deliver_retained(route, site, topic, std::move(m));
     return offer_all(route, site, std::move(m));
   }
 
@@ -317,12 +329,15 @@ class BrokerCore final : public Registry<T> {
         [&] { return sequence_.load(std::memory_order_relaxed); });
     ReplayedUpTo up_to;
     up_to.reserve(replay.size());
-    for (const Message<T>& m : replay) {  // per topic oldest first: the last one is the newest
+    for (Message<T>& m : replay) {  // per topic oldest first: the last one is the newest
       up_to.insert_or_assign(m.topic(), m.sequence());
+      if constexpr (std::is_copy_constructible_v<T>) {  // else refused by the options' check
+        m = detail::MessageAccess::replayed(m);         // before any offer: this may throw
+      }
     }
     PublishResult r;
     std::uint64_t replayed = 0;
-    s.finish_join(replay, std::move(up_to), horizon, [&](Offer o, bool was_replayed) {
+    s.finish_join(std::move(replay), std::move(up_to), horizon, [&](Offer o, bool was_replayed) {
       tally(r, o);
       if (was_replayed) ++replayed;
     });
@@ -541,7 +556,7 @@ class BrokerCore final : public Registry<T> {
   }
 
   // Counts a publish to a route with no subscription.
-  static PublishResult nobody(const Route& route, Site& site) noexcept {
+  [[gnu::always_inline]] static PublishResult nobody(const Route& route, Site& site) noexcept {
     PublishResult r;
     site.published.add();
     site.no_subscriber.add();
@@ -581,19 +596,21 @@ class BrokerCore final : public Registry<T> {
     return r;
   }
 
-  // A retained publish: the message is built and stored (see join for why first), then the
-  // generation decides whether `route` is still the one to deliver on.
-  // Out of line: the plain publish path stays as small as it was.
-  template <class... Args>
+  // A retained publish: `m` is stored (see join for why first), then the generation decides
+  // whether `route` is still the one to deliver on (else the current one has every
+  // registration that preceded the store). Out of line, with its own copy of offer_all: the
+  // plain publish path stays as small as it was, and the compiler keeps inlining into it.
   [[gnu::noinline]] PublishResult deliver_retained(const Route& route, Site& site,
-                                                   std::string_view topic, std::uint64_t origin,
-                                                   Headers* headers, Args&&... args) {
-    Message<T> m = Message<T>::make_drawn(topic, route.long_topic, next_sequence(), origin, headers,
-                                          std::forward<Args>(args)...);
-    retained_.store(m, route.retain ? route.retain->rule : default_rule_, retained_bytes(m));
+                                                   std::string_view topic, Message<T>&& m) {
+    // The store takes a reference preset with m's own (one store, no atomic increment): nobody
+    // else can see m yet.
+    detail::MessageAccess::preset_refs(m, 2);
+    retained_.store(detail::MessageAccess::alias(m),
+                    route.retain ? route.retain->rule : default_rule_, retained_bytes(m),
+                    &route.retained_slot);
     if (route.generation == generation()) return offer_all(route, site, std::move(m), true);
-    const std::shared_ptr<const Route> now = this->route(topic);  // has every registration
-    return offer_all(*now, site, std::move(m), true);             // that preceded the store
+    const std::shared_ptr<const Route> now = this->route(topic);
+    return offer_all(*now, site, std::move(m), true);
   }
 
   // A pattern without wildcards selects one topic: the store looks it up instead of scanning.

@@ -108,7 +108,10 @@ struct fmt::formatter<herald::BrokerStats> : herald::detail::FieldsFormatter {
     return herald::detail::format_struct(ctx.out(), "BrokerStats", [&](auto& w) {
       w("published", s.published)("delivered", s.delivered)("dropped", s.dropped)(
           "evicted", s.evicted)("no_subscriber", s.no_subscriber)("subscriptions", s.subscriptions)(
-          "disconnects", s.disconnects);
+          "disconnects", s.disconnects)("replayed", s.replayed)(
+          "retained_topics", s.retained_topics)("retained_messages", s.retained_messages)(
+          "retained_bytes", s.retained_bytes)("retained_evicted", s.retained_evicted)(
+          "retained_expired", s.retained_expired);
     });
   }
 };

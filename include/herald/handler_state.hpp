@@ -256,7 +256,7 @@ class HandlerState final : public SubscriptionState<T>,
       ++n;
       // The strand is the only writer: no locked instruction. Release, so that wait_idle()'s
       // load of the count also sees what the handler did (its contract: "handled").
-      finished_.add(1, std::memory_order_release);
+      finished_.add_release(1);
     }
     running_handlers = frame.outer;
     if (n != 0) {

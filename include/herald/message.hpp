@@ -54,6 +54,19 @@ struct Envelope {
         sequence(draw_sequence(seq)),
         origin(org),
         published_at(std::chrono::steady_clock::now()) {}
+  /// A copy of `src` marked as replayed (see Message::replayed).
+  struct ReplayOf {
+    const Envelope& src;
+  };
+  explicit Envelope(ReplayOf r)
+      : replayed(true),
+        value(r.src.value),
+        own_topic(r.src.own_topic),
+        shared_topic(r.src.shared_topic),
+        headers(r.src.headers ? std::make_unique<const Headers>(*r.src.headers) : nullptr),
+        sequence(r.src.sequence),
+        origin(r.src.origin),
+        published_at(r.src.published_at) {}
   [[nodiscard]] const std::string& topic() const noexcept {
     return shared_topic ? *shared_topic : own_topic;
   }
@@ -95,6 +108,8 @@ struct Envelope {
   static auto& pool() { return BlockPool<sizeof(Envelope), alignof(Envelope)>::instance(); }
 
   mutable std::atomic<std::uint32_t> refs{1};  // Message handles referring to it
+  // A subscriber's copy of a retained message, replayed to it. Next to refs: in its padding.
+  const bool replayed = false;
   const T value;
   const std::string own_topic;                            // the topic, unless shared
   const std::shared_ptr<const std::string> shared_topic;  // a long topic, shared, or null
@@ -110,25 +125,27 @@ struct MessageAccess {
   /// Makes the (not yet shared) message `m` carry `n` references: `m` itself and n - 1 aliases.
   template <class M>
   static void preset_refs(const M& m, std::uint32_t n) noexcept {
-    m.env()->refs.store(n, std::memory_order_relaxed);  // nobody else can see it yet
+    m.env_->refs.store(n, std::memory_order_relaxed);  // nobody else can see it yet
   }
   /// Adds `n` references to the message `m`, which others may hold and copy meanwhile (a
   /// retained message): the atomic counterpart of preset_refs(m, n + 1).
   template <class M>
   static void add_refs(const M& m, std::uint32_t n) noexcept {
-    if (n != 0) m.env()->refs.fetch_add(n, std::memory_order_relaxed);
+    if (n != 0) m.env_->refs.fetch_add(n, std::memory_order_relaxed);
   }
   /// A handle to m's envelope that takes over one of the preset references (no increment).
   template <class M>
   static M alias(const M& m) noexcept {
-    return M(m.env());
+    return M(m.env_);
   }
-  /// Another handle to m's envelope, marked as replayed (Message::replayed); the T is shared.
+  /// A copy of the message `m` marked as replayed (Message::replayed), with the same topic,
+  /// sequence number, time, origin and headers: the mark is the envelope's, so that a plain
+  /// Message stays a bare pointer (no mask on every access) and a live one is never marked.
+  /// Throws: what copying T throws, std::bad_alloc.
   template <class M>
-  static M replayed(const M& m) noexcept {
-    M r(m);
-    r.word_ |= M::kReplayed;
-    return r;
+  requires(std::is_copy_constructible_v<typename M::value_type>) static M replayed(const M& m) {
+    using E = std::remove_cvref_t<decltype(*m.env_)>;
+    return M(E::create(typename E::ReplayOf{*m.env_}));
   }
 };
 
@@ -145,41 +162,42 @@ class Message {
  public:
   using value_type = T;
 
-  Message(const Message& other) noexcept : word_(other.word_) {
-    if (word_ != 0) env()->add_ref();
+  Message(const Message& other) noexcept : env_(other.env_) {
+    if (env_ != nullptr) env_->add_ref();
   }
-  Message(Message&& other) noexcept : word_(std::exchange(other.word_, 0)) {}
+  Message(Message&& other) noexcept : env_(std::exchange(other.env_, nullptr)) {}
   Message& operator=(Message other) noexcept {
-    std::swap(word_, other.word_);
+    std::swap(env_, other.env_);
     return *this;
   }
   ~Message() {
-    if (word_ != 0) env()->release();
+    if (env_ != nullptr) env_->release();
   }
 
   /// The topic it was published to.
-  [[nodiscard]] const std::string& topic() const noexcept { return env()->topic(); }
+  [[nodiscard]] const std::string& topic() const noexcept { return env_->topic(); }
   /// The value.
-  [[nodiscard]] const T& value() const noexcept { return env()->value; }
-  [[nodiscard]] const T& operator*() const noexcept { return env()->value; }
-  [[nodiscard]] const T* operator->() const noexcept { return &env()->value; }
+  [[nodiscard]] const T& value() const noexcept { return env_->value; }
+  [[nodiscard]] const T& operator*() const noexcept { return env_->value; }
+  [[nodiscard]] const T* operator->() const noexcept { return &env_->value; }
   /// Per-broker publish sequence number, starting at 1; increases with every publish.
-  [[nodiscard]] std::uint64_t sequence() const noexcept { return env()->sequence; }
+  [[nodiscard]] std::uint64_t sequence() const noexcept { return env_->sequence; }
   /// When publish was called (steady clock).
   [[nodiscard]] std::chrono::steady_clock::time_point published_at() const noexcept {
-    return env()->published_at;
+    return env_->published_at;
   }
   /// Who published it: 0 for local publishers; bridges tag what they import so they never
   /// send it back (see Broker::publish with an origin).
-  [[nodiscard]] std::uint64_t origin() const noexcept { return env()->origin; }
+  [[nodiscard]] std::uint64_t origin() const noexcept { return env_->origin; }
   /// True when this subscriber received it as a replay of a retained message when it
-  /// subscribed (SubscribeOptions::replay), false for live messages. The payload is the one the
-  /// original publish shared: only this handle carries the mark.
-  [[nodiscard]] bool replayed() const noexcept { return (word_ & kReplayed) != 0; }
+  /// subscribed (SubscribeOptions::replay), false for live messages. A replayed message is this
+  /// subscriber's copy of the retained one (same topic, sequence, time, origin and headers), made
+  /// once per replay: that is why replay needs a copyable T.
+  [[nodiscard]] bool replayed() const noexcept { return env_->replayed; }
   /// The headers it was published with (empty when none).
   [[nodiscard]] const Headers& headers() const noexcept {
     static const Headers none;
-    return env()->headers ? *env()->headers : none;
+    return env_->headers ? *env_->headers : none;
   }
 
   /// Builds a message outside a broker (tests, adapters). The broker builds its own.
@@ -232,18 +250,8 @@ class Message {
                                                headers, std::forward<Args>(args)...));
   }
 
-  explicit Message(const detail::Envelope<T>* env) noexcept
-      : word_(reinterpret_cast<std::uintptr_t>(env)) {}
-
-  // The envelope's address, with the replayed mark in its low bit (envelopes are aligned to at
-  // least 8): a Message stays one word, and marking one copies no T.
-  static constexpr std::uintptr_t kReplayed = 1;
-  static_assert(alignof(detail::Envelope<T>) > kReplayed);
-  [[nodiscard]] const detail::Envelope<T>* env() const noexcept {
-    return reinterpret_cast<const detail::Envelope<T>*>(word_ & ~kReplayed);
-  }
-
-  std::uintptr_t word_ = 0;
+  explicit Message(const detail::Envelope<T>* env) noexcept : env_(env) {}
+  const detail::Envelope<T>* env_ = nullptr;
 };
 
 }  // namespace herald

@@ -492,11 +492,28 @@ class MetricsRegistry {
                    [](const BrokerStats& s) { return s.no_subscriber; });
     broker_counter("herald_broker_disconnects", "Subscriptions closed as slow consumers.",
                    [](const BrokerStats& s) { return s.disconnects; });
-    if (!sc.brokers.empty()) {
-      w.family("herald_broker_subscriptions", Type::gauge, "Live subscriptions.");
+    broker_counter("herald_broker_replayed", "Retained messages offered to joining subscribers.",
+                   [](const BrokerStats& s) { return s.replayed; });
+    broker_counter("herald_broker_retained_evicted",
+                   "Retained messages evicted by a BrokerOptions bound.",
+                   [](const BrokerStats& s) { return s.retained_evicted; });
+    broker_counter("herald_broker_retained_expired",
+                   "Retained messages dropped once older than their max_age.",
+                   [](const BrokerStats& s) { return s.retained_expired; });
+    const auto broker_gauge = [&](std::string_view name, std::string_view help, auto field) {
+      if (sc.brokers.empty()) return;
+      w.family(name, Type::gauge, help);
       for (const auto& b : sc.brokers)
-        w.sample(b.labels, std::uint64_t(b.stats.subscriptions));
-    }
+        w.sample(b.labels, std::uint64_t(field(b.stats)));
+    };
+    broker_gauge("herald_broker_subscriptions", "Live subscriptions.",
+                 [](const BrokerStats& s) { return s.subscriptions; });
+    broker_gauge("herald_broker_retained_topics", "Topics with retained messages.",
+                 [](const BrokerStats& s) { return s.retained_topics; });
+    broker_gauge("herald_broker_retained_messages", "Retained messages.",
+                 [](const BrokerStats& s) { return s.retained_messages; });
+    broker_gauge("herald_broker_retained_bytes", "Estimated size of the retained messages.",
+                 [](const BrokerStats& s) { return s.retained_bytes; });
 
     // Subscriptions.
     const auto each_sub = [&](auto f) {

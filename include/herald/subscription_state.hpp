@@ -22,6 +22,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -162,15 +163,15 @@ class SubscriptionState {
   /// Offers made here never wait (Overflow::block tries once: see SubscribeOptions::replay).
   /// `count(Offer, bool replayed)` is told each outcome.
   template <class Count>
-  void finish_join(const std::vector<Message<T>>& replay, ReplayedUpTo up_to, std::uint64_t horizon,
+  void finish_join(std::vector<Message<T>> replay, ReplayedUpTo up_to, std::uint64_t horizon,
                    Count&& count) {
     {
       const std::lock_guard lock(join_->mutex);
       join_->up_to = std::move(up_to);
       join_->horizon = horizon;
     }
-    for (const Message<T>& m : replay)
-      count(offer_now(MessageAccess::replayed(m), false), true);
+    for (Message<T>& m : replay)
+      count(offer_now(std::move(m), false), true);
     for (;;) {
       std::vector<Message<T>> batch;
       {
@@ -281,6 +282,11 @@ class SubscriptionState {
  private:
   static SubscribeOptions validated(SubscribeOptions o) {
     validate(o);
+    if (!std::is_copy_constructible_v<T> && !o.replay.is_none()) {
+      throw std::invalid_argument(
+          "herald: SubscribeOptions::replay needs a copyable message type (a replayed message is "
+          "the subscriber's copy, marked replayed); use a std::shared_ptr<const T> payload");
+    }
     return o;
   }
 

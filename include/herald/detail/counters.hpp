@@ -49,10 +49,15 @@ class ShardedCounters {
 /// read-modify-write.
 class OwnedCounter {
  public:
-  /// `order`: std::memory_order_release when a reader's acquire load of the value must also see
-  /// what the writer did before (e.g. "n messages handled, and their effects").
-  void add(std::uint64_t n = 1, std::memory_order order = std::memory_order_relaxed) noexcept {
-    v_.store(v_.load(std::memory_order_relaxed) + n, order);
+  // Always inlined: a plain load, add and store. (An out-of-line copy taking the memory order
+  // as a run-time value would store with seq_cst, a locked instruction, whatever was asked.)
+  [[gnu::always_inline]] void add(std::uint64_t n = 1) noexcept {
+    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  /// As add, stored with release: a reader's acquire load of the value also sees what the writer
+  /// did before (e.g. "n messages handled, and their effects").
+  [[gnu::always_inline]] void add_release(std::uint64_t n = 1) noexcept {
+    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_release);
   }
   [[nodiscard]] std::uint64_t get(
       std::memory_order order = std::memory_order_relaxed) const noexcept {

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -22,7 +23,16 @@ namespace herald::detail {
 
 template <class M>
 class RetainedStore {
+  struct Slot;
+
  public:
+  /// Where the last store of one topic went: a broker route keeps one per topic, so that the
+  /// next store of that topic skips the hash lookup (a few cache misses at 10k topics). Read and
+  /// written under the store's lock only; a slot evicted or cleared meanwhile is never used.
+  class Hint {
+    friend class RetainedStore;
+    std::shared_ptr<Slot> slot_;
+  };
   /// How one topic retains: the newest `last` messages, each for at most `max_age` (zero: no
   /// limit).
   struct Rule {
@@ -39,6 +49,13 @@ class RetainedStore {
 
   RetainedStore(std::size_t max_topics, std::size_t max_bytes) noexcept
       : max_topics_(max_topics), max_bytes_(max_bytes) {}
+  // Routes (through their Hints) may keep slots longer than the store: not their messages.
+  ~RetainedStore() {
+    for (auto& [topic, s] : slots_) {
+      s->messages.clear();
+      s->gone = true;
+    }
+  }
   RetainedStore(const RetainedStore&) = delete;
   RetainedStore& operator=(const RetainedStore&) = delete;
 
@@ -46,25 +63,18 @@ class RetainedStore {
   /// sequence order: a message older than every one the topic keeps, when it keeps `last`
   /// already, is not kept. Then evicts whole topics, least recently stored first (never this
   /// one), while a bound is exceeded; a message bigger than the byte bound is still kept, alone.
+  /// `hint` (may be null): where this topic was stored last; updated.
   /// Throws: std::bad_alloc, and then the store is unchanged.
-  void store(const M& m, const Rule& rule, std::size_t bytes) {
+  void store(M m, const Rule& rule, std::size_t bytes, Hint* hint = nullptr) {
     const std::lock_guard lock(mutex_);
-    auto [it, fresh] = slots_.try_emplace(m.topic());
-    Slot& s = it->second;
-    if (fresh) {
-      s.key = &it->first;
-      link_newest(s);
-    } else if (&s != newest_) {
-      unlink(s);
-      link_newest(s);
-    }
+    Slot& s = slot_of(m.topic(), hint);
     s.rule = rule;
     if (s.messages.size() == 1 && rule.last == 1 &&
         s.messages.front().message.sequence() < m.sequence()) {  // the last value, replaced
       Kept& k = s.messages.front();
       s.bytes += bytes - k.bytes;
       bytes_ += bytes - k.bytes;
-      k = Kept{m, bytes};
+      k = Kept{std::move(m), bytes};
       evict_beyond_bounds(s);
       return;
     }
@@ -74,9 +84,9 @@ class RetainedStore {
       --pos;
     if (pos == s.messages.begin() && s.messages.size() >= rule.last) return;  // older than all
     try {
-      s.messages.insert(pos, Kept{m, bytes});
+      s.messages.insert(pos, Kept{std::move(m), bytes});
     } catch (...) {
-      if (s.messages.empty()) erase(it);
+      if (s.messages.empty()) erase(slots_.find(*s.key));
       throw;
     }
     s.bytes += bytes;
@@ -102,11 +112,11 @@ class RetainedStore {
     };
     if (!literal.empty()) {
       const auto it = slots_.find(literal);
-      if (it != slots_.end() && !expire(it, now)) visit(it->second);
+      if (it != slots_.end() && !expire(it, now)) visit(*it->second);
     } else {
       for (auto it = slots_.begin(); it != slots_.end();) {
         const auto next = std::next(it);
-        if (match(std::string_view(it->first)) && !expire(it, now)) visit(it->second);
+        if (match(std::string_view(it->first)) && !expire(it, now)) visit(*it->second);
         it = next;
       }
     }
@@ -118,7 +128,7 @@ class RetainedStore {
     const std::lock_guard lock(mutex_);
     const auto it = slots_.find(topic);
     if (it == slots_.end() || expire(it, now)) return std::nullopt;
-    return it->second.messages.back().message;
+    return it->second->messages.back().message;
   }
 
   /// Forgets the topics for which `match(topic)` holds; returns how many messages went.
@@ -129,7 +139,7 @@ class RetainedStore {
     for (auto it = slots_.begin(); it != slots_.end();) {
       const auto next = std::next(it);
       if (match(std::string_view(it->first))) {
-        n += it->second.messages.size();
+        n += it->second->messages.size();
         erase(it);
       }
       it = next;
@@ -142,9 +152,9 @@ class RetainedStore {
   void set_rules(RuleOf&& rule_of) {
     const std::lock_guard lock(mutex_);
     for (auto& [topic, s] : slots_) {
-      s.rule = rule_of(std::string_view(topic));
-      while (s.messages.size() > s.rule.last)
-        pop_oldest(s);
+      s->rule = rule_of(std::string_view(topic));
+      while (s->messages.size() > s->rule.last)
+        pop_oldest(*s);
     }
   }
 
@@ -165,8 +175,39 @@ class RetainedStore {
     const std::string* key = nullptr;  // its key in slots_ (node-based: stable)
     Slot* older = nullptr;             // least recently stored order
     Slot* newer = nullptr;
+    bool gone = false;  // no longer in slots_ (a Hint may still hold it)
   };
-  using Map = std::unordered_map<std::string, Slot, TopicHash, std::equal_to<>>;
+  // Slots are shared with Hints, which may outlive them in the map.
+  using Map = std::unordered_map<std::string, std::shared_ptr<Slot>, TopicHash, std::equal_to<>>;
+
+  // The slot of `topic`, made the most recently stored: the hint's, if it is still in the map,
+  // else looked up or made (and the hint set to it).
+  Slot& slot_of(std::string_view topic, Hint* hint) {
+    if (hint != nullptr && hint->slot_ && !hint->slot_->gone) {
+      Slot& s = *hint->slot_;
+      if (&s != newest_) {
+        unlink(s);
+        link_newest(s);
+      }
+      return s;
+    }
+    auto [it, fresh] = slots_.try_emplace(std::string(topic));
+    if (fresh) {
+      try {
+        it->second = std::make_shared<Slot>();
+      } catch (...) {
+        slots_.erase(it);
+        throw;
+      }
+      it->second->key = &it->first;
+      link_newest(*it->second);
+    } else if (it->second.get() != newest_) {
+      unlink(*it->second);
+      link_newest(*it->second);
+    }
+    if (hint != nullptr) hint->slot_ = it->second;
+    return *it->second;
+  }
 
   // Evicts whole topics, least recently stored first, never `kept`, while a bound is exceeded.
   void evict_beyond_bounds(const Slot& kept) noexcept {
@@ -199,7 +240,7 @@ class RetainedStore {
   // Drops the topic's messages older than its max_age at `now`, and the topic when none is
   // left; true when it went.
   bool expire(typename Map::iterator it, std::chrono::steady_clock::time_point now) noexcept {
-    Slot& s = it->second;
+    Slot& s = *it->second;
     if (s.rule.max_age == std::chrono::nanoseconds::zero()) return false;
     while (!s.messages.empty() &&
            now - s.messages.front().message.published_at() > s.rule.max_age) {
@@ -212,10 +253,12 @@ class RetainedStore {
   }
 
   void erase(typename Map::iterator it) noexcept {
-    Slot& s = it->second;
+    Slot& s = *it->second;
     unlink(s);
     bytes_ -= s.bytes;
     messages_ -= s.messages.size();
+    s.messages.clear();  // a Hint may keep the slot: not its messages
+    s.gone = true;
     slots_.erase(it);
   }
 
