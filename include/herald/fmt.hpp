@@ -185,8 +185,8 @@ struct fmt::formatter<herald::BridgeStats> : herald::detail::FieldsFormatter {
           "skipped_echo", s.skipped_echo)("queued", s.queued)("received", s.received)(
           "imported", s.imported)("rejected", s.rejected)("dropped_decode", s.dropped_decode)(
           "import_failed", s.import_failed)("echoes", s.echoes)("dropped_slow", s.dropped_slow)(
-          "lost", s.lost)("disconnects", s.disconnects)("reconnects", s.reconnects)(
-          "errors", s.errors)("connected", s.connected);
+          "lost", s.lost)("seeded", s.seeded)("disconnects", s.disconnects)(
+          "reconnects", s.reconnects)("errors", s.errors)("connected", s.connected);
     });
   }
 };

@@ -700,6 +700,10 @@ class MetricsRegistry {
     bridge_family("herald_bridge_lost", Type::counter,
                   "Gaps in the sequence of the messages received (track_loss).",
                   [](const BS& s) { return s.lost; });
+    bridge_family(
+        "herald_bridge_seeded", Type::counter,
+        "Retained messages seeded from a JetStream stream (ImportRule::seed_from_stream).",
+        [](const BS& s) { return s.seeded; });
     bridge_family("herald_bridge_disconnects", Type::counter, "Connection losses.",
                   [](const BS& s) { return s.disconnects; });
     bridge_family("herald_bridge_reconnects", Type::counter, "Reconnections.",

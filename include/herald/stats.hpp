@@ -199,6 +199,8 @@ struct BridgeStats {
   std::uint64_t echoes = 0;          ///< (track_loss) this bridge's own messages that came back
   std::uint64_t dropped_slow = 0;    ///< dropped by the NATS client: an import fell behind
   std::uint64_t lost = 0;            ///< (track_loss) gaps in the sequence of the messages received
+  std::uint64_t seeded =
+      0;  ///< retained messages seeded from a stream (ImportRule::seed_from_stream)
   // The connection.
   std::uint64_t disconnects = 0;
   std::uint64_t reconnects = 0;

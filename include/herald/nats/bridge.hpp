@@ -61,6 +61,16 @@ struct ImportRule {
   /// The NATS client's per-subscription buffer; beyond it, it drops and counts (dropped_slow).
   int pending_messages = 65536;
   int pending_bytes = 64 * 1024 * 1024;
+  /// Non-empty: a JetStream stream that captures this rule's subjects. The bridge's constructor
+  /// then seeds the broker's retained messages from it: the last message the stream holds for
+  /// every subject the rule imports (JetStream's "last per subject"), published into the broker
+  /// with PublishOptions::retain (a Broker::retain policy covering the topic applies; call
+  /// Broker::retain for the imported topics too, so that live imports keep the state current).
+  /// The import's subscription starts first and its live messages wait until the seed is in, so
+  /// no update published meanwhile is lost; one published while the seed is read may arrive
+  /// twice (seeded, then live), never newer-then-older at the end. Counted in
+  /// BridgeStats::seeded.
+  std::string seed_from_stream{};
 };
 
 struct BridgeOptions {
@@ -172,6 +182,9 @@ class Bridge {
       detail::check(natsConnection_FlushTimeout(conn_->get(), options_.connect_timeout.count()),
                     "herald::nats: cannot register the imports");
     }
+    for (std::size_t i = 0; i < imports_.size(); ++i) {
+      if (!options_.imports[i].seed_from_stream.empty()) seed(*imports_[i], options_.imports[i]);
+    }
   }
   Bridge(const Bridge&) = delete;
   Bridge& operator=(const Bridge&) = delete;
@@ -249,6 +262,7 @@ class Bridge {
       s.import_failed += i->import_failed.get();
       s.echoes += i->echoes.get();
       s.lost += i->lost.get();
+      s.seeded += i->seeded.get();
       std::int64_t dropped = 0;
       if (natsSubscription_GetDropped(i->sub, &dropped) == NATS_OK && dropped > 0) {
         s.dropped_slow += static_cast<std::uint64_t>(dropped);
@@ -286,10 +300,14 @@ class Bridge {
     std::jthread thread;  // last: starts once everything above exists, stops first
   };
 
+  enum class Gate : std::uint8_t { open, seeding, closed };
+
   struct Import {
     Import(Bridge& b, const ImportRule& rule)
-        : bridge(b), prefix_size(detail::prefix_with_dot(rule.prefix).size()) {
-      const std::string subject = detail::prefix_with_dot(rule.prefix) + rule.pattern;
+        : bridge(b),
+          prefix_size(detail::prefix_with_dot(rule.prefix).size()),
+          subject(detail::prefix_with_dot(rule.prefix) + rule.pattern),
+          gate(rule.seed_from_stream.empty() ? Gate::open : Gate::seeding) {
       natsStatus s = NATS_OK;
       if (rule.queue_group.empty()) {
         s = natsConnection_Subscribe(&sub, b.conn_->get(), subject.c_str(), &Bridge::on_message,
@@ -313,8 +331,16 @@ class Bridge {
     Import& operator=(const Import&) = delete;
     ~Import() { end(); }
 
+    /// Lets the callback through (Gate::open), or makes it drop what it was holding and what
+    /// comes (Gate::closed).
+    void set_gate(Gate g) noexcept {
+      gate.store(g, std::memory_order_release);
+      gate.notify_all();
+    }
+
     /// Unsubscribes and waits until no callback runs or will run, then frees the subscription.
     void end() noexcept {
+      if (gate.load(std::memory_order_acquire) == Gate::seeding) set_gate(Gate::closed);
       if (!sub) return;
       natsSubscription_Unsubscribe(sub);
       herald::detail::wait_until(done, [&] { return complete.load(std::memory_order_seq_cst); });
@@ -333,11 +359,15 @@ class Bridge {
 
     Bridge& bridge;
     const std::size_t prefix_size;
+    const std::string subject;  // prefix.pattern
+    // Until a seed (ImportRule::seed_from_stream) is in, the callback waits at the gate.
+    std::atomic<Gate> gate;
     natsSubscription* sub = nullptr;
     std::mutex mutex;  // held by on_complete while it touches this Import
     herald::detail::EventCount done;
     std::atomic<bool> complete{false};
-    detail::OwnedCounter received, imported, rejected, dropped_decode, import_failed, echoes, lost;
+    detail::OwnedCounter received, imported, rejected, dropped_decode, import_failed, echoes, lost,
+        seeded;
     // track_loss, callback thread only: last sequence number per stream, per subject.
     using SubjectSeqs =
         std::unordered_map<std::string, std::uint64_t, herald::detail::TopicHash, std::equal_to<>>;
@@ -520,17 +550,76 @@ class Bridge {
 
   static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
     auto& imp = *static_cast<Import*>(self);
+    imp.gate.wait(Gate::seeding, std::memory_order_acquire);  // the seed goes first
     try {
-      imp.bridge.import_one(imp, msg);
+      if (imp.gate.load(std::memory_order_acquire) == Gate::open) imp.bridge.import_one(imp, msg);
     } catch (...) {  // only an allocation failure while reporting gets here; never unwind into C
     }
     natsMsg_Destroy(msg);
   }
 
-  void import_one(Import& imp, natsMsg* msg) {
+  // Reads the last message per subject of `rule.seed_from_stream` for `imp`'s subject and
+  // publishes each retained (see ImportRule::seed_from_stream), then opens the import's gate.
+  // The callback thread waits at the gate meanwhile, so the import's counters have one writer.
+  // Throws: NatsError (the import's gate closed then: what it held is dropped).
+  void seed(Import& imp, const ImportRule& rule) {
+    try {
+      const std::string what =
+          "herald::nats: seeding '" + imp.subject + "' from stream '" + rule.seed_from_stream + "'";
+      jsCtx* js = nullptr;
+      detail::check(natsConnection_JetStream(&js, conn_->get(), nullptr), what.c_str());
+      const std::unique_ptr<jsCtx, void (*)(jsCtx*)> js_owner(js, &jsCtx_Destroy);
+      jsSubOptions so;
+      jsSubOptions_Init(&so);
+      so.Stream = rule.seed_from_stream.c_str();
+      so.Config.DeliverPolicy = js_DeliverLastPerSubject;
+      so.Config.AckPolicy = js_AckNone;
+      jsErrCode jerr{};
+      natsSubscription* raw = nullptr;
+      js_check(js_SubscribeSync(&raw, js, imp.subject.c_str(), nullptr, &so, &jerr), jerr, what);
+      const auto drop = [](natsSubscription* sub) {
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+      };
+      const std::unique_ptr<natsSubscription, decltype(drop)> sub(raw, drop);
+      // Nothing pending and nothing delivered yet: the stream has no message for these subjects.
+      jsConsumerInfo* ci = nullptr;
+      js_check(natsSubscription_GetConsumerInfo(&ci, sub.get(), nullptr, &jerr), jerr, what);
+      const bool none = ci->NumPending == 0 && ci->Delivered.Consumer == 0;
+      jsConsumerInfo_Destroy(ci);
+      for (bool last = none; !last;) {
+        natsMsg* msg = nullptr;
+        detail::check(
+            natsSubscription_NextMsg(&msg, sub.get(),
+                                     static_cast<std::int64_t>(options_.connect_timeout.count())),
+            (what + ": no message within connect_timeout").c_str());
+        const std::unique_ptr<natsMsg, void (*)(natsMsg*)> owner(msg, &natsMsg_Destroy);
+        jsMsgMetaData* meta = nullptr;
+        detail::check(natsMsg_GetMetaData(&meta, msg), what.c_str());
+        last = meta->NumPending == 0;  // the consumer's last message, as the server counted
+        jsMsgMetaData_Destroy(meta);
+        if (import_one(imp, msg, /*seed=*/true)) imp.seeded.add();
+      }
+    } catch (...) {
+      imp.set_gate(Gate::closed);
+      throw;
+    }
+    imp.set_gate(Gate::open);
+  }
+
+  static void js_check(natsStatus s, jsErrCode jerr, const std::string& what) {
+    if (s == NATS_OK) return;
+    throw NatsError(
+        what + (jerr != 0 ? " (JetStream error " + std::to_string(int(jerr)) + ")" : std::string()),
+        s);
+  }
+
+  // `seed`: a message read from a stream by seed(), published retained. True when it entered
+  // the broker.
+  bool import_one(Import& imp, natsMsg* msg, bool seed = false) {
     imp.received.add();
     const std::string_view subject = natsMsg_GetSubject(msg);
-    if (options_.track_loss && !check_sequence(imp, msg, subject)) return;
+    if (!seed && options_.track_loss && !check_sequence(imp, msg, subject)) return false;
     const std::string_view topic = subject.substr(std::min(imp.prefix_size, subject.size()));
     // The server matched the subject against our subscription, but it does not validate what
     // publishers send (e.g. "a..b"): herald's rules apply before anything enters the broker.
@@ -538,7 +627,7 @@ class Bridge {
       imp.rejected.add();
       report_(ErrorKind::invalid_topic, subject,
               "herald::nats: subject '" + std::string(subject) + "' is not a valid herald topic");
-      return;
+      return false;
     }
     const std::string_view data(natsMsg_GetData(msg),
                                 static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
@@ -549,10 +638,10 @@ class Bridge {
       imp.dropped_decode.add();
       report_(ErrorKind::decode_failed, subject,
               "herald::nats: decode: " + herald::detail::exception_text(std::current_exception()));
-      return;
+      return false;
     }
     Headers headers;
-    if (!take_headers(imp, msg, subject, headers)) return;
+    if (!take_headers(imp, msg, subject, headers)) return false;
     // Count before publishing: an export thread may skip the message before publish returns.
     for (const auto& e : exports_) {
       if (e->pattern.matches(topic)) e->imported_here.fetch_add(1, std::memory_order_relaxed);
@@ -560,11 +649,13 @@ class Bridge {
     try {
       Publisher<T>& publisher = publisher_for(imp, topic);
       const PublishResult r =
-          headers.empty() ? publisher.publish(std::move(*value))
-                          : publisher.publish(std::move(*value), {.headers = std::move(headers)});
+          headers.empty() && !seed
+              ? publisher.publish(std::move(*value))
+              : publisher.publish(std::move(*value),
+                                  {.headers = std::move(headers), .retain = seed});
       if (!r.closed) {
         imp.imported.add();
-        return;
+        return true;
       }
       report_(ErrorKind::import_failed, subject, "herald::nats: the broker is closed");
     } catch (...) {
@@ -575,6 +666,7 @@ class Bridge {
     for (const auto& e : exports_) {
       if (e->pattern.matches(topic)) e->imported_here.fetch_sub(1, std::memory_order_relaxed);
     }
+    return false;
   }
 
   /// Moves the NATS headers of `msg` into `out`, but for the bridge's own Herald-Seq and the
