@@ -180,6 +180,16 @@ TEST_CASE("a retain policy keeps the last N per topic; Replay::last(n) takes the
   broker.for_each_retained("log.*", [&](const Message<int>& m) { kept.push_back(*m); });
   std::sort(kept.begin(), kept.end());
   CHECK(kept == std::vector<int>{6, 16});
+
+  // Removing the policy: later plain publishes are not retained; what is kept stays.
+  CHECK(broker.stop_retaining("log.>"));
+  CHECK_FALSE(broker.stop_retaining("log.>"));  // no longer there
+  CHECK_FALSE(broker.stop_retaining("log.a"));  // never given
+  broker.publish("log.a", 7);
+  CHECK(**broker.retained("log.a") == 6);
+  broker.publish("log.a", 8, retain);  // the flag still retains
+  CHECK(**broker.retained("log.a") == 8);
+  CHECK_THROWS_AS(broker.stop_retaining("log..a"), herald::InvalidTopic);
 }
 
 TEST_CASE("the memory bounds evict whole topics, least recently published first, counted",

@@ -16,6 +16,7 @@
 #include <herald/topic.hpp>
 #include <herald/topic_index.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -350,22 +351,28 @@ class BrokerCore final : public Registry<T> {
 
   /// Adds or replaces (same pattern) a retain policy; topics already retained follow it too.
   void retain(std::string_view pattern, const RetainRule& rule) {
-    std::vector<std::shared_ptr<const RetainedPattern>> rules;
-    {
-      std::unique_lock lock(mutex_);
-      auto next = std::make_shared<const RetainedPattern>(RetainedPattern{Pattern(pattern), rule});
-      bool replaced = false;
-      for (auto& p : retain_rules_) {
-        if (p->pattern.str() == pattern) {
-          p = next;
-          replaced = true;
-        }
+    std::unique_lock lock(mutex_);
+    auto next = std::make_shared<const RetainedPattern>(RetainedPattern{Pattern(pattern), rule});
+    bool replaced = false;
+    for (auto& p : retain_rules_) {
+      if (p->pattern.str() == pattern) {
+        p = next;
+        replaced = true;
       }
-      if (!replaced) retain_rules_.push_back(std::move(next));
-      rules = retain_rules_;
-      changed();  // routes resolved before have the old policies
     }
-    retained_.set_rules([&](std::string_view topic) { return rule_for(rules, topic); });
+    if (!replaced) retain_rules_.push_back(std::move(next));
+    rules_changed();
+  }
+
+  /// Removes the retain policy of `pattern` (valid); false when there was none.
+  bool stop_retaining(std::string_view pattern) {
+    std::unique_lock lock(mutex_);
+    const auto it = std::find_if(retain_rules_.begin(), retain_rules_.end(),
+                                 [&](const auto& p) { return p->pattern.str() == pattern; });
+    if (it == retain_rules_.end()) return false;
+    retain_rules_.erase(it);
+    rules_changed();
+    return true;
   }
 
   /// The newest retained message of `topic` (valid), if any.
@@ -626,12 +633,17 @@ class BrokerCore final : public Registry<T> {
     return n;
   }
 
-  RetainRule rule_for(const std::vector<std::shared_ptr<const RetainedPattern>>& rules,
-                      std::string_view topic) const noexcept {
-    for (const auto& p : rules) {
-      if (match_valid(topic, p->pattern.str())) return p->rule;
-    }
-    return default_rule_;
+  // Under mutex_ (held exclusively), after retain_rules_ changed: routes resolved before have
+  // the old policies, and topics retained already follow the new ones. (The store's lock nests
+  // inside mutex_, never the other way round.)
+  void rules_changed() {
+    changed();
+    retained_.set_rules([&](std::string_view topic) {
+      for (const auto& p : retain_rules_) {
+        if (match_valid(topic, p->pattern.str())) return p->rule;
+      }
+      return default_rule_;
+    });
   }
 
   // One member per group: the first with room starting at the round-robin cursor; when all are
@@ -997,6 +1009,16 @@ class Broker {
                                   std::to_string(policy.max_age.count()) + " ns)");
     }
     core_->retain(pattern, {policy.last, policy.max_age});
+  }
+
+  /// Removes the retain policy given for exactly `pattern` (see retain()); later publishes to
+  /// its topics are retained only with PublishOptions::retain or by another policy. What the
+  /// topics retain already stays, trimmed to their new policy (without one: the last message,
+  /// BrokerOptions::retained_max_age); clear_retained(pattern) forgets it. False when no policy
+  /// had that pattern. Throws: InvalidTopic for an invalid pattern.
+  bool stop_retaining(std::string_view pattern) {
+    validate_pattern(pattern);
+    return core_->stop_retaining(pattern);
   }
 
   /// The most messages a retain policy keeps per topic.
