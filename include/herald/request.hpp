@@ -819,7 +819,7 @@ class Service {
     const auto deadline = detail::Deadline::after(timeout);
     if (stop.stop_requested()) return cancelled_now();
     auto slot = std::make_shared<ReplySlot>(counters_, false);
-    send(topic, std::move(request), std::move(headers), slot, deadline_point(timeout));
+    send(topic, std::move(request), std::move(headers), slot, deadline.point());  // no 2nd read
     return slot->wait(deadline, stop);
   }
 
@@ -877,7 +877,8 @@ class Service {
       return Replies<Rep>{{}, ManyEnd::cancelled};
     }
     auto slot = std::make_shared<ReplySlot>(counters_, true);
-    send(topic, std::move(request), std::move(headers), slot, deadline_point(limits.timeout));
+    send(topic, std::move(request), std::move(headers), slot,
+         deadline_point(start, limits.timeout));
     Replies<Rep> out = slot->collect(limits, start, stop);
     counters_->add(out.empty() ? many_end_counter(out.ended) : detail::ServiceCounters::replied);
     return out;
@@ -914,8 +915,9 @@ class Service {
     }
   }
 
-  static std::chrono::steady_clock::time_point deadline_point(std::chrono::nanoseconds timeout) {
-    const auto now = std::chrono::steady_clock::now();
+  // `timeout` after `now`, saturated at time_point::max().
+  static std::chrono::steady_clock::time_point deadline_point(
+      std::chrono::steady_clock::time_point now, std::chrono::nanoseconds timeout) {
     const auto room = std::chrono::steady_clock::time_point::max() - now;
     return timeout >= room ? std::chrono::steady_clock::time_point::max() : now + timeout;
   }
@@ -979,7 +981,7 @@ class Service {
     // Not make_shared: the timeout thread's weak reference must not keep the slot's memory.
     std::shared_ptr<ReplySlot> slot(new ReplySlot(counters_, false));
     slot->set_continuation(typename ReplySlot::Continuation(std::move(continuation)));
-    const auto deadline = deadline_point(timeout);
+    const auto deadline = deadline_point(std::chrono::steady_clock::now(), timeout);
     send(topic, std::move(request), std::move(headers), slot, deadline);
     if (!slot->ended()) timeouts_.add(deadline, slot);
   }

@@ -102,6 +102,12 @@ class Deadline {
   }
 
   constexpr bool is_forever() const noexcept { return kind_ == Kind::forever; }
+  /// The time point to hand to clock-based waits: time_point::max() for forever; for a deadline
+  /// that had passed when made, the present (one clock read); else when().
+  clock::time_point point() const noexcept {
+    if (kind_ == Kind::forever) return clock::time_point::max();
+    return kind_ == Kind::passed ? clock::now() : when_;
+  }
   /// True once the deadline is behind us; reads the clock only for a real time point.
   bool passed() const noexcept {
     switch (kind_) {
