@@ -559,6 +559,113 @@ TEST_CASE(
   natsConnection_Destroy(raw);
 }
 
+TEST_CASE(
+    "a topic NATS cannot carry intact (a NUL byte) is refused at export, counted and reported, "
+    "and nothing goes out under a shorter subject",
+    "[nats]") {
+  using namespace std::string_literals;
+  NatsServer server;
+  Errors errors;
+  Broker<std::string> a;
+  Broker<std::string> b;
+  Bridge<std::string> ab(a, {.url = server.url(),
+                             .exports = {{.pattern = ">", .prefix = "p"}},
+                             .on_error = errors.sink()});
+  Bridge<std::string> bb(b, {.url = server.url(), .imports = {{.pattern = ">", .prefix = "p"}}});
+  auto at_b = b.subscribe(">", {.capacity = 64});
+
+  // Everything that reaches the server under p.>, read with the C client itself.
+  natsConnection* raw = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&raw, server.url().c_str()) == NATS_OK);
+  natsSubscription* wire = nullptr;
+  REQUIRE(natsConnection_SubscribeSync(&wire, raw, "p.>") == NATS_OK);
+  REQUIRE(natsConnection_FlushTimeout(raw, 5000) == NATS_OK);
+
+  // A valid herald topic (NUL is an ordinary byte in-process) that libnats would cut to
+  // "p.orders.eu" and the server would deliver to every subscriber of that subject.
+  const std::string secret = "orders.eu\0secret"s;
+  REQUIRE(secret.size() == 16);
+  auto local = a.subscribe("orders.>", {.capacity = 8});
+  CHECK(a.publish(secret, "classified").delivered == 2);  // the local subscriber and the export
+  CHECK(local.try_receive()->topic() == secret);          // in-process it is an ordinary topic
+  // The other bytes the wire would reinterpret (a space or a tab splits the protocol line's
+  // fields, CR and LF end it) are whitespace, which herald topics refuse before any side effect.
+  for (const std::string bad :
+       {"orders.eu secret", "orders.eu\tsecret", "orders.eu\rsecret", "orders.eu\nsecret"}) {
+    CHECK_THROWS_AS(a.publish(bad, "classified"), herald::InvalidTopic);
+  }
+  a.publish("orders.eu", "public");
+
+  auto m = at_b.receive_for(10s);
+  REQUIRE(m);
+  CHECK(m->topic() == "orders.eu");
+  CHECK(**m == "public");
+  REQUIRE(ab.flush(10s));
+  natsMsg* seen_raw = nullptr;
+  REQUIRE(natsSubscription_NextMsg(&seen_raw, wire, 5000) == NATS_OK);
+  CHECK(std::string(natsMsg_GetSubject(seen_raw)) == "p.orders.eu");
+  CHECK(std::string(natsMsg_GetData(seen_raw), 6) == "public");
+  natsMsg_Destroy(seen_raw);
+  CHECK(natsSubscription_NextMsg(&seen_raw, wire, 200) == NATS_TIMEOUT);  // nothing else went out
+  CHECK_FALSE(at_b.try_receive());
+
+  const auto s = ab.stats();
+  CHECK(s.exported == 2);
+  CHECK(s.sent == 1);
+  CHECK(s.dropped_unsafe_subject == 1);
+  CHECK(s.dropped() == 1);
+  CHECK(s.errors == 1);
+  check_export_identity(s);
+  const auto seen = errors.snapshot();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].kind == ErrorKind::subject_unsafe);
+  CHECK(seen[0].subject == "p." + secret);
+  CHECK_THAT(seen[0].message, Catch::Matchers::Contains("'p.orders.eu\\x00secret'") &&
+                                  Catch::Matchers::Contains("a NUL byte at offset 11") &&
+                                  Catch::Matchers::Contains("cannot carry"));
+
+  herald::MetricsRegistry metrics;
+  metrics.add_bridge("a", ab);
+  const std::string text = metrics.exposition();
+  INFO(text);
+  CHECK(
+      text.find("herald_bridge_export_dropped_total{bridge=\"a\",reason=\"unsafe_subject\"} 1\n") !=
+      std::string::npos);
+
+  natsSubscription_Destroy(wire);
+  natsConnection_Destroy(raw);
+}
+
+TEST_CASE("rules whose subjects NATS cannot carry are refused before anything is connected",
+          "[nats]") {
+  using namespace std::string_literals;
+  using Catch::Matchers::Contains;
+  Broker<std::string> broker;
+  // No server: the rules are checked before connecting.
+  const auto message_of = [&](herald::nats::BridgeOptions o) -> std::string {
+    o.url = "nats://127.0.0.1:1";
+    try {
+      Bridge<std::string> bridge(broker, std::move(o));
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    } catch (const std::exception& e) {
+      return std::string("other: ") + e.what();
+    }
+    return "no exception";
+  };
+  CHECK_THAT(message_of({.exports = {{.pattern = "a\0b.>"s}}}),
+             Contains("export pattern 'a\\x00b.>' holds a NUL byte at offset 1"));
+  CHECK_THAT(message_of({.exports = {{.pattern = ">", .prefix = "p\0q"s}}}),
+             Contains("export prefix") && Contains("NUL byte"));
+  CHECK_THAT(message_of({.imports = {{.pattern = "x.\0"s}}}),
+             Contains("import pattern") && Contains("NUL byte at offset 2"));
+  CHECK_THAT(message_of({.imports = {{.pattern = ">", .prefix = "\0"s}}}),
+             Contains("import prefix") && Contains("NUL byte"));
+  CHECK_THAT(message_of({.imports = {{.pattern = ">", .queue_group = "g\0"s}}}),
+             Contains("import queue group") && Contains("NUL byte"));
+  CHECK(broker.stats().subscriptions == 0);
+}
+
 TEST_CASE("subjects that are not herald topics and undecodable payloads are rejected at import",
           "[nats]") {
   NatsServer server;
@@ -916,5 +1023,47 @@ TEST_CASE("a nats.go client reads the headers herald exports, and herald imports
   CHECK(h.size() == 3);
 
   CHECK(peer.wait() == 0);
+}
+TEST_CASE("what herald imports when a nats.go client sends subjects herald would not send",
+          "[nats][go]") {
+  using namespace std::string_literals;
+  NatsServer server;
+  Errors errors;
+  Broker<std::string> broker;
+  Bridge<std::string> bridge(
+      broker, {.url = server.url(), .imports = {{.pattern = "in.>"}}, .on_error = errors.sink()});
+  auto in = broker.subscribe(">", {.capacity = 16});
+  Child peer({HERALD_NATS_GO_PEER, "-url=" + server.url(), "-wire"});
+  REQUIRE(peer.started());
+  CHECK(peer.wait() == 0);
+
+  std::vector<std::string> topics;
+  for (;;) {
+    auto m = in.receive_for(20s);
+    REQUIRE(m);
+    topics.push_back(m->topic());
+    if (m->topic() == "in.wire.done") break;
+  }
+  // A NUL: the server delivers the whole subject, the C client's string stops at the NUL; the
+  // bridge sees that and rejects the message rather than import it as "in.wire.nul".
+  // A space or a tab: the server itself splits the PUB line there and routes the message to
+  // "in.wire.space" / "in.wire.tab" (the rest becomes its reply subject): the sender's subject
+  // never reaches any subscriber, herald's or another client's.
+  // Other control bytes, DEL and bytes >= 0x80 travel intact and are valid herald topic bytes.
+  CHECK(topics == std::vector<std::string>{"in.wire.space", "in.wire.tab",
+                                           "in.wire.ctl\x01\x7f\xff"s, "in.wire.done"});
+  REQUIRE(eventually([&] {
+    const auto s = bridge.stats();
+    return s.received == s.imported + s.rejected;
+  }));
+  const auto s = bridge.stats();
+  CHECK(s.received == 5);
+  CHECK(s.imported == 4);
+  CHECK(s.rejected == 1);
+  const auto seen = errors.snapshot();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].kind == ErrorKind::invalid_topic);
+  CHECK(seen[0].subject == "in.wire.nul");
+  CHECK_THAT(seen[0].message, Catch::Matchers::Contains("cut short by a NUL byte"));
 }
 #endif

@@ -235,6 +235,7 @@ class Bridge {
       s.dropped_overflow += refused - std::min(refused, imported_lost);
       s.sent += e->sent.get();
       s.dropped_subject += e->dropped_subject.get();
+      s.dropped_unsafe_subject += e->dropped_unsafe_subject.get();
       s.dropped_too_large += e->dropped_too_large.get();
       s.dropped_encode += e->dropped_encode.get();
       s.dropped_failed += e->dropped_failed.get();
@@ -275,8 +276,8 @@ class Bridge {
     const std::string stream;  // track_loss: this export's stream id, "<bridge id>-<index>"
     Subscription<T> sub;
     std::atomic<std::uint64_t> imported_here{0};  // imports offered to this export's queue
-    detail::OwnedCounter skipped, sent, dropped_subject, dropped_too_large, dropped_encode,
-        dropped_failed;
+    detail::OwnedCounter skipped, sent, dropped_subject, dropped_unsafe_subject, dropped_too_large,
+        dropped_encode, dropped_failed;
     // Messages taken off the queue and dealt with; flush() waits on handled_changed for it.
     std::atomic<std::uint64_t> handled{0};
     herald::detail::EventCount handled_changed;
@@ -356,10 +357,21 @@ class Bridge {
     return s;
   }
 
+  /// A rule's pattern, prefix or queue group holding a byte NATS cannot carry (a NUL: herald
+  /// allows it, the wire does not) is refused, naming the rule and the byte.
+  static void check_wire_safe(std::string_view what, std::string_view s) {
+    if (const std::size_t at = detail::find_wire_unsafe(s); at != std::string_view::npos) {
+      throw std::invalid_argument(detail::wire_unsafe_text(what, s, at));
+    }
+  }
+
   void validate_rules() const {
     for (const ExportRule& r : options_.exports) {
       validate_pattern(r.pattern);
       if (!r.prefix.empty()) validate_topic(r.prefix);
+      // A pattern with a NUL selects only topics that could not be sent.
+      check_wire_safe("export pattern", r.pattern);
+      check_wire_safe("export prefix", r.prefix);
       if (r.queue.capacity == 0) {
         throw std::invalid_argument("herald::nats: the export of '" + r.pattern +
                                     "' has a queue capacity of 0");
@@ -373,6 +385,9 @@ class Bridge {
     for (const ImportRule& r : options_.imports) {
       validate_pattern(r.pattern);
       if (!r.prefix.empty()) validate_topic(r.prefix);
+      check_wire_safe("import pattern", r.pattern);
+      check_wire_safe("import prefix", r.prefix);
+      check_wire_safe("import queue group", r.queue_group);
       const std::size_t size = detail::prefix_with_dot(r.prefix).size() + r.pattern.size();
       if (size > options_.max_subject_bytes) {
         throw std::length_error("herald::nats: the import subject '" +
@@ -412,9 +427,17 @@ class Bridge {
       return std::nullopt;
     }
     // The topic passed the broker's validation and the prefix ours, so `prefix.topic` is a valid
-    // subject; only its length can still upset the server.
+    // subject without whitespace; a NUL byte (valid in herald, cut off by the C client) and its
+    // length can still upset the wire. One memchr per message: cheaper than a per-topic cache.
+    const std::string& topic = m.topic();
     subject.resize(e.prefix.size());
-    subject += m.topic();
+    subject += topic;
+    if (const std::size_t nul = topic.find('\0'); nul != std::string::npos) [[unlikely]] {
+      e.dropped_unsafe_subject.add();
+      report_(ErrorKind::subject_unsafe, subject,
+              detail::wire_unsafe_text("subject", subject, e.prefix.size() + nul));
+      return std::nullopt;
+    }
     if (subject.size() > options_.max_subject_bytes) {
       e.dropped_subject.add();
       report_(ErrorKind::subject_too_long, subject,
@@ -530,6 +553,15 @@ class Bridge {
   void import_one(Import& imp, natsMsg* msg) {
     imp.received.add();
     const std::string_view subject = natsMsg_GetSubject(msg);
+    // Another client may send a NUL in a subject; the C client's string stops there, and the
+    // message must not enter the broker under the shorter topic.
+    if (detail::subject_cut_short(msg, subject)) [[unlikely]] {
+      imp.rejected.add();
+      report_(ErrorKind::invalid_topic, subject,
+              "herald::nats: subject '" + std::string(subject) +
+                  "...' was cut short by a NUL byte (NATS cannot carry it intact)");
+      return;
+    }
     if (options_.track_loss && !check_sequence(imp, msg, subject)) return;
     const std::string_view topic = subject.substr(std::min(imp.prefix_size, subject.size()));
     // The server matched the subject against our subscription, but it does not validate what
