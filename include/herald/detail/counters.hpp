@@ -51,8 +51,25 @@ class OwnedCounter {
  public:
   /// `order`: std::memory_order_release when a reader's acquire load of the value must also see
   /// what the writer did before (e.g. "n messages handled, and their effects").
-  void add(std::uint64_t n = 1, std::memory_order order = std::memory_order_relaxed) noexcept {
-    v_.store(v_.load(std::memory_order_relaxed) + n, order);
+  /// Each order is spelled as a constant: GCC compiles a store whose order is a run-time value
+  /// as seq_cst (an xchg, a full barrier), and did so for the out-of-line copy of add() it made
+  /// for the broker's and the bridge's counters.
+  void add(std::uint64_t n = 1) noexcept {
+    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  void add(std::uint64_t n, std::memory_order order) noexcept {
+    const std::uint64_t v = v_.load(std::memory_order_relaxed) + n;
+    switch (order) {
+      case std::memory_order_relaxed:
+        v_.store(v, std::memory_order_relaxed);
+        break;
+      case std::memory_order_release:
+        v_.store(v, std::memory_order_release);
+        break;
+      default:
+        v_.store(v, std::memory_order_seq_cst);
+        break;
+    }
   }
   [[nodiscard]] std::uint64_t get(
       std::memory_order order = std::memory_order_relaxed) const noexcept {
