@@ -6,9 +6,13 @@
 #include <herald/metrics.hpp>
 #include <herald/nats.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -737,6 +741,89 @@ TEST_CASE("rules whose subjects NATS cannot carry are refused before anything is
   CHECK_THAT(message_of({.imports = {{.pattern = ">", .queue_group = "g\0"s}}}),
              Contains("import queue group") && Contains("NUL byte"));
   CHECK(broker.stats().subscriptions == 0);
+}
+
+namespace {
+
+/// A client speaking the NATS protocol over a bare socket, to send what no client library
+/// sends: subjects with CR or LF. `send` returns false once the server closed the connection.
+class RawProtocolClient {
+ public:
+  explicit RawProtocolClient(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    REQUIRE(connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    timeval tv{.tv_sec = 5, .tv_usec = 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    REQUIRE(read_some().rfind("INFO ", 0) == 0);
+    REQUIRE(send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n"));
+  }
+  RawProtocolClient(const RawProtocolClient&) = delete;
+  RawProtocolClient& operator=(const RawProtocolClient&) = delete;
+  ~RawProtocolClient() { close(fd_); }
+  bool send(std::string_view bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+  /// What the server sends next ("" once it closed the connection or after 5 s of silence).
+  std::string read_some() {
+    char buf[4096];
+    const ssize_t n = recv(fd_, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("what herald imports when a client sends a subject with LF or CR", "[nats]") {
+  NatsServer server;
+  Errors errors;
+  Broker<std::string> b;
+  const herald::nats::ReconnectPolicy fast{.initial = 5ms, .max = 50ms};
+  Bridge<std::string> bb(b, {.url = server.url(),
+                             .imports = {{.pattern = ">", .prefix = "in"}},
+                             .reconnect = fast,
+                             .on_error = errors.sink()});
+  auto at_b = b.subscribe(">", {.capacity = 64});
+
+  // LF ends the protocol line inside the subject: the server cannot parse "PUB in.lf" and
+  // closes the sender's connection; nothing is delivered.
+  {
+    RawProtocolClient lf(server.port());
+    lf.send("PUB in.lf\nx 1\r\nx\r\nPING\r\n");
+    CHECK(lf.read_some().find("PONG") == std::string::npos);  // closed, no PONG
+    CHECK(lf.read_some().empty());
+  }
+  // CR: nats-server 2.9 takes "in.cr\rx" as the subject and delivers it; libnats 3.4 cannot
+  // parse that MSG line and drops the bridge's connection, which reconnects.
+  {
+    RawProtocolClient cr(server.port());
+    REQUIRE(cr.send("PUB in.cr\rx 1\r\nx\r\nPING\r\n"));
+    CHECK(cr.read_some().find("PONG") != std::string::npos);
+  }
+  REQUIRE(eventually([&] { return bb.stats().reconnects >= 1 && bb.is_connected(); }));
+  REQUIRE(bb.flush(5s));  // the server has the import's subscription again
+
+  natsConnection* raw = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&raw, server.url().c_str()) == NATS_OK);
+  REQUIRE(natsConnection_PublishString(raw, "in.after", "ok") == NATS_OK);
+  REQUIRE(natsConnection_FlushTimeout(raw, 5000) == NATS_OK);
+  natsConnection_Destroy(raw);
+
+  auto m = at_b.receive_for(10s);
+  REQUIRE(m);
+  CHECK(m->topic() == "after");  // the first and only message imported
+  CHECK_FALSE(at_b.receive_for(200ms));
+  const auto s = bb.stats();
+  CHECK(s.imported == 1);
+  CHECK(s.received == 1);
+  CHECK(s.disconnects >= 1);
 }
 
 TEST_CASE("subjects that are not herald topics and undecodable payloads are rejected at import",
