@@ -6,7 +6,8 @@
 //   raw_libnats            natsConnection_Publish -> server -> message callback (counts)
 //   raw_libnats_copying    the same, plus a std::string copy at each end (what an application
 //                          owning its values does, and what herald does)
-//   bridge/inline_handler  Broker::publish -> export thread -> server -> import callback ->
+//   bridge/inline_handler  Broker::publish -> the export's inline handler (the publisher's
+//                          thread hands it to the client) -> server -> import callback ->
 //                          Broker::publish_from -> inline handler (counts)
 //   bridge/pull_subscriber ... -> publish_from -> subscription queue -> consumer thread (counts)
 //   bridge/inline_handler_headers  as bridge/inline_handler, each message with two headers

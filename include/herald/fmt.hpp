@@ -180,13 +180,14 @@ struct fmt::formatter<herald::BridgeStats> : herald::detail::FieldsFormatter {
   auto format(const herald::BridgeStats& s, Ctx& ctx) const {
     return herald::detail::format_struct(ctx.out(), "BridgeStats", [&](auto& w) {
       w("exported", s.exported)("sent", s.sent)("dropped_overflow", s.dropped_overflow)(
-          "dropped_subject", s.dropped_subject)("dropped_too_large", s.dropped_too_large)(
-          "dropped_encode", s.dropped_encode)("dropped_failed", s.dropped_failed)(
-          "skipped_echo", s.skipped_echo)("queued", s.queued)("received", s.received)(
-          "imported", s.imported)("rejected", s.rejected)("dropped_decode", s.dropped_decode)(
-          "import_failed", s.import_failed)("echoes", s.echoes)("dropped_slow", s.dropped_slow)(
-          "lost", s.lost)("seeded", s.seeded)("disconnects", s.disconnects)(
-          "reconnects", s.reconnects)("errors", s.errors)("connected", s.connected);
+          "dropped_subject", s.dropped_subject)("dropped_unsafe_subject", s.dropped_unsafe_subject)(
+          "dropped_too_large", s.dropped_too_large)("dropped_encode", s.dropped_encode)(
+          "dropped_failed", s.dropped_failed)("skipped_echo", s.skipped_echo)("queued", s.queued)(
+          "received", s.received)("imported", s.imported)("rejected", s.rejected)(
+          "dropped_decode", s.dropped_decode)("import_failed", s.import_failed)("echoes", s.echoes)(
+          "dropped_slow", s.dropped_slow)("lost", s.lost)("seeded", s.seeded)(
+          "disconnects", s.disconnects)("reconnects", s.reconnects)("errors", s.errors)(
+          "connected", s.connected);
     });
   }
 };

@@ -672,6 +672,7 @@ class MetricsRegistry {
       for (const auto& b : sc.bridges) {
         w.sample(b.labels, b.stats.dropped_overflow, "reason=\"overflow\"");
         w.sample(b.labels, b.stats.dropped_subject, "reason=\"subject\"");
+        w.sample(b.labels, b.stats.dropped_unsafe_subject, "reason=\"unsafe_subject\"");
         w.sample(b.labels, b.stats.dropped_too_large, "reason=\"too_large\"");
         w.sample(b.labels, b.stats.dropped_encode, "reason=\"encode\"");
         w.sample(b.labels, b.stats.dropped_failed, "reason=\"failed\"");

@@ -181,10 +181,13 @@ struct WorkerPoolStats {
 /// `received == imported + rejected + dropped_decode + import_failed + echoes`.
 struct BridgeStats {
   // To NATS.
-  std::uint64_t exported = 0;           ///< local messages that matched an export
-  std::uint64_t sent = 0;               ///< accepted by the NATS connection
-  std::uint64_t dropped_overflow = 0;   ///< refused or evicted by an export queue's policy
-  std::uint64_t dropped_subject = 0;    ///< subject longer than max_subject_bytes
+  std::uint64_t exported = 0;          ///< local messages that matched an export
+  std::uint64_t sent = 0;              ///< accepted by the NATS connection
+  std::uint64_t dropped_overflow = 0;  ///< refused or evicted by an export queue's policy
+  std::uint64_t dropped_subject = 0;   ///< subject longer than max_subject_bytes
+  /// subject holding a byte NATS cannot carry intact (a NUL: valid in a herald topic, but the C
+  /// client would cut the subject there and send the message under another subject)
+  std::uint64_t dropped_unsafe_subject = 0;
   std::uint64_t dropped_too_large = 0;  ///< encoded size above the server's max_payload
   std::uint64_t dropped_encode = 0;     ///< the codec threw
   std::uint64_t dropped_failed = 0;     ///< the NATS client refused it for another reason
@@ -193,7 +196,7 @@ struct BridgeStats {
   // From NATS.
   std::uint64_t received = 0;        ///< messages NATS delivered to the imports
   std::uint64_t imported = 0;        ///< published into the broker
-  std::uint64_t rejected = 0;        ///< subject not a valid herald topic
+  std::uint64_t rejected = 0;        ///< subject not a valid herald topic, or cut short by a NUL
   std::uint64_t dropped_decode = 0;  ///< the codec threw
   std::uint64_t import_failed = 0;   ///< the broker threw or was closed
   std::uint64_t echoes = 0;          ///< (track_loss) this bridge's own messages that came back
@@ -209,7 +212,8 @@ struct BridgeStats {
 
   /// Everything dropped on the way to NATS.
   [[nodiscard]] std::uint64_t dropped() const noexcept {
-    return dropped_overflow + dropped_subject + dropped_too_large + dropped_encode + dropped_failed;
+    return dropped_overflow + dropped_subject + dropped_unsafe_subject + dropped_too_large +
+           dropped_encode + dropped_failed;
   }
 };
 

@@ -6,9 +6,13 @@
 #include <herald/metrics.hpp>
 #include <herald/nats.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -377,6 +381,79 @@ TEST_CASE("a server restart in the middle of a stream is survived and every loss
             << bs.lost << ", received " << received.size() << "\n";
 }
 
+TEST_CASE(
+    "several local publishers keep their order through an export that goes from sending on "
+    "their threads to its backlog and back",
+    "[nats]") {
+  NatsServer server;
+  Broker<std::uint64_t> a;
+  Broker<std::uint64_t> b;
+  const herald::nats::ReconnectPolicy fast{.initial = 5ms, .max = 50ms};
+  // block without timeout and room for the whole outage: the export itself drops nothing.
+  Bridge<std::uint64_t> ab(
+      a,
+      {.url = server.url(),
+       .exports = {{.pattern = "p.>", .queue = {.capacity = 1 << 15, .overflow = Overflow::block}}},
+       .reconnect = fast,
+       .track_loss = true});
+  Bridge<std::uint64_t> bb(b, {.url = server.url(),
+                               .imports = {{.pattern = "p.>"}},
+                               .reconnect = fast,
+                               .track_loss = true});
+  auto at_b = b.subscribe("p.>", {.capacity = 1 << 16});
+
+  constexpr std::uint64_t kPublishers = 3;
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> published{0};
+  std::vector<std::jthread> publishers;
+  for (std::uint64_t p = 0; p < kPublishers; ++p) {
+    publishers.emplace_back([&, p] {
+      for (std::uint64_t i = 1; !stop.load(); ++i) {
+        a.publish("p.x", (p << 32) | i);  // one topic: a single sequence of subjects to order
+        published.fetch_add(1);
+        std::this_thread::sleep_for(50us);
+      }
+    });
+  }
+  REQUIRE(eventually([&] { return published.load() >= 600; }));
+  server.stop();
+  REQUIRE(eventually([&] { return !ab.is_connected() && !bb.is_connected(); }));
+  std::this_thread::sleep_for(100ms);
+  CHECK(ab.stats().queued > 0);  // the outage's messages wait in the backlog
+  server.start();
+  REQUIRE(eventually([&] { return ab.stats().reconnects >= 1 && bb.stats().reconnects >= 1; }));
+  REQUIRE(bb.flush(5s));
+  const std::uint64_t after_restart = published.load();
+  REQUIRE(eventually([&] { return published.load() > after_restart + 600; }));
+  stop = true;
+  publishers.clear();
+  REQUIRE(ab.flush(10s));
+  const auto as = ab.stats();
+  CHECK(as.exported == published.load());
+  CHECK(as.dropped() == 0);
+  CHECK(as.sent == as.exported);
+  check_export_identity(as);
+  // What the restart lost in transit (handed to the client as the link died) is counted there.
+  REQUIRE(eventually([&] {
+    const auto st = bb.stats();
+    return st.received + st.lost == as.sent && st.imported == st.received;
+  }));
+
+  // Whatever arrived, each publisher's values arrive in the order it published them.
+  std::vector<std::uint64_t> last(kPublishers, 0);
+  std::uint64_t got = 0;
+  while (auto m = at_b.receive_for(500ms)) {
+    const std::uint64_t p = **m >> 32;
+    const std::uint64_t i = **m & 0xffffffffu;
+    REQUIRE(p < kPublishers);
+    CHECK(i > last[p]);
+    last[p] = i;
+    ++got;
+  }
+  CHECK(got == bb.stats().imported);
+  CHECK(got > 1200);
+}
+
 TEST_CASE("during an outage each export queue applies its overflow policy, exactly counted",
           "[nats]") {
   struct Case {
@@ -411,8 +488,8 @@ TEST_CASE("during an outage each export queue applies its overflow policy, exact
       server.stop();
       REQUIRE(eventually([&] { return !ab.is_connected(); }));
 
-      // The first message is taken by the export thread, which then waits for the connection;
-      // the next `capacity` fill the queue, the rest meet the policy.
+      // The first message is taken by the backlog's thread, which then waits for the connection;
+      // the next `capacity` fill the backlog, the rest meet the policy.
       a.publish("o.x", 1);
       REQUIRE(eventually([&] { return ab.stats().queued == 0; }));
       const std::uint64_t extra = 3 * capacity;
@@ -557,6 +634,196 @@ TEST_CASE(
   CHECK(natsConnection_FlushTimeout(raw, 5000) != NATS_OK);
   CHECK(eventually([&] { return natsConnection_IsClosed(raw); }));
   natsConnection_Destroy(raw);
+}
+
+TEST_CASE(
+    "a topic NATS cannot carry intact (a NUL byte) is refused at export, counted and reported, "
+    "and nothing goes out under a shorter subject",
+    "[nats]") {
+  using namespace std::string_literals;
+  NatsServer server;
+  Errors errors;
+  Broker<std::string> a;
+  Broker<std::string> b;
+  Bridge<std::string> ab(a, {.url = server.url(),
+                             .exports = {{.pattern = ">", .prefix = "p"}},
+                             .on_error = errors.sink()});
+  Bridge<std::string> bb(b, {.url = server.url(), .imports = {{.pattern = ">", .prefix = "p"}}});
+  auto at_b = b.subscribe(">", {.capacity = 64});
+
+  // Everything that reaches the server under p.>, read with the C client itself.
+  natsConnection* raw = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&raw, server.url().c_str()) == NATS_OK);
+  natsSubscription* wire = nullptr;
+  REQUIRE(natsConnection_SubscribeSync(&wire, raw, "p.>") == NATS_OK);
+  REQUIRE(natsConnection_FlushTimeout(raw, 5000) == NATS_OK);
+
+  // A valid herald topic (NUL is an ordinary byte in-process) that libnats would cut to
+  // "p.orders.eu" and the server would deliver to every subscriber of that subject.
+  const std::string secret = "orders.eu\0secret"s;
+  REQUIRE(secret.size() == 16);
+  auto local = a.subscribe("orders.>", {.capacity = 8});
+  CHECK(a.publish(secret, "classified").delivered == 2);  // the local subscriber and the export
+  CHECK(local.try_receive()->topic() == secret);          // in-process it is an ordinary topic
+  // The other bytes the wire would reinterpret (a space or a tab splits the protocol line's
+  // fields, CR and LF end it) are whitespace, which herald topics refuse before any side effect.
+  for (const std::string bad :
+       {"orders.eu secret", "orders.eu\tsecret", "orders.eu\rsecret", "orders.eu\nsecret"}) {
+    CHECK_THROWS_AS(a.publish(bad, "classified"), herald::InvalidTopic);
+  }
+  a.publish("orders.eu", "public");
+
+  auto m = at_b.receive_for(10s);
+  REQUIRE(m);
+  CHECK(m->topic() == "orders.eu");
+  CHECK(**m == "public");
+  REQUIRE(ab.flush(10s));
+  natsMsg* seen_raw = nullptr;
+  REQUIRE(natsSubscription_NextMsg(&seen_raw, wire, 5000) == NATS_OK);
+  CHECK(std::string(natsMsg_GetSubject(seen_raw)) == "p.orders.eu");
+  CHECK(std::string(natsMsg_GetData(seen_raw), 6) == "public");
+  natsMsg_Destroy(seen_raw);
+  CHECK(natsSubscription_NextMsg(&seen_raw, wire, 200) == NATS_TIMEOUT);  // nothing else went out
+  CHECK_FALSE(at_b.try_receive());
+
+  const auto s = ab.stats();
+  CHECK(s.exported == 2);
+  CHECK(s.sent == 1);
+  CHECK(s.dropped_unsafe_subject == 1);
+  CHECK(s.dropped() == 1);
+  CHECK(s.errors == 1);
+  check_export_identity(s);
+  const auto seen = errors.snapshot();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].kind == ErrorKind::subject_unsafe);
+  CHECK(seen[0].subject == "p." + secret);
+  CHECK_THAT(seen[0].message, Catch::Matchers::Contains("'p.orders.eu\\x00secret'") &&
+                                  Catch::Matchers::Contains("a NUL byte at offset 11") &&
+                                  Catch::Matchers::Contains("cannot carry"));
+
+  herald::MetricsRegistry metrics;
+  metrics.add_bridge("a", ab);
+  const std::string text = metrics.exposition();
+  INFO(text);
+  CHECK(
+      text.find("herald_bridge_export_dropped_total{bridge=\"a\",reason=\"unsafe_subject\"} 1\n") !=
+      std::string::npos);
+
+  natsSubscription_Destroy(wire);
+  natsConnection_Destroy(raw);
+}
+
+TEST_CASE("rules whose subjects NATS cannot carry are refused before anything is connected",
+          "[nats]") {
+  using namespace std::string_literals;
+  using Catch::Matchers::Contains;
+  Broker<std::string> broker;
+  // No server: the rules are checked before connecting.
+  const auto message_of = [&](herald::nats::BridgeOptions o) -> std::string {
+    o.url = "nats://127.0.0.1:1";
+    try {
+      Bridge<std::string> bridge(broker, std::move(o));
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    } catch (const std::exception& e) {
+      return std::string("other: ") + e.what();
+    }
+    return "no exception";
+  };
+  CHECK_THAT(message_of({.exports = {{.pattern = "a\0b.>"s}}}),
+             Contains("export pattern 'a\\x00b.>' holds a NUL byte at offset 1"));
+  CHECK_THAT(message_of({.exports = {{.pattern = ">", .prefix = "p\0q"s}}}),
+             Contains("export prefix") && Contains("NUL byte"));
+  CHECK_THAT(message_of({.imports = {{.pattern = "x.\0"s}}}),
+             Contains("import pattern") && Contains("NUL byte at offset 2"));
+  CHECK_THAT(message_of({.imports = {{.pattern = ">", .prefix = "\0"s}}}),
+             Contains("import prefix") && Contains("NUL byte"));
+  CHECK_THAT(message_of({.imports = {{.pattern = ">", .queue_group = "g\0"s}}}),
+             Contains("import queue group") && Contains("NUL byte"));
+  CHECK(broker.stats().subscriptions == 0);
+}
+
+namespace {
+
+/// A client speaking the NATS protocol over a bare socket, to send what no client library
+/// sends: subjects with CR or LF. `send` returns false once the server closed the connection.
+class RawProtocolClient {
+ public:
+  explicit RawProtocolClient(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    REQUIRE(connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    timeval tv{.tv_sec = 5, .tv_usec = 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    REQUIRE(read_some().rfind("INFO ", 0) == 0);
+    REQUIRE(send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n"));
+  }
+  RawProtocolClient(const RawProtocolClient&) = delete;
+  RawProtocolClient& operator=(const RawProtocolClient&) = delete;
+  ~RawProtocolClient() { close(fd_); }
+  bool send(std::string_view bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+  /// What the server sends next ("" once it closed the connection or after 5 s of silence).
+  std::string read_some() {
+    char buf[4096];
+    const ssize_t n = recv(fd_, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("what herald imports when a client sends a subject with LF or CR", "[nats]") {
+  NatsServer server;
+  Errors errors;
+  Broker<std::string> b;
+  const herald::nats::ReconnectPolicy fast{.initial = 5ms, .max = 50ms};
+  Bridge<std::string> bb(b, {.url = server.url(),
+                             .imports = {{.pattern = ">", .prefix = "in"}},
+                             .reconnect = fast,
+                             .on_error = errors.sink()});
+  auto at_b = b.subscribe(">", {.capacity = 64});
+
+  // LF ends the protocol line inside the subject: the server cannot parse "PUB in.lf" and
+  // closes the sender's connection; nothing is delivered.
+  {
+    RawProtocolClient lf(server.port());
+    lf.send("PUB in.lf\nx 1\r\nx\r\nPING\r\n");
+    CHECK(lf.read_some().find("PONG") == std::string::npos);  // closed, no PONG
+    CHECK(lf.read_some().empty());
+  }
+  // CR: nats-server 2.9 takes "in.cr\rx" as the subject and delivers it; libnats 3.4 cannot
+  // parse that MSG line and drops the bridge's connection, which reconnects.
+  {
+    RawProtocolClient cr(server.port());
+    REQUIRE(cr.send("PUB in.cr\rx 1\r\nx\r\nPING\r\n"));
+    CHECK(cr.read_some().find("PONG") != std::string::npos);
+  }
+  REQUIRE(eventually([&] { return bb.stats().reconnects >= 1 && bb.is_connected(); }));
+  REQUIRE(bb.flush(5s));  // the server has the import's subscription again
+
+  natsConnection* raw = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&raw, server.url().c_str()) == NATS_OK);
+  REQUIRE(natsConnection_PublishString(raw, "in.after", "ok") == NATS_OK);
+  REQUIRE(natsConnection_FlushTimeout(raw, 5000) == NATS_OK);
+  natsConnection_Destroy(raw);
+
+  auto m = at_b.receive_for(10s);
+  REQUIRE(m);
+  CHECK(m->topic() == "after");  // the first and only message imported
+  CHECK_FALSE(at_b.receive_for(200ms));
+  const auto s = bb.stats();
+  CHECK(s.imported == 1);
+  CHECK(s.received == 1);
+  CHECK(s.disconnects >= 1);
 }
 
 TEST_CASE("subjects that are not herald topics and undecodable payloads are rejected at import",
@@ -916,5 +1183,47 @@ TEST_CASE("a nats.go client reads the headers herald exports, and herald imports
   CHECK(h.size() == 3);
 
   CHECK(peer.wait() == 0);
+}
+TEST_CASE("what herald imports when a nats.go client sends subjects herald would not send",
+          "[nats][go]") {
+  using namespace std::string_literals;
+  NatsServer server;
+  Errors errors;
+  Broker<std::string> broker;
+  Bridge<std::string> bridge(
+      broker, {.url = server.url(), .imports = {{.pattern = "in.>"}}, .on_error = errors.sink()});
+  auto in = broker.subscribe(">", {.capacity = 16});
+  Child peer({HERALD_NATS_GO_PEER, "-url=" + server.url(), "-wire"});
+  REQUIRE(peer.started());
+  CHECK(peer.wait() == 0);
+
+  std::vector<std::string> topics;
+  for (;;) {
+    auto m = in.receive_for(20s);
+    REQUIRE(m);
+    topics.push_back(m->topic());
+    if (m->topic() == "in.wire.done") break;
+  }
+  // A NUL: the server delivers the whole subject, the C client's string stops at the NUL; the
+  // bridge sees that and rejects the message rather than import it as "in.wire.nul".
+  // A space or a tab: the server itself splits the PUB line there and routes the message to
+  // "in.wire.space" / "in.wire.tab" (the rest becomes its reply subject): the sender's subject
+  // never reaches any subscriber, herald's or another client's.
+  // Other control bytes, DEL and bytes >= 0x80 travel intact and are valid herald topic bytes.
+  CHECK(topics == std::vector<std::string>{"in.wire.space", "in.wire.tab",
+                                           "in.wire.ctl\x01\x7f\xff"s, "in.wire.done"});
+  REQUIRE(eventually([&] {
+    const auto s = bridge.stats();
+    return s.received == s.imported + s.rejected;
+  }));
+  const auto s = bridge.stats();
+  CHECK(s.received == 5);
+  CHECK(s.imported == 4);
+  CHECK(s.rejected == 1);
+  const auto seen = errors.snapshot();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].kind == ErrorKind::invalid_topic);
+  CHECK(seen[0].subject == "in.wire.nul");
+  CHECK_THAT(seen[0].message, Catch::Matchers::Contains("cut short by a NUL byte"));
 }
 #endif

@@ -547,6 +547,32 @@ TEST_CASE("bad requests get a 400, messages without a reply subject are counted 
   CHECK(s.errors == 1);  // the decode failure, reported to on_error
 }
 
+TEST_CASE("a forwarded request whose topic NATS cannot carry intact fails at once, reported",
+          "[nats][service]") {
+  using namespace std::string_literals;
+  NatsServer server;
+  RawConnection raw(server.url());
+  HeldRequests held(raw.nc, "fwd.>");  // would see "fwd.a" if the cut subject went out
+  Text svc;
+  std::mutex mutex;
+  std::vector<herald::nats::BridgeError> errors;
+  ServiceBridge<std::string, std::string> bridge(
+      svc, {.url = server.url(), .on_error = [&](const herald::nats::BridgeError& e) {
+              const std::lock_guard lock(mutex);
+              errors.push_back(e);
+            }});
+  bridge.forward("fwd.>");
+  const auto r = svc.request("fwd.a\0b"s, "x", 5s);
+  CHECK(r.error() == RequestError::failed);
+  CHECK_THAT(r.error_text(), Catch::Matchers::Contains("NUL byte at offset 5"));
+  natsMsg* out = nullptr;
+  CHECK(natsSubscription_NextMsg(&out, held.sub, 300) == NATS_TIMEOUT);  // nothing went out
+  const std::lock_guard lock(mutex);
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].kind == herald::nats::ErrorKind::subject_unsafe);
+  CHECK(errors[0].subject == "fwd.a\0b"s);
+}
+
 TEST_CASE("invalid patterns and options are refused with a clear error", "[nats][service]") {
   NatsServer server;
   Text svc;
@@ -557,6 +583,11 @@ TEST_CASE("invalid patterns and options are refused with a clear error", "[nats]
   CHECK_THROWS_AS(bridge.answer("a.b", {.timeout = 0s}), std::invalid_argument);
   CHECK_THROWS_AS(bridge.forward("a.b", {.max_wait = -1s}), std::invalid_argument);
   CHECK_THROWS_AS(bridge.answer(std::string(5000, 'x')), std::length_error);
+  // A NUL is a valid herald topic byte that NATS cannot carry (the C client stops there).
+  using namespace std::string_literals;
+  CHECK_THROWS_WITH(bridge.answer("a.\0b"s),
+                    Catch::Matchers::Contains("pattern 'a.\\x00b' holds a NUL byte at offset 2"));
+  CHECK_THROWS_AS(bridge.forward("\0.>"s), std::invalid_argument);
   NatsServer gone;
   const std::string url = gone.url();
   gone.stop();

@@ -3,11 +3,13 @@
 // the NATS C client (Debian: libnats-dev; CMake: herald::nats) and is not part of herald.hpp.
 #pragma once
 
+#include <herald/bounded_queue.hpp>
 #include <herald/broker.hpp>
 #include <herald/detail/counters.hpp>
 #include <herald/detail/error_text.hpp>
 #include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
+#include <herald/executor.hpp>
 #include <herald/headers.hpp>
 #include <herald/nats/codec.hpp>
 #include <herald/nats/connection.hpp>
@@ -44,10 +46,13 @@ namespace herald::nats {
 struct ExportRule {
   std::string pattern;
   std::string prefix{};
-  /// The outbound queue: while NATS is unreachable the bridge stops taking messages out of it, so
-  /// its capacity and overflow policy decide what happens (drop_incoming / drop_oldest count
-  /// drops; block makes local publishers wait up to block_timeout). Overflow::disconnect is
-  /// refused: it would end the export for good.
+  /// The outbound queue. While connected, a local publish hands the message to the NATS client
+  /// on the publisher's own thread; while NATS is unreachable, messages wait in a backlog of this
+  /// capacity, and this overflow policy decides what happens when it is full (drop_incoming /
+  /// drop_oldest count drops; block makes local publishers wait up to block_timeout). The same
+  /// options apply to the export's handler subscription, whose queue only fills while its
+  /// handler is held up (by a full backlog under `block`, or by the client writing to the
+  /// socket). Overflow::disconnect is refused: it would end the export for good.
   SubscribeOptions queue{.capacity = 8192};
 };
 
@@ -133,9 +138,12 @@ inline std::string prefix_with_dot(const std::string& prefix) {
 ///         .exports = {{.pattern = "orders.>", .prefix = "eu"}},
 ///         .imports = {{.pattern = "orders.>", .prefix = "us"}}});
 ///
-/// Each export is a subscription on the broker (its queue is the outbound queue) drained by a
-/// thread of the bridge; each import is a NATS subscription whose callback decodes and calls
-/// `broker.publish_from(Origin{id()}, {.headers = ...}, topic, value)`.
+/// Each export is a handler subscription on the broker, run inline (herald::inline_executor): while
+/// the link is up and nothing waits, the publisher's thread encodes the message and hands it to
+/// the NATS client, with no thread hop; otherwise the message joins the export's backlog, which a
+/// thread of the bridge sends in order once the link is back. Each import is a NATS subscription
+/// whose callback decodes and calls `broker.publish_from(Origin{id()}, {.headers = ...}, topic,
+/// value)`.
 ///
 /// Headers (Message::headers, PublishOptions::headers) travel as NATS headers, both ways and with
 /// any NATS client: every value of a name, in order (the C client keeps names in a hash, so the
@@ -145,15 +153,16 @@ inline std::string prefix_with_dot(const std::string& prefix) {
 /// breaks herald's rules (Headers::check) drops the message as undecodable. Header bytes count
 /// toward the server's max_payload. A message without headers costs nothing for them: it is
 /// exported with a plain publish and imported with nothing allocated. While the server is
-/// unreachable the export threads stop taking messages, so each export queue's overflow policy
-/// applies, and the client reconnects forever with jittered backoff. Delivery over NATS is at most
-/// once: a message handed to the client just before the link died can be lost (track_loss counts
-/// such losses). The broker must outlive the bridge. Destroying the bridge ends the imports
-/// (waiting for a running callback), stops the export threads (messages still queued are discarded:
-/// call flush() first), then closes the connection. Throws: (constructor) InvalidTopic for an
-/// invalid pattern or prefix; std::invalid_argument for other bad rules; std::length_error for an
-/// import subject longer than max_subject_bytes; NatsError when the server cannot be reached.
-/// Nothing is left running then. Thread-safety: every member function may be called concurrently.
+/// unreachable exported messages wait in each export's backlog, whose capacity and overflow policy
+/// apply (ExportRule::queue), and the client reconnects forever with jittered backoff. Delivery
+/// over NATS is at most once: a message handed to the client just before the link died can be lost
+/// (track_loss counts such losses). The broker must outlive the bridge. Destroying the bridge ends
+/// the imports (waiting for a running callback), ends the exports (waiting for a running handler;
+/// messages still in a backlog are discarded: call flush() first), then closes the connection.
+/// Throws: (constructor) InvalidTopic for an invalid pattern or prefix; std::invalid_argument for
+/// other bad rules; std::length_error for an import subject longer than max_subject_bytes;
+/// NatsError when the server cannot be reached. Nothing is left running then. Thread-safety: every
+/// member function may be called concurrently.
 template <class T, class C = DefaultCodec<T>>
 requires Codec<C, T>
 class Bridge {
@@ -210,7 +219,7 @@ class Bridge {
     for (const auto& e : exports_) {
       for (;;) {
         const std::uint64_t handled = e->handled.load(std::memory_order_seq_cst);
-        const SubscriptionStats q = e->sub.stats();
+        const HandlerStats q = e->sub.stats();
         if (handled + q.evicted >= q.delivered) break;
         // Flushers of different targets share `handled_changed`: each waits for "handled moved",
         // which every notify satisfies (the protocol in detail/parking.hpp).
@@ -238,21 +247,23 @@ class Bridge {
     for (const auto& e : exports_) {
       // Read the skips before the imports that caused them, so skipped <= imported_here.
       const std::uint64_t skipped = e->skipped.get();
-      const SubscriptionStats q = e->sub.stats();
+      const HandlerStats q = e->sub.stats();
       const std::uint64_t imported_here = e->imported_here.load(std::memory_order_relaxed);
       // The export queue cannot tell imported messages from local ones; imported ones are
       // either skipped by the export thread or were refused or evicted by the queue.
       const std::uint64_t imported_lost = imported_here - std::min(imported_here, skipped);
       const std::uint64_t refused = q.dropped + q.evicted;
       s.exported += q.offered - std::min(q.offered, imported_here);
-      s.dropped_overflow += refused - std::min(refused, imported_lost);
+      s.dropped_overflow += refused - std::min(refused, imported_lost) + e->backlog_refused.get() +
+                            e->backlog_evicted.get();
       s.sent += e->sent.get();
       s.dropped_subject += e->dropped_subject.get();
+      s.dropped_unsafe_subject += e->dropped_unsafe_subject.get();
       s.dropped_too_large += e->dropped_too_large.get();
       s.dropped_encode += e->dropped_encode.get();
       s.dropped_failed += e->dropped_failed.get();
       s.skipped_echo += skipped;
-      s.queued += q.queue_depth;
+      s.queued += q.queue_depth + e->backlog.approx_size();
     }
     for (const auto& i : imports_) {
       s.received += i->received.get();
@@ -278,26 +289,60 @@ class Bridge {
  private:
   struct Export {
     Export(Bridge& b, const ExportRule& rule, std::size_t index)
-        : pattern(rule.pattern),
+        : bridge(b),
+          pattern(rule.pattern),
           prefix(detail::prefix_with_dot(rule.prefix)),
           stream(b.id_hex_ + "-" + std::to_string(index)),
-          sub(b.broker_.subscribe(rule.pattern, rule.queue)),
-          thread([this, &b](std::stop_token stop) { b.run_export(*this, stop); }) {}
+          overflow(rule.queue.overflow),
+          block_timeout(rule.queue.block_timeout),
+          backlog(rule.queue.capacity),
+          subject(prefix),
+          sub(b.broker_.subscribe(
+              rule.pattern, [this](const Message<T>& m) { bridge.export_one(*this, m); },
+              inline_executor, rule.queue)),
+          thread([this](std::stop_token stop) { bridge.run_backlog(*this, stop); }) {}
+    Export(const Export&) = delete;
+    Export& operator=(const Export&) = delete;
+    /// Ends the subscription (a handler waiting for room in the backlog gives up), then the
+    /// thread (the jthread's destructor).
+    ~Export() {
+      stopping.request_stop();
+      sub.unsubscribe();
+    }
 
+    /// One message dealt with for good (sent, dropped, skipped): what flush() waits for.
+    void finished() noexcept {
+      handled.fetch_add(1, std::memory_order_seq_cst);
+      handled_changed.notify_all();  // a load, unless flush() waits
+    }
+
+    Bridge& bridge;
     const Pattern pattern;
     const std::string prefix;  // "" or "prefix."
     const std::string stream;  // track_loss: this export's stream id, "<bridge id>-<index>"
-    Subscription<T> sub;
+    const Overflow overflow;
+    const std::chrono::nanoseconds block_timeout;
     std::atomic<std::uint64_t> imported_here{0};  // imports offered to this export's queue
-    detail::OwnedCounter skipped, sent, dropped_subject, dropped_too_large, dropped_encode,
-        dropped_failed;
-    // Messages taken off the queue and dealt with; flush() waits on handled_changed for it.
+    detail::OwnedCounter skipped, sent, dropped_subject, dropped_unsafe_subject, dropped_too_large,
+        dropped_encode, dropped_failed, backlog_refused, backlog_evicted;
+    // Messages dealt with for good; flush() waits on handled_changed for it.
     std::atomic<std::uint64_t> handled{0};
     herald::detail::EventCount handled_changed;
-    // track_loss, export thread only: the next sequence number of each subject.
+    // What waits for the connection, in order, drained by `thread`; the rule's capacity and
+    // overflow policy apply to it. `pending` counts what entered it and is not finished: while
+    // it is not 0 the handler queues behind it instead of sending, so order holds; only the
+    // handler (the subscription's strand) raises it, only the thread lowers it but for evictions.
+    BoundedQueue<Message<T>> backlog;
+    std::atomic<std::size_t> pending{0};
+    std::stop_source stopping;  // a handler blocked on a full backlog gives up (destruction)
+    // The strand's buffers. The sequences (track_loss) are the sender's: the strand while
+    // pending is 0, the thread otherwise, never both (pending hands over with acquire/release).
+    std::string subject;  // "prefix." + topic
+    std::string scratch;  // the codec's
     std::unordered_map<std::string, std::uint64_t, herald::detail::TopicHash, std::equal_to<>>
-        sequences;
-    std::jthread thread;  // last: starts once everything above exists, stops first
+        sequences;               // track_loss: the next sequence number of each subject
+    HandlerSubscription<T> sub;  // after what its handler touches
+    std::jthread thread;         // last: starts once everything above exists, stops first
   };
 
   enum class Gate : std::uint8_t { open, seeding, closed };
@@ -386,10 +431,21 @@ class Bridge {
     return s;
   }
 
+  /// A rule's pattern, prefix or queue group holding a byte NATS cannot carry (a NUL: herald
+  /// allows it, the wire does not) is refused, naming the rule and the byte.
+  static void check_wire_safe(std::string_view what, std::string_view s) {
+    if (const std::size_t at = detail::find_wire_unsafe(s); at != std::string_view::npos) {
+      throw std::invalid_argument(detail::wire_unsafe_text(what, s, at));
+    }
+  }
+
   void validate_rules() const {
     for (const ExportRule& r : options_.exports) {
       validate_pattern(r.pattern);
       if (!r.prefix.empty()) validate_topic(r.prefix);
+      // A pattern with a NUL selects only topics that could not be sent.
+      check_wire_safe("export pattern", r.pattern);
+      check_wire_safe("export prefix", r.prefix);
       if (r.queue.capacity == 0) {
         throw std::invalid_argument("herald::nats: the export of '" + r.pattern +
                                     "' has a queue capacity of 0");
@@ -403,6 +459,9 @@ class Bridge {
     for (const ImportRule& r : options_.imports) {
       validate_pattern(r.pattern);
       if (!r.prefix.empty()) validate_topic(r.prefix);
+      check_wire_safe("import pattern", r.pattern);
+      check_wire_safe("import prefix", r.prefix);
+      check_wire_safe("import queue group", r.queue_group);
       const std::size_t size = detail::prefix_with_dot(r.prefix).size() + r.pattern.size();
       if (size > options_.max_subject_bytes) {
         throw std::length_error("herald::nats: the import subject '" +
@@ -420,15 +479,72 @@ class Bridge {
 
   // ----- export -----
 
-  void run_export(Export& e, std::stop_token stop) {
+  /// The export subscription's handler, inline in the local publisher's thread (the strand:
+  /// one message at a time, in order): sends at once while connected and nothing waits in the
+  /// backlog, else queues the message there for the backlog thread. No thread hop while the
+  /// link is up; while it is down, the backlog's capacity and the rule's overflow policy decide.
+  void export_one(Export& e, const Message<T>& m) noexcept {
+    try {
+      if (m.origin() == id_) {
+        e.skipped.add();
+        e.finished();
+        return;
+      }
+      if (e.pending.load(std::memory_order_acquire) == 0 && conn_->connected()) {
+        if (const auto payload = prepare(e, m, e.subject, e.scratch)) {
+          if (!attempt(e, e.subject, *payload, m.headers())) return to_backlog(e, m);
+        }
+        e.finished();
+        return;
+      }
+      to_backlog(e, m);
+    } catch (...) {  // an allocation failure while reporting; nothing may unwind into publish
+      e.dropped_failed.add();
+      e.finished();
+    }
+  }
+
+  /// Queues `m` behind what waits for the connection, applying the rule's overflow policy.
+  void to_backlog(Export& e, const Message<T>& m) {
+    e.pending.fetch_add(1, std::memory_order_seq_cst);
+    bool queued = false;
+    switch (e.overflow) {
+      case Overflow::drop_oldest:
+        while (!(queued = e.backlog.try_push(m))) {
+          if (e.backlog.try_pop()) {  // the thread may have taken it first: then just retry
+            e.backlog_evicted.add();
+            e.pending.fetch_sub(1, std::memory_order_seq_cst);
+            e.finished();
+          }
+        }
+        break;
+      case Overflow::block:
+        queued = e.block_timeout == std::chrono::nanoseconds::max()
+                     ? e.backlog.push(m, e.stopping.get_token())
+                     : e.backlog.push_for(m, e.block_timeout);
+        break;
+      default:  // drop_incoming (disconnect is refused by validate_rules)
+        queued = e.backlog.try_push(m);
+        break;
+    }
+    if (!queued) {
+      e.backlog_refused.add();
+      e.pending.fetch_sub(1, std::memory_order_seq_cst);
+      e.finished();
+    }
+  }
+
+  /// The backlog thread: sends what waits for the connection, in order, waiting for the link.
+  void run_backlog(Export& e, std::stop_token stop) {
     std::string subject = e.prefix;
     std::string scratch;
-    while (auto m = e.sub.receive(stop)) {
+    while (auto m = e.backlog.pop(stop)) {
       if (const auto payload = prepare(e, *m, subject, scratch)) {
         send(e, subject, *payload, m->headers(), stop);
       }
-      e.handled.fetch_add(1, std::memory_order_seq_cst);
-      e.handled_changed.notify_all();  // a load, unless flush() waits
+      // Release: the strand that reads 0 sends after everything this thread sent.
+      e.pending.fetch_sub(1, std::memory_order_release);
+      e.finished();
     }
     nats_ReleaseThreadMemory();  // the client keeps per-thread buffers for threads it did not start
   }
@@ -442,9 +558,17 @@ class Bridge {
       return std::nullopt;
     }
     // The topic passed the broker's validation and the prefix ours, so `prefix.topic` is a valid
-    // subject; only its length can still upset the server.
+    // subject without whitespace; a NUL byte (valid in herald, cut off by the C client) and its
+    // length can still upset the wire. One memchr per message: cheaper than a per-topic cache.
+    const std::string& topic = m.topic();
     subject.resize(e.prefix.size());
-    subject += m.topic();
+    subject += topic;
+    if (const std::size_t nul = topic.find('\0'); nul != std::string::npos) [[unlikely]] {
+      e.dropped_unsafe_subject.add();
+      report_(ErrorKind::subject_unsafe, subject,
+              detail::wire_unsafe_text("subject", subject, e.prefix.size() + nul));
+      return std::nullopt;
+    }
     if (subject.size() > options_.max_subject_bytes) {
       e.dropped_subject.add();
       report_(ErrorKind::subject_too_long, subject,
@@ -469,42 +593,49 @@ class Bridge {
     return payload;
   }
 
-  /// Hands one message to the NATS client, holding it through disconnects (the export queue
-  /// behind it fills meanwhile, and its overflow policy applies) until it is sent, refused for
-  /// good, or the bridge stops.
+  /// One try at handing a message to the NATS client: true when it is dealt with (sent, or
+  /// dropped, counted and reported), false when the link is down and it must wait.
+  bool attempt(Export& e, const std::string& subject, std::string_view payload,
+               const Headers& headers) {
+    std::uint64_t* seq = options_.track_loss ? &next_sequence(e, subject) : nullptr;
+    const natsStatus s = publish(e, subject, payload, headers, seq);
+    switch (s) {
+      case NATS_OK:
+        e.sent.add();
+        if (seq) ++*seq;
+        return true;
+      case NATS_CONNECTION_DISCONNECTED:
+      case NATS_INSUFFICIENT_BUFFER:  // the client's reconnect buffer is full
+      case NATS_IO_ERROR:
+      case NATS_TIMEOUT:
+      case NATS_NOT_YET_CONNECTED:  // the link went down under us: try again once it is up
+        return false;
+      case NATS_MAX_PAYLOAD:
+        too_large(e, subject, payload.size(), conn_->max_payload());
+        return true;
+      default:
+        e.dropped_failed.add();
+        report_(ErrorKind::publish_failed, subject,
+                std::string("herald::nats: publish: ") + natsStatus_GetText(s), s);
+        return true;
+    }
+  }
+
+  /// Hands one message to the NATS client, holding it through disconnects (the backlog behind
+  /// it fills meanwhile, and the overflow policy applies) until it is sent, refused for good,
+  /// or the bridge stops.
   void send(Export& e, const std::string& subject, std::string_view payload, const Headers& headers,
             const std::stop_token& stop) {
-    std::uint64_t* seq = options_.track_loss ? &next_sequence(e, subject) : nullptr;
     for (;;) {
       if (!conn_->wait_connected(stop)) {  // stopping, or the connection closed
         e.dropped_failed.add();
         return;
       }
-      const natsStatus s = publish(e, subject, payload, headers, seq);
-      switch (s) {
-        case NATS_OK:
-          e.sent.add();
-          if (seq) ++*seq;
-          return;
-        case NATS_CONNECTION_DISCONNECTED:
-        case NATS_INSUFFICIENT_BUFFER:  // the client's reconnect buffer is full
-        case NATS_IO_ERROR:
-        case NATS_TIMEOUT:
-        case NATS_NOT_YET_CONNECTED:  // the link went down under us: try again once it is up
-          conn_->pause(stop, std::chrono::milliseconds(5));
-          if (stop.stop_requested()) {
-            e.dropped_failed.add();
-            return;
-          }
-          continue;
-        case NATS_MAX_PAYLOAD:
-          too_large(e, subject, payload.size(), conn_->max_payload());
-          return;
-        default:
-          e.dropped_failed.add();
-          report_(ErrorKind::publish_failed, subject,
-                  std::string("herald::nats: publish: ") + natsStatus_GetText(s), s);
-          return;
+      if (attempt(e, subject, payload, headers)) return;
+      conn_->pause(stop, std::chrono::milliseconds(5));
+      if (stop.stop_requested()) {
+        e.dropped_failed.add();
+        return;
       }
     }
   }
@@ -619,6 +750,15 @@ class Bridge {
   bool import_one(Import& imp, natsMsg* msg, bool seed = false) {
     imp.received.add();
     const std::string_view subject = natsMsg_GetSubject(msg);
+    // Another client may send a NUL in a subject; the C client's string stops there, and the
+    // message must not enter the broker under the shorter topic.
+    if (detail::subject_cut_short(msg, subject)) [[unlikely]] {
+      imp.rejected.add();
+      report_(ErrorKind::invalid_topic, subject,
+              "herald::nats: subject '" + std::string(subject) +
+                  "...' was cut short by a NUL byte (NATS cannot carry it intact)");
+      return false;
+    }
     if (!seed && options_.track_loss && !check_sequence(imp, msg, subject)) return false;
     const std::string_view topic = subject.substr(std::min(imp.prefix_size, subject.size()));
     // The server matched the subject against our subscription, but it does not validate what

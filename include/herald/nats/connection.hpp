@@ -7,11 +7,13 @@
 #include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
 #include <herald/headers.hpp>
+#include <herald/topic.hpp>
 
 #include <nats/nats.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -53,10 +55,12 @@ struct ReconnectPolicy {
 /// What went wrong with one message or with the connection (reported to BridgeOptions::on_error).
 enum class ErrorKind : std::uint8_t {
   subject_too_long,   ///< export: `prefix.topic` is longer than max_subject_bytes
+  subject_unsafe,     ///< export: the subject holds a byte NATS cannot carry intact (a NUL)
   payload_too_large,  ///< export: the encoded message exceeds the server's max_payload
   encode_failed,      ///< export: the codec threw
   publish_failed,     ///< export: the NATS client refused the message (see status)
-  invalid_topic,      ///< import: the subject (without prefix) is not a valid herald topic
+  invalid_topic,      ///< import: the subject (without prefix) is not a valid herald topic, or
+                      ///< the C client cut it short at a NUL byte
   decode_failed,      ///< import: the codec threw
   import_failed,      ///< import: publishing into the broker threw, or the broker is closed
   connection,         ///< asynchronous error from the NATS client (e.g. slow consumer)
@@ -111,6 +115,72 @@ inline std::uint64_t random_id() {
 
 inline void check(natsStatus s, const char* what) {
   if (s != NATS_OK) throw NatsError(what, s);
+}
+
+/// The bytes the NATS wire cannot carry inside a subject. A subject is one field of a protocol
+/// text line ("PUB <subject> [reply] <size>\r\n", "MSG <subject> <sid> [reply] <size>\r\n"):
+/// nats-server and the clients split the fields at spaces and tabs (the rest of the subject
+/// would be read as a reply subject), and CR and LF end the line. The C client takes subjects as
+/// C strings, so a NUL cuts one short ("a.b\0c" goes out as "a.b"). Herald topics and patterns
+/// refuse whitespace already; NUL is the byte they accept and the wire does not. Every other
+/// byte (control bytes, DEL, any byte >= 0x80) travels intact.
+constexpr bool is_wire_unsafe(char c) noexcept {
+  return c == '\0' || c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/// The offset of the first byte of `s` NATS cannot carry (is_wire_unsafe), or npos.
+constexpr std::size_t find_wire_unsafe(std::string_view s) noexcept {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (is_wire_unsafe(s[i])) return i;
+  }
+  return std::string_view::npos;
+}
+
+/// The error text for `subject` (what: "subject", "pattern", ...) holding a byte NATS cannot
+/// carry at `offset`: the byte, where, and the subject quoted printably.
+inline std::string wire_unsafe_text(std::string_view what, std::string_view subject,
+                                    std::size_t offset) {
+  std::string text = "herald::nats: " + std::string(what) + " '";
+  herald::detail::append_escaped(text, subject.substr(0, herald::detail::kQuotedBytes));
+  if (subject.size() > herald::detail::kQuotedBytes) text += "...";
+  text += "' holds ";
+  const char c = subject[offset];
+  text += c == '\0'   ? "a NUL byte"
+          : c == ' '  ? "a space"
+          : c == '\t' ? "a tab"
+          : c == '\r' ? "a CR"
+                      : "an LF";
+  text += " at offset " + std::to_string(offset) + ", which NATS cannot carry in a subject (" +
+          (c == '\0' ? "the C client would cut the subject there)"
+                     : "the protocol would split or end the line there)");
+  return text;
+}
+
+/// True when the C client handed us a subject cut short at a NUL byte another client sent
+/// (nats.go, for one, publishes any byte but CR and LF and the server delivers it): the subject
+/// it received was longer than the C string natsMsg_GetSubject returns. libnats 3.x keeps a
+/// received message in one block, `subject \0 [reply \0] [headers \0] data` (msg.c), and a
+/// subject can hold neither CR nor LF, so the subject's end is found where the next part starts:
+/// the reply, else the data, else the header block's first line "NATS/1.x...\r\n".
+/// Only for libnats 3.x, whose layout this reads (tested with 3.4): with another major version
+/// it says false (no detection) rather than risk rejecting every message that has a reply.
+inline bool subject_cut_short(natsMsg* msg, std::string_view subject) noexcept {
+#if defined(NATS_VERSION_MAJOR) && NATS_VERSION_MAJOR == 3
+  const char* next = subject.data() + subject.size() + 1;  // where the next part starts
+  if (const char* reply = natsMsg_GetReply(msg)) return reply != next;
+  const char* data = natsMsg_GetData(msg);
+  if (data == next || data == nullptr || data < next) return false;
+  // A header block: from `next` up to the block's first CR, "NATS/1." and no NUL.
+  const std::string_view rest(next, static_cast<std::size_t>(data - next));
+  const std::size_t cr = rest.find('\r');
+  const std::string_view line = rest.substr(0, cr);
+  return cr == std::string_view::npos || line.substr(0, 7) != "NATS/1." ||
+         line.find('\0') != std::string_view::npos;
+#else
+  (void)msg;
+  (void)subject;
+  return false;
+#endif
 }
 
 /// What a Connection is made with (the connection part of BridgeOptions).

@@ -501,6 +501,13 @@ requires(Codec<ReqCodec, Req>&& Codec<RepCodec, Rep>) class ServiceBridge {
         report(ErrorKind::subject_too_long, subject, text);
         return refuse(std::move(replier), text);
       }
+      // A NUL (valid in a herald topic): the C client would cut the subject there and the
+      // request would reach the responders of another subject.
+      if (const std::size_t nul = subject.find('\0'); nul != std::string::npos) [[unlikely]] {
+        const std::string text = detail::wire_unsafe_text("subject", subject, nul);
+        report(ErrorKind::subject_unsafe, subject, text);
+        return refuse(std::move(replier), text);
+      }
       if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
         return refuse(std::move(replier), "herald::nats: not connected to the NATS server");
       }
@@ -686,6 +693,9 @@ requires(Codec<ReqCodec, Req>&& Codec<RepCodec, Rep>) class ServiceBridge {
 
   void check_subject(std::string_view pattern) const {
     validate_pattern(pattern);
+    if (const std::size_t at = detail::find_wire_unsafe(pattern); at != std::string_view::npos) {
+      throw std::invalid_argument(detail::wire_unsafe_text("pattern", pattern, at));
+    }
     if (pattern.size() > core_->options.max_subject_bytes) {
       throw std::length_error("herald::nats: the subject '" + std::string(pattern) + "' is " +
                               std::to_string(pattern.size()) + " bytes; max_subject_bytes is " +
@@ -718,6 +728,14 @@ requires(Codec<ReqCodec, Req>&& Codec<RepCodec, Rep>) class ServiceBridge {
       const std::shared_lock lock(core.gate);
       core.publish(reply, {}, {}, &detail::kBadRequest, A::bad_requests, text);
     };
+    // A subject the C client cut short at a NUL another client sent is not asked under the
+    // shorter topic.
+    if (detail::subject_cut_short(msg, subject)) [[unlikely]] {
+      const std::string text = "herald::nats: subject '" + std::string(subject) +
+                               "...' was cut short by a NUL byte (NATS cannot carry it intact)";
+      core.report(ErrorKind::invalid_topic, subject, text);
+      return bad_request(text);
+    }
     // NATS servers do not check what publishers send (e.g. "a..b"): herald's rules apply.
     if (!is_valid_topic(subject)) {
       const std::string text =

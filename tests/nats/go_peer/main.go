@@ -8,10 +8,14 @@
 //  3. publishes "in.from-go", payload "from nats.go", with headers Trace-Id: go-42 and
 //     Multi: x, Multi: y.
 //
+// With -wire it only publishes, payload "w", to subjects herald cannot send but nats.go does
+// (it checks only that a subject is not empty): "in.wire.nul\x00secret", "in.wire.space x",
+// "in.wire.tab\tx", "in.wire.ctl\x01\x7f\xff", then "in.wire.done", and exits.
+//
 // The test checks the report and the imported message; this program only fails (exit 1, a line
 // on stderr) when NATS does.
 //
-//	nats_go_peer -url=nats://127.0.0.1:4222
+//	nats_go_peer -url=nats://127.0.0.1:4222 [-wire]
 package main
 
 import (
@@ -49,6 +53,7 @@ func report(m *nats.Msg) string {
 func main() {
 	url := flag.String("url", nats.DefaultURL, "the NATS server")
 	timeout := flag.Duration("timeout", 20*time.Second, "how long to wait for herald's message")
+	wire := flag.Bool("wire", false, "publish the subjects herald cannot send, and exit")
 	flag.Parse()
 
 	nc, err := nats.Connect(*url, nats.Name("nats_go_peer"))
@@ -56,6 +61,18 @@ func main() {
 		fail("connect to %s: %v", *url, err)
 	}
 	defer nc.Close()
+	if *wire {
+		for _, subject := range []string{"in.wire.nul\x00secret", "in.wire.space x",
+			"in.wire.tab\tx", "in.wire.ctl\x01\x7f\xff", "in.wire.done"} {
+			if err := nc.Publish(subject, []byte("w")); err != nil {
+				fail("publish %q: %v", subject, err)
+			}
+		}
+		if err := nc.Flush(); err != nil {
+			fail("flush: %v", err)
+		}
+		return
+	}
 	sub, err := nc.SubscribeSync("out.>")
 	if err != nil {
 		fail("subscribe: %v", err)
