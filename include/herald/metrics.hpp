@@ -474,11 +474,18 @@ class MetricsRegistry {
     detail::ExpositionWriter w(out, format);
 
     // Each family lists every source's samples together, as both formats require.
-    const auto broker_counter = [&](std::string_view name, std::string_view help, auto field) {
+    const auto broker_family = [&](std::string_view name, Type type, std::string_view help,
+                                   auto field) {
       if (sc.brokers.empty()) return;
-      w.family(name, Type::counter, help);
+      w.family(name, type, help);
       for (const auto& b : sc.brokers)
         w.sample(b.labels, std::uint64_t(field(b.stats)));
+    };
+    const auto broker_counter = [&](std::string_view name, std::string_view help, auto field) {
+      broker_family(name, Type::counter, help, field);
+    };
+    const auto broker_gauge = [&](std::string_view name, std::string_view help, auto field) {
+      broker_family(name, Type::gauge, help, field);
     };
     broker_counter("herald_broker_published", "Publish calls on an open broker.",
                    [](const BrokerStats& s) { return s.published; });
@@ -500,12 +507,6 @@ class MetricsRegistry {
     broker_counter("herald_broker_retained_expired",
                    "Retained messages dropped once older than their max_age.",
                    [](const BrokerStats& s) { return s.retained_expired; });
-    const auto broker_gauge = [&](std::string_view name, std::string_view help, auto field) {
-      if (sc.brokers.empty()) return;
-      w.family(name, Type::gauge, help);
-      for (const auto& b : sc.brokers)
-        w.sample(b.labels, std::uint64_t(field(b.stats)));
-    };
     broker_gauge("herald_broker_subscriptions", "Live subscriptions.",
                  [](const BrokerStats& s) { return s.subscriptions; });
     broker_gauge("herald_broker_retained_topics", "Topics with retained messages.",
