@@ -191,6 +191,7 @@ SUITES = [
     ("request", "Request-reply vs the Go reference broker and raw libnats"),
     ("nats", "NATS bridge vs raw libnats"),
     ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
+    ("flow", "Handler flow control: timers vs asio steady_timer"),
 ]
 
 
@@ -437,7 +438,7 @@ def main():
         measures += part[0]
         goals += part[1]
 
-    expected = ["queue", "pool", "broker", "matching", "metrics"] + (
+    expected = ["queue", "pool", "broker", "matching", "metrics", "flow"] + (
         ["nats"] if ctx.get("nats") == "built" else [])
     missing = [s for s in expected if not any(m.suite == s for m in measures)]
     if missing:

@@ -166,6 +166,10 @@ struct WorkerPoolStats {
   std::size_t threads = 0;      ///< worker threads
   std::uint64_t stolen = 0;     ///< tasks a worker took from another worker's queue
   std::size_t parked = 0;       ///< workers asleep for want of work, now
+  std::uint64_t timers_pending = 0;  ///< timers scheduled and not yet fired, cancelled or abandoned
+  std::uint64_t timers_fired = 0;    ///< timers whose task ran (counted in submitted too)
+  std::uint64_t timers_cancelled = 0;  ///< by their handle or a stop request, task destroyed unrun
+  std::uint64_t timers_abandoned = 0;  ///< pending at shutdown: task destroyed unrun
 };
 
 /// Counters of a NATS bridge (herald/nats.hpp). Identities (exact once the export queues are
