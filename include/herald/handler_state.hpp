@@ -2,6 +2,14 @@
 // by a strand posted to an executor (executor.hpp) -- at most one invocation at a time, in
 // publish order; a quiescent unsubscribe; retries with backoff and dead letters; a circuit
 // breaker in front of the handler and deduplication of what it handled.
+//
+// Retries do not hold a thread: a failed message goes to a timer of the executor
+// (ExecutorRef::schedule_at) for its backoff, and the strand is free meanwhile. When the timer
+// fires, the message joins `ready_` and the strand runs it before anything else. What later
+// messages do meanwhile is HandlerOptions::ordering: strict keeps the strand held (nothing else
+// of this subscription runs; the timer resumes it), per_key holds the later messages of the
+// same key aside, none lets them go ahead. Only HandlerOptions::sleep (a test hook) makes a
+// retry wait on the strand's thread, as all retries did before timers existed.
 #pragma once
 
 #include <herald/dedup_window.hpp>
@@ -23,11 +31,15 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
+#include <stop_token>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 namespace herald {
@@ -71,7 +83,8 @@ class HandlerState final : public SubscriptionState<T>,
         handler_(std::move(handler)),
         executor_(std::move(executor)),
         hopts_(validated(std::move(handler_options))),
-        backoff_(hopts_.retry.initial_backoff, hopts_.retry.max_backoff, std::random_device{}()) {
+        backoff_(hopts_.retry.initial_backoff, hopts_.retry.max_backoff, std::random_device{}()),
+        timed_retries_(!hopts_.sleep) {
     if (hopts_.dedup.key) {
       // The strand is its only user: one shard, whose lock is never contended.
       handled_ = std::make_unique<DedupWindow<std::uint64_t>>(
@@ -119,6 +132,10 @@ class HandlerState final : public SubscriptionState<T>,
   /// once, and no further invocation starts.
   void quiesce() noexcept override {
     cancelled_.store(true, std::memory_order_seq_cst);
+    // The retries waiting on timers: each timer's task is destroyed unrun, which counts it in
+    // retries_cancelled (RetryTimer). A timer already firing sees `cancelled_` (retry_due).
+    retry_stop_.request_stop();
+    drop_ready();
     cancel_.wake_all();  // cut a backoff wait short
     idle_.wake_all();    // wait_idle returns false now
     if (running_on_this_thread(this)) {
@@ -155,6 +172,8 @@ class HandlerState final : public SubscriptionState<T>,
     c.breaker_refused = breaker_refused_.get();
     c.breaker_dead_lettered = breaker_dead_lettered_.get();
     c.deduplicated = deduplicated_.get();
+    c.retries_pending = retries_pending_.load(std::memory_order_relaxed);
+    c.retries_cancelled = retries_cancelled_.load(std::memory_order_relaxed);
     c.handler_time_total = std::chrono::nanoseconds(time_total_.get());
     c.handler_time_max = std::chrono::nanoseconds(time_max_.get());
     return c;
@@ -219,54 +238,325 @@ class HandlerState final : public SubscriptionState<T>,
   // holder of `scheduled_` runs this, so invocations never overlap.
   void drain(std::size_t budget) noexcept {
     for (;;) {
-      const std::size_t n = run_batch(budget);
-      if (n == budget && !cancelled()) {
+      const Batch b = run_batch(budget);
+      if (b.suspended) return;  // a strict retry waits: its timer holds the strand
+      if (b.taken == budget && !cancelled()) {
         post();  // fairness: let the executor's other work run, keep the strand scheduled
         return;
       }
       scheduled_.store(false, std::memory_order_seq_cst);
       // A publisher that enqueued after our last try_pop saw `scheduled_` set and left the
-      // message to us: look again, and take the strand back if nobody else did.
+      // message to us (and so did a retry whose timer fired): look again, and take the strand
+      // back if nobody else did.
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (cancelled() || this->queue().approx_size() == 0) return;
+      if (cancelled() || !runnable()) return;
       if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;
     }
+  }
+
+  // Budget of one drain run on the executor (inline: all, there is nothing to yield to).
+  std::size_t budget() const noexcept { return executor_.runs_inline() ? SIZE_MAX : kBatch; }
+
+  // Whether the strand has something it may run now: a retry whose time came, or a queued
+  // message while the retries waiting do not hold the queue back. Read after the strand was
+  // released: the counts are only raised by a later holder, which re-checks itself.
+  bool runnable() noexcept {
+    if (ready_count_.load(std::memory_order_seq_cst) != 0) return true;
+    return this->queue().approx_size() != 0 && !held_back();
+  }
+
+  // Retries and messages held aside (per_key) are bounded by the queue's capacity: past that,
+  // the queue stops being drained and its overflow policy applies.
+  bool held_back() noexcept {
+    return retries_pending_.load(std::memory_order_relaxed) +
+               held_count_.load(std::memory_order_relaxed) >=
+           this->queue().capacity();
   }
 
   bool cancelled() const noexcept { return cancelled_.load(std::memory_order_seq_cst); }
   bool stranded() const noexcept { return stranded_.load(std::memory_order_seq_cst); }
 
-  // Handles up to `budget` queued messages in order and says how many. The strand announces
-  // itself (in_handler_) once for the batch and checks the cancellation before taking each
-  // message: a quiesce() either waits for the message being handled or is seen before the next
-  // one is taken, so a message taken off the queue is always handled.
+  // What run_batch did: how many messages (or retries) it took, and whether it stopped because
+  // a strict retry now waits on its timer (the strand then stays held; the timer resumes it).
+  struct Batch {
+    std::size_t taken;
+    bool suspended;
+  };
+
+  // Handles up to `budget` retries that came due and queued messages, in order, and says how
+  // many. The strand announces itself (in_handler_) once for the batch and checks the
+  // cancellation before taking each message: a quiesce() either waits for the message being
+  // handled or is seen before the next one is taken, so a message taken off the queue is always
+  // handled (or held, or scheduled for a retry that the quiesce then cancels).
   // Dekker with quiesce(): we announce `in_handler_` then check `cancelled_`; it sets
   // `cancelled_` then checks `in_handler_`. seq_cst on all four: one of us sees the other.
-  std::size_t run_batch(std::size_t budget) noexcept {
+  Batch run_batch(std::size_t budget) noexcept {
     in_handler_.store(1, std::memory_order_seq_cst);
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
-    std::size_t n = 0;
+    Batch b{0, false};
     mark_ = std::chrono::steady_clock::now();
-    while (n < budget && !cancelled()) {
+    const bool strict = hopts_.ordering == Ordering::strict;
+    while (b.taken < budget && !cancelled()) {
+      if (std::optional<Retry> r = take_ready()) {
+        ++b.taken;
+        if (!retry_now(std::move(*r)) && strict) {
+          b.suspended = true;
+          break;
+        }
+        continue;
+      }
+      if (timed_retries_ && held_back()) break;
       std::optional<Message<T>> m = this->queue().try_pop();
       if (!m) break;
       this->taken(*m);
-      handle(*m);
-      ++n;
-      // The strand is the only writer: no locked instruction. Release, so that wait_idle()'s
-      // load of the count also sees what the handler did (its contract: "handled").
-      finished_.add(1, std::memory_order_release);
+      ++b.taken;
+      if (!timed_retries_) {
+        handle(*m);
+        done();
+        continue;
+      }
+      if (!first_attempt(std::move(*m)) && strict) {
+        b.suspended = true;
+        break;
+      }
     }
     running_handlers = frame.outer;
-    if (n != 0) {
+    if (b.taken != 0) {
       // finished_ before the event count's state, as the protocol of detail/parking.hpp wants
       // of a notifier (a plain store made visible by the fence); one notify per batch.
       std::atomic_thread_fence(std::memory_order_seq_cst);
       idle_.notify_all();  // a load, no syscall, unless wait_idle() is parked
     }
     leave_handler();
-    return n;
+    return b;
+  }
+
+  // A message is done with (handled, skipped, dead-lettered or given up). The strand is the
+  // only writer: no locked instruction. Release, so that wait_idle()'s load of the count also
+  // sees what the handler did (its contract: "handled").
+  void done() noexcept { finished_.add(1, std::memory_order_release); }
+
+  // --- timed retries -------------------------------------------------------------------------
+
+  // A failed message waiting for its next attempt.
+  struct Retry {
+    Message<T> message;
+    std::uint32_t attempts = 0;           // made so far
+    std::chrono::nanoseconds previous{};  // the last backoff: decorrelated jitter's state
+    std::optional<std::uint64_t> dedup_key;
+    std::uint64_t order_key = 0;  // Ordering::per_key
+  };
+
+  // The timer's task: hands the retry back to the strand when it fires; destroyed unrun
+  // (cancelled by an unsubscribe, abandoned by a shutdown, refused), it counts the retry as
+  // cancelled.
+  class RetryTimer {
+   public:
+    RetryTimer(std::shared_ptr<HandlerState> self, Retry&& r) noexcept
+        : self_(std::move(self)), retry_(std::move(r)) {}
+    RetryTimer(RetryTimer&& o) noexcept : self_(std::move(o.self_)), retry_(std::move(o.retry_)) {
+      o.retry_.reset();
+    }
+    RetryTimer& operator=(RetryTimer&&) = delete;
+    ~RetryTimer() {
+      if (retry_ && self_) self_->retry_dropped();
+    }
+    void operator()() {
+      Retry r = std::move(*retry_);
+      retry_.reset();
+      self_->retry_due(std::move(r));
+    }
+
+   private:
+    std::shared_ptr<HandlerState> self_;
+    std::optional<Retry> retry_;
+  };
+
+  // A message fresh from the queue: held aside if its key waits for a retry (per_key), else
+  // its first attempt. False when it now waits for a retry.
+  bool first_attempt(Message<T>&& m) noexcept {
+    Retry r{std::move(m), 0, backoff_.initial(), std::nullopt, 0};
+    if (hopts_.ordering == Ordering::per_key) {
+      r.order_key = order_key(r.message);
+      if (const auto it = held_.find(r.order_key); it != held_.end()) {
+        try {
+          it->second.push_back(std::move(r.message));
+          held_count_.store(held_count_.load(std::memory_order_relaxed) + 1,
+                            std::memory_order_relaxed);
+          return true;   // taken; handled when its key is released
+        } catch (...) {  // no memory to hold it: handle it now, out of order, rather than lose it
+        }
+      }
+    }
+    if (!attempt(r)) return false;
+    done();
+    return true;
+  }
+
+  // A retry whose time came. False when it failed again and waits for the next one.
+  bool retry_now(Retry&& r) noexcept {
+    const std::uint64_t key = r.order_key;
+    if (!attempt(r)) return false;
+    done();
+    if (hopts_.ordering == Ordering::per_key) release_held(key);
+    return true;
+  }
+
+  // The retried message of `key` is done with: its held followers run now, in order, until one
+  // of them fails and waits for a retry (the rest wait behind it again).
+  void release_held(std::uint64_t key) noexcept {
+    const auto it = held_.find(key);
+    if (it == held_.end()) return;
+    std::deque<Message<T>> followers = std::move(it->second);
+    held_.erase(it);
+    held_count_.store(held_count_.load(std::memory_order_relaxed) - followers.size(),
+                      std::memory_order_relaxed);
+    while (!followers.empty()) {
+      Retry r{std::move(followers.front()), 0, backoff_.initial(), std::nullopt, key};
+      followers.pop_front();
+      if (attempt(r)) {
+        done();
+        continue;
+      }
+      // Waiting again: schedule_retry made the key's (empty) entry; the rest go back in order.
+      const auto again = held_.find(key);
+      if (again == held_.end()) break;  // could not hold them: schedule_retry gave up
+      held_count_.store(held_count_.load(std::memory_order_relaxed) + followers.size(),
+                        std::memory_order_relaxed);
+      again->second = std::move(followers);
+      return;
+    }
+  }
+
+  // One attempt now. True when the message is done with (handled, skipped as a duplicate,
+  // refused by the breaker, dead-lettered, or given up by an unsubscribe); false when it
+  // failed with attempts left and now waits on a timer (moved out of `r`).
+  bool attempt(Retry& r) noexcept {
+    if (r.attempts == 0 && handled_) {
+      r.dedup_key = dedup_key(r.message);
+      if (r.dedup_key && seen(*r.dedup_key)) {
+        deduplicated_.add();
+        return true;
+      }
+    }
+    if (r.attempts > 0) retries_.add();
+    std::exception_ptr error;
+    if (hopts_.breaker && !admitted(r.message, r.attempts, error)) return true;
+    ++r.attempts;
+    if (!hopts_.breaker) error = call(r.message);
+    if (!error) {
+      if (r.dedup_key) remember(*r.dedup_key);
+      return true;
+    }
+    failures_.add();
+    report_error(r.message, error);
+    if (r.attempts < hopts_.retry.max_attempts) {
+      if (cancelled()) {  // unsubscribed meanwhile: the retry that would come is cancelled
+        retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+        return true;
+      }
+      return !schedule_retry(std::move(r));
+    }
+    dead_letter(r.message, error, r.attempts);
+    return true;
+  }
+
+  // Puts `r` on a timer for its backoff. False when it could not (no memory to hold its key
+  // aside): then it was dead-lettered instead. A timer the executor refuses is destroyed unrun,
+  // which RetryTimer counts (retry_dropped).
+  bool schedule_retry(Retry&& r) noexcept {
+    const std::chrono::nanoseconds delay = backoff_.next_after(r.previous);
+    r.previous = delay;
+    if (hopts_.ordering == Ordering::per_key) {
+      try {
+        held_.try_emplace(r.order_key);
+      } catch (...) {
+        dead_letter(r.message, std::current_exception(), r.attempts);
+        return false;
+      }
+    }
+    retries_pending_.fetch_add(1, std::memory_order_relaxed);
+    try {
+      executor_.schedule_at(std::chrono::steady_clock::now() + delay,
+                            Task(RetryTimer(this->shared_from_this(), std::move(r))),
+                            retry_stop_.get_token());
+    } catch (...) {  // the RetryTimer, if it was made, counted the retry as dropped
+    }
+    return true;
+  }
+
+  // On the executor, when a retry's backoff has passed: hand it to the strand. Strict: the
+  // strand is held for this retry, so run it here; otherwise take the strand if it is free.
+  void retry_due(Retry&& r) noexcept {
+    retries_pending_.fetch_sub(1, std::memory_order_relaxed);
+    {
+      // Under the lock: quiesce()'s drop_ready() either sees this retry or happens first.
+      const std::lock_guard lock(ready_mutex_);
+      if (cancelled()) {
+        retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      try {
+        ready_.push_back(std::move(r));
+      } catch (...) {
+        retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+        if (hopts_.ordering != Ordering::strict) return;
+      }
+      ready_count_.fetch_add(1, std::memory_order_seq_cst);
+    }
+    if (hopts_.ordering != Ordering::strict) {
+      if (scheduled_.load(std::memory_order_seq_cst)) return;
+      if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;
+    }
+    drain(budget());
+  }
+
+  // A retry's timer was destroyed unrun. After an unsubscribe that is the cancellation;
+  // otherwise the executor shut down (or refused), so nothing will run the message again: the
+  // subscription is stranded, as when the executor refuses the strand (post()).
+  void retry_dropped() noexcept {
+    retries_pending_.fetch_sub(1, std::memory_order_relaxed);
+    retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+    if (cancelled()) return;
+    stranded_.store(true, std::memory_order_seq_cst);
+    this->close_and_leave(CloseReason::executor_stopped);
+    idle_.wake_all();
+  }
+
+  std::optional<Retry> take_ready() noexcept {
+    if (ready_count_.load(std::memory_order_seq_cst) == 0) return std::nullopt;
+    const std::lock_guard lock(ready_mutex_);
+    if (ready_.empty()) return std::nullopt;
+    std::optional<Retry> r(std::move(ready_.front()));
+    ready_.pop_front();
+    ready_count_.fetch_sub(1, std::memory_order_seq_cst);
+    return r;
+  }
+
+  // Unsubscribed: the retries that came due and were not run yet are cancelled.
+  void drop_ready() noexcept {
+    const std::lock_guard lock(ready_mutex_);
+    retries_cancelled_.fetch_add(ready_.size(), std::memory_order_relaxed);
+    ready_.clear();
+    ready_count_.store(0, std::memory_order_seq_cst);
+  }
+
+  std::uint64_t order_key(const Message<T>& m) noexcept {
+    try {
+      return hopts_.key(m);
+    } catch (...) {  // no key: all such messages share key 0
+      report_error(m, std::current_exception());
+      return 0;
+    }
+  }
+
+  void report_error(const Message<T>& m, const std::exception_ptr& error) noexcept {
+    if (!hopts_.on_error) return;
+    try {
+      hopts_.on_error(m, error);
+    } catch (...) {  // an error callback must not take the strand down
+    }
   }
 
   // One message through the handler: skipped if deduplication has seen its key, else called
@@ -447,9 +737,22 @@ class HandlerState final : public SubscriptionState<T>,
   ExecutorRef executor_;
   std::unique_ptr<ThreadExecutor> own_thread_;  // dedicated_thread only
   HandlerOptions<T> hopts_;
-  DecorrelatedJitter backoff_;                           // used by the strand only
+  DecorrelatedJitter backoff_;  // used by the strand only
+  const bool timed_retries_;    // retries wait on timers (no HandlerOptions::sleep hook)
   std::unique_ptr<DedupWindow<std::uint64_t>> handled_;  // dedup: keys handled, strand only
   std::chrono::steady_clock::time_point mark_;  // strand only: where the next timing starts
+
+  // Timed retries. `ready_` is filled by timers (any thread) and emptied by the strand;
+  // `held_` (per_key: the followers of keys that wait for a retry) is the strand's alone, its
+  // size mirrored in `held_count_` for runnable(), which reads it after releasing the strand.
+  std::mutex ready_mutex_;
+  std::deque<Retry> ready_;
+  std::atomic<std::size_t> ready_count_{0};
+  std::unordered_map<std::uint64_t, std::deque<Message<T>>> held_;
+  std::atomic<std::size_t> held_count_{0};
+  std::atomic<std::uint64_t> retries_pending_{0};
+  std::atomic<std::uint64_t> retries_cancelled_{0};
+  std::stop_source retry_stop_;  // quiesce() cancels every retry timer through it
 
   alignas(cache_line_size) std::atomic<bool> scheduled_{false};  // the strand is held
   alignas(cache_line_size) std::atomic<std::uint32_t> in_handler_{0};

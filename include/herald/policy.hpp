@@ -251,6 +251,20 @@ struct DedupOptions {
   std::chrono::nanoseconds max_age = std::chrono::nanoseconds::max();
 };
 
+/// What a handler subscription's later messages do while an earlier one waits for a retry
+/// (HandlerOptions::ordering). Retries wait on a timer, never on a thread, in every mode.
+enum class Ordering : std::uint8_t {
+  /// Later messages of this subscription wait (in its queue, under its overflow policy) until
+  /// the retried one succeeds or is given up: publish order, always. Other subscriptions never
+  /// wait. The default.
+  strict,
+  /// Later messages with the same HandlerOptions::key wait behind the retried one (held in
+  /// order, at most `capacity` of them); other keys go ahead.
+  per_key,
+  /// Later messages go ahead; the retried one runs again when its backoff ends.
+  none,
+};
+
 /// Options that only handler subscriptions have: failure handling, a circuit breaker,
 /// deduplication.
 template <class T>
@@ -261,9 +275,17 @@ struct HandlerOptions {
   /// Where messages that failed every attempt go (see DeadLetterSink): a callable, or a pointer
   /// to a Broker<DeadLetter<T>> (which must outlive the subscription). Empty: only counted.
   DeadLetterSink<T> dead_letters{};
-  /// How backoff waits (and waits for the breaker) are done; tests inject a recorder. Empty:
-  /// wait on a clock, waking early when the subscription is unsubscribed.
+  /// How backoff waits (and waits for the breaker) are done; tests inject a recorder. When set,
+  /// a retry waits by calling it on the handler's thread (blocking the strand, as a sleep
+  /// would; `ordering` is then moot). Empty: a retry waits on a timer of the executor
+  /// (WorkerPool::schedule_at, or herald's timer thread) and no thread waits for it; waits for
+  /// the breaker are on a clock, cut short by an unsubscribe.
   std::function<void(std::chrono::nanoseconds)> sleep{};
+  /// What later messages do while a message waits for its retry (see Ordering).
+  Ordering ordering = Ordering::strict;
+  /// The ordering key of a message (Ordering::per_key): messages with equal keys are handled in
+  /// publish order. Required by per_key.
+  std::function<std::uint64_t(const Message<T>&)> key{};
   /// A circuit breaker in front of what the handler calls, e.g.
   /// `.breaker = std::make_shared<herald::CircuitBreaker>(...)`; the subscription shares its
   /// ownership. Every handler call, retries included, first asks it for a permit and then
@@ -348,7 +370,8 @@ inline void validate(const RetryPolicy& retry) {
 }
 
 /// Throws std::invalid_argument, naming the field, unless every field of `options` is in range:
-/// the retry policy (see above), a known WhenOpen, breaker_recheck > 0, and with a dedup key
+/// the retry policy (see above), a known WhenOpen, a known Ordering (per_key with a key),
+/// breaker_recheck > 0, and with a dedup key
 /// dedup.max_count in [1, 2^31] and dedup.max_age > 0.
 template <class T>
 void validate(const HandlerOptions<T>& options) {
@@ -359,6 +382,14 @@ void validate(const HandlerOptions<T>& options) {
   if (options.when_open != WhenOpen::wait && options.when_open != WhenOpen::dead_letter) {
     fail("when_open is " + std::to_string(static_cast<int>(options.when_open)) +
          ", not a WhenOpen (wait or dead_letter)");
+  }
+  if (options.ordering != Ordering::strict && options.ordering != Ordering::per_key &&
+      options.ordering != Ordering::none) {
+    fail("ordering is " + std::to_string(static_cast<int>(options.ordering)) +
+         ", not an Ordering (strict, per_key or none)");
+  }
+  if (options.ordering == Ordering::per_key && !options.key) {
+    fail("ordering is per_key but HandlerOptions::key is empty: per_key needs a key function");
   }
   if (options.breaker_recheck <= std::chrono::nanoseconds::zero()) {
     fail("breaker_recheck is " + std::to_string(options.breaker_recheck.count()) +
@@ -387,6 +418,19 @@ void validate(const HandlerOptions<T>& options) {
       return "drop_oldest";
     case Overflow::disconnect:
       return "disconnect";
+  }
+  return "?";
+}
+
+/// The enumerator's name, e.g. "per_key".
+[[nodiscard]] constexpr std::string_view to_string(Ordering o) noexcept {
+  switch (o) {
+    case Ordering::strict:
+      return "strict";
+    case Ordering::per_key:
+      return "per_key";
+    case Ordering::none:
+      return "none";
   }
   return "?";
 }

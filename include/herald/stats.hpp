@@ -76,6 +76,11 @@ struct HandlerCounters {
   std::uint64_t breaker_dead_lettered = 0;
   /// Messages skipped because one with the same key was handled recently (HandlerOptions::dedup).
   std::uint64_t deduplicated = 0;
+  /// Failed messages waiting on a timer for their next attempt, now.
+  std::uint64_t retries_pending = 0;
+  /// Retries that never ran: the subscription was unsubscribed (or stopped) or its executor shut
+  /// down while they waited. Their messages are neither handled nor dead-lettered.
+  std::uint64_t retries_cancelled = 0;
   /// Time spent in the handler, retries' backoff excluded. Measured with one clock read per
   /// message (the end of one call starts the next's timing), so it includes the strand's own
   /// few nanoseconds per message between calls.

@@ -1,0 +1,451 @@
+// Handler flow control (issue 16): retries that wait on a timer instead of a thread, and what
+// later messages do meanwhile (HandlerOptions::ordering); the decorrelated jitter they back off
+// with; quiescent unsubscribe and shutdown with retries pending; the counters' identities.
+#include <herald/broker.hpp>
+#include <herald/detail/backoff.hpp>
+#include <herald/worker_pool.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <latch>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "catch.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using herald::Broker;
+using herald::CloseReason;
+using herald::HandlerOptions;
+using herald::Message;
+using herald::Ordering;
+using herald_test::eventually;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+/// What a handler saw, appended under a lock (handlers of one subscription may overlap with
+/// the test thread's reads only through wait_idle, which orders them).
+struct Journal {
+  std::mutex m;
+  std::vector<int> handled;  // successes, in the order they happened
+  void add(int v) {
+    const std::lock_guard lock(m);
+    handled.push_back(v);
+  }
+  std::vector<int> snapshot() {
+    const std::lock_guard lock(m);
+    return handled;
+  }
+};
+
+HandlerOptions<int> retrying(std::uint32_t attempts, std::chrono::nanoseconds backoff,
+                             Ordering ordering = Ordering::strict) {
+  HandlerOptions<int> o;
+  o.retry = {.max_attempts = attempts, .initial_backoff = backoff, .max_backoff = backoff};
+  o.ordering = ordering;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("a retry's backoff leaves the worker free: another subscription waits < 5 ms",
+          "[handler][retry][flow]") {
+  herald::WorkerPool pool{1, 256};
+  Broker<int> broker;
+  std::atomic<int> calls{0};
+  std::latch failed_once(1);
+  Clock::time_point first_call, retry_call;
+  auto opts = retrying(2, 200ms);
+  opts.on_error = [&](const Message<int>&, std::exception_ptr) { failed_once.count_down(); };
+  auto bad = broker.subscribe(
+      "bad",
+      [&](const Message<int>&) {
+        if (calls.fetch_add(1) == 0) {
+          first_call = Clock::now();
+          throw std::runtime_error("first attempt fails");
+        }
+        retry_call = Clock::now();
+      },
+      pool, {}, opts);
+  std::mutex m;
+  std::vector<std::chrono::nanoseconds> latencies;
+  auto good = broker.subscribe(
+      "good",
+      [&](const Message<int>& msg) {
+        const std::lock_guard lock(m);
+        latencies.push_back(Clock::now() - msg.published_at());
+      },
+      pool);
+  broker.publish("bad", 1);
+  failed_once.wait();  // the retry's 200 ms backoff starts now
+  for (int i = 0; i < 20; ++i) {
+    broker.publish("good", i);
+    REQUIRE(good.wait_idle(10s));
+  }
+  REQUIRE(bad.wait_idle(10s));
+  CHECK(calls == 2);
+  CHECK(retry_call - first_call >= 200ms);
+  const auto s = bad.stats();
+  CHECK(s.retries == 1);
+  CHECK(s.retries_pending == 0);
+  REQUIRE(latencies.size() == 20);
+  const auto worst = *std::max_element(latencies.begin(), latencies.end());
+  INFO("worst latency of the other subscription during the backoff: " << worst.count() << " ns");
+  CHECK(worst < 5ms);
+}
+
+TEST_CASE("a publisher with inline_executor is not blocked by retries", "[handler][retry][flow]") {
+  Broker<int> broker;
+  std::atomic<int> calls{0};
+  Broker<herald::DeadLetter<int>> dead;
+  auto dlq = dead.subscribe("$DLQ.>");
+  auto opts = retrying(3, 100ms);
+  opts.dead_letters = &dead;
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>&) {
+        ++calls;
+        throw std::runtime_error("always");
+      },
+      herald::inline_executor, {}, opts);
+  const auto start = Clock::now();
+  broker.publish("t", 1);
+  const auto took = Clock::now() - start;
+  INFO("publish took " << took.count() << " ns; the retries' backoff is 200 ms");
+  CHECK(took < 50ms);
+  CHECK(calls == 1);  // the first attempt ran inside publish, the retries wait on a timer
+  REQUIRE(h.wait_idle(10s));
+  CHECK(calls == 3);
+  const auto s = h.stats();
+  CHECK(s.invocations == 3);
+  CHECK(s.retries == 2);
+  CHECK(s.failures == 3);
+  CHECK(s.dead_lettered == 1);
+  CHECK(dlq.try_receive().has_value());
+}
+
+TEST_CASE("Ordering::strict: later messages wait for the retry; publish order holds",
+          "[handler][retry][ordering]") {
+  herald::WorkerPool pool{2, 256};
+  Broker<int> broker;
+  Journal journal;
+  std::atomic<int> zero_attempts{0};
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        if (*m == 0 && zero_attempts.fetch_add(1) < 2) throw std::runtime_error("not yet");
+        journal.add(*m);
+      },
+      pool, {}, retrying(5, 20ms, Ordering::strict));
+  for (int i = 0; i < 10; ++i)
+    broker.publish("t", i);
+  REQUIRE(h.wait_idle(10s));
+  CHECK(journal.snapshot() == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+  CHECK(h.stats().retries == 2);
+}
+
+TEST_CASE("Ordering::none: later messages go ahead of a retrying one",
+          "[handler][retry][ordering]") {
+  herald::WorkerPool pool{2, 256};
+  Broker<int> broker;
+  Journal journal;
+  std::atomic<int> zero_attempts{0};
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        if (*m == 0 && zero_attempts.fetch_add(1) == 0) throw std::runtime_error("not yet");
+        journal.add(*m);
+      },
+      pool, {}, retrying(2, 100ms, Ordering::none));
+  for (int i = 0; i < 10; ++i)
+    broker.publish("t", i);
+  REQUIRE(h.wait_idle(10s));
+  CHECK(journal.snapshot() == std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 0});
+}
+
+TEST_CASE("Ordering::per_key: the retried key's later messages wait, other keys go ahead",
+          "[handler][retry][ordering]") {
+  herald::WorkerPool pool{2, 256};
+  Broker<int> broker;
+  Journal journal;
+  std::atomic<int> first_attempts{0};
+  auto opts = retrying(3, 50ms, Ordering::per_key);
+  opts.key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m / 100); };
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        // 100 (key 1) fails twice; key 2 never fails.
+        if (*m == 100 && first_attempts.fetch_add(1) < 2) throw std::runtime_error("not yet");
+        journal.add(*m);
+      },
+      pool, {}, opts);
+  for (const int v : {100, 101, 200, 201, 102, 202, 103, 203})
+    broker.publish("t", v);
+  REQUIRE(h.wait_idle(10s));
+  const std::vector<int> seen = journal.snapshot();
+  std::vector<int> key1, key2;
+  for (const int v : seen)
+    (v / 100 == 1 ? key1 : key2).push_back(v);
+  CHECK(key1 == std::vector<int>{100, 101, 102, 103});
+  CHECK(key2 == std::vector<int>{200, 201, 202, 203});
+  // Key 2 was not held up: all of it ran before key 1's retried message succeeded.
+  const auto pos = [&](int v) { return std::find(seen.begin(), seen.end(), v) - seen.begin(); };
+  CHECK(pos(203) < pos(100));
+  const auto s = h.stats();
+  CHECK(s.retries == 2);
+  CHECK(s.received == 8);
+  CHECK(s.invocations == 10);
+}
+
+TEST_CASE("unsubscribe cancels pending retries and counts them; nothing runs afterwards",
+          "[handler][retry][quiesce]") {
+  const Ordering ordering = GENERATE(Ordering::strict, Ordering::per_key, Ordering::none);
+  INFO("ordering " << herald::to_string(ordering));
+  herald::WorkerPool pool{2, 256};
+  Broker<int> broker;
+  std::atomic<int> calls{0};
+  std::atomic<bool> after{false};
+  std::atomic<bool> called_after{false};
+  auto opts = retrying(5, 10s, ordering);
+  opts.key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); };
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>&) {
+        if (after.load()) called_after = true;
+        ++calls;
+        throw std::runtime_error("always");
+      },
+      pool, {}, opts);
+  const int n = ordering == Ordering::strict ? 1 : 5;  // strict: the rest wait in the queue
+  for (int i = 0; i < 5; ++i)
+    broker.publish("t", i);
+  REQUIRE(eventually([&] { return h.stats().retries_pending == static_cast<std::uint64_t>(n); }));
+  h.unsubscribe();
+  after = true;
+  const auto s = h.stats();
+  CHECK(s.retries_pending == 0);
+  CHECK(s.retries_cancelled == static_cast<std::uint64_t>(n));
+  CHECK(s.invocations == static_cast<std::uint64_t>(n));
+  CHECK(pool.stats().timers_cancelled == static_cast<std::uint64_t>(n));
+  pool.shutdown();
+  CHECK_FALSE(called_after.load());
+}
+
+TEST_CASE(
+    "a pool shut down with a retry pending: the retry is counted as cancelled and the "
+    "subscription closes with executor_stopped",
+    "[handler][retry][shutdown]") {
+  herald::WorkerPool pool{1, 64};
+  Broker<int> broker;
+  std::atomic<int> calls{0};
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>&) {
+        ++calls;
+        throw std::runtime_error("always");
+      },
+      pool, {}, retrying(3, 10s));
+  broker.publish("t", 1);
+  REQUIRE(eventually([&] { return h.stats().retries_pending == 1; }));
+  pool.shutdown();
+  const auto s = h.stats();
+  CHECK(s.retries_pending == 0);
+  CHECK(s.retries_cancelled == 1);
+  CHECK(s.close_reason == CloseReason::executor_stopped);
+  CHECK_FALSE(h.wait_idle(1s));
+  CHECK(calls == 1);
+  CHECK(pool.stats().timers_abandoned == 1);
+}
+
+TEST_CASE("retries on a dedicated thread wait on herald's timer thread", "[handler][retry]") {
+  Broker<int> broker;
+  Journal journal;
+  std::atomic<int> fails{0};
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        if (*m == 0 && fails.fetch_add(1) < 1) throw std::runtime_error("once");
+        journal.add(*m);
+      },
+      herald::dedicated_thread, {}, retrying(2, 10ms));
+  for (int i = 0; i < 5; ++i)
+    broker.publish("t", i);
+  REQUIRE(h.wait_idle(10s));
+  CHECK(journal.snapshot() == std::vector<int>{0, 1, 2, 3, 4});
+}
+
+TEST_CASE(
+    "with retries, every message is handled once or dead-lettered, in key order, and the "
+    "counters add up",
+    "[handler][retry][stress]") {
+  const Ordering ordering = GENERATE(Ordering::strict, Ordering::per_key, Ordering::none);
+  const std::uint64_t seed = herald_test::seed("retry identities");
+  INFO("ordering " << herald::to_string(ordering) << ", seed " << seed);
+  constexpr int n = 2000;
+  constexpr int keys = 8;
+  // Which attempts of which message fail, decided up front: the oracle knows the outcome.
+  std::mt19937_64 rng(seed);
+  std::vector<int> fail_first(n);  // how many first attempts of message i fail
+  for (int& f : fail_first)
+    f = rng() % 10 == 0 ? static_cast<int>(rng() % 4) : 0;  // 3 attempts: 3 fails = dead
+  herald::WorkerPool pool{2, 1024};
+  Broker<int> broker;
+  Broker<herald::DeadLetter<int>> dead;
+  auto dlq = dead.subscribe("$DLQ.>", {.capacity = 4096});
+  std::vector<std::atomic<int>> attempts(n);
+  Journal journal;
+  auto opts = retrying(3, 0ns, ordering);
+  opts.retry.max_backoff = 200us;
+  opts.dead_letters = &dead;
+  opts.key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m % keys); };
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        if (attempts[*m].fetch_add(1) < fail_first[*m]) throw std::runtime_error("planned");
+        journal.add(*m);
+      },
+      pool, {.capacity = 4096, .overflow = herald::Overflow::block}, opts);
+  for (int i = 0; i < n; ++i)
+    broker.publish("t", i);
+  REQUIRE(h.wait_idle(60s));
+  const std::vector<int> seen = journal.snapshot();
+  std::set<int> expected_ok, expected_dead;
+  std::uint64_t expected_invocations = 0;
+  for (int i = 0; i < n; ++i) {
+    (fail_first[i] >= 3 ? expected_dead : expected_ok).insert(i);
+    expected_invocations += static_cast<std::uint64_t>(std::min(fail_first[i] + 1, 3));
+  }
+  CHECK(std::set<int>(seen.begin(), seen.end()) == expected_ok);
+  CHECK(seen.size() == expected_ok.size());  // exactly once
+  std::set<int> got_dead;
+  while (auto l = dlq.try_receive())
+    got_dead.insert(*l->value().message);
+  CHECK(got_dead == expected_dead);
+  // Order: strict keeps publish order among the successes; per_key keeps it per key.
+  if (ordering != Ordering::none) {
+    std::vector<int> last(keys, -1);
+    int last_any = -1;
+    bool ordered = true;
+    for (const int v : seen) {
+      if (ordering == Ordering::strict) {
+        ordered = ordered && v > last_any;
+        last_any = v;
+      } else {
+        ordered = ordered && v > last[v % keys];
+        last[v % keys] = v;
+      }
+    }
+    CHECK(ordered);
+  }
+  const auto s = h.stats();
+  CHECK(s.received == static_cast<std::uint64_t>(n));
+  CHECK(s.invocations == expected_invocations);
+  CHECK(s.invocations == s.received + s.retries);
+  CHECK(s.failures == s.invocations - expected_ok.size());
+  CHECK(s.dead_lettered == expected_dead.size());
+  CHECK(s.retries_pending == 0);
+  CHECK(s.retries_cancelled == 0);
+}
+
+TEST_CASE("HandlerOptions::ordering is validated, and per_key needs a key", "[options][retry]") {
+  Broker<int> broker;
+  herald::WorkerPool pool{1, 16};
+  const auto with = [&](HandlerOptions<int> o) {
+    return broker.subscribe(
+        "t", [](const Message<int>&) {}, pool, {}, std::move(o));
+  };
+  HandlerOptions<int> bad;
+  bad.ordering = static_cast<Ordering>(7);
+  CHECK_THROWS_WITH(with(bad), Catch::Contains("HandlerOptions::ordering"));
+  HandlerOptions<int> keyless;
+  keyless.ordering = Ordering::per_key;
+  CHECK_THROWS_AS(with(keyless), std::invalid_argument);
+  CHECK_THROWS_WITH(with(keyless), Catch::Contains("key"));
+  CHECK(broker.stats().subscriptions == 0);
+}
+
+// ---- the backoff's distribution ----------------------------------------------------------------
+
+namespace {
+
+/// Pearson's chi-square statistic of `draws` against a uniform distribution over `bins` equal
+/// bins of [lo, hi].
+double chi_square_uniform(const std::vector<std::int64_t>& draws, std::int64_t lo, std::int64_t hi,
+                          int bins) {
+  std::vector<double> count(static_cast<std::size_t>(bins), 0.0);
+  const double width = static_cast<double>(hi - lo + 1) / bins;
+  for (const std::int64_t d : draws) {
+    auto b = static_cast<std::size_t>(static_cast<double>(d - lo) / width);
+    count[std::min(b, count.size() - 1)] += 1;
+  }
+  const double expected = static_cast<double>(draws.size()) / bins;
+  double chi = 0;
+  for (const double c : count)
+    chi += (c - expected) * (c - expected) / expected;
+  return chi;
+}
+
+}  // namespace
+
+TEST_CASE("decorrelated jitter draws uniformly from [initial, min(max, 3 x previous)]",
+          "[backoff][retry]") {
+  using herald::detail::DecorrelatedJitter;
+  using ns = std::chrono::nanoseconds;
+  const std::uint64_t seed = herald_test::seed("jitter distribution");
+  INFO("seed " << seed);
+  // 20 bins, 19 degrees of freedom: P(chi2 > 43.82) = 0.001.
+  constexpr double critical = 43.82;
+  constexpr int draws = 200'000;
+  struct Case {
+    std::int64_t initial, max, previous, lo, hi;
+  };
+  for (const Case c : {Case{10'000, 1'000'000, 100'000, 10'000, 300'000},
+                       Case{10'000, 200'000, 100'000, 10'000, 200'000},    // capped by max
+                       Case{10'000, 1'000'000, 1'000, 10'000, 10'000}}) {  // below initial
+    DecorrelatedJitter j(ns(c.initial), ns(c.max), seed);
+    std::vector<std::int64_t> v;
+    v.reserve(draws);
+    for (int i = 0; i < draws; ++i)
+      v.push_back(j.next_after(ns(c.previous)).count());
+    const auto [mn, mx] = std::minmax_element(v.begin(), v.end());
+    CHECK(*mn >= c.lo);
+    CHECK(*mx <= c.hi);
+    if (c.hi == c.lo) continue;
+    // Reaches both ends of the range (within a bin), not only stays inside it.
+    CHECK(*mn < c.lo + (c.hi - c.lo) / 100);
+    CHECK(*mx > c.hi - (c.hi - c.lo) / 100);
+    const double chi = chi_square_uniform(v, c.lo, c.hi, 20);
+    INFO("range [" << c.lo << ", " << c.hi << "]: chi-square " << chi);
+    CHECK(chi < critical);
+    double mean = 0;
+    for (const auto d : v)
+      mean += static_cast<double>(d);
+    mean /= draws;
+    CHECK(mean == Approx(static_cast<double>(c.lo + c.hi) / 2).epsilon(0.01));
+  }
+  // Along a sequence from reset, the k-th delay's expectation grows until the cap: the second
+  // is uniform over [initial, 3 x first], so on average above the first.
+  DecorrelatedJitter j(ns(1000), ns(1'000'000'000), seed + 1);
+  double first = 0, second = 0;
+  for (int i = 0; i < draws; ++i) {
+    j.reset();
+    first += static_cast<double>(j.next().count());
+    second += static_cast<double>(j.next().count());
+  }
+  first /= draws;
+  second /= draws;
+  // E[first] = (1000 + 3000) / 2 = 2000; E[second] = (1000 + 3 x 2000) / 2 = 3500.
+  CHECK(first == Approx(2000).epsilon(0.01));
+  CHECK(second == Approx(3500).epsilon(0.01));
+}
