@@ -311,6 +311,10 @@ class HandlerState final : public SubscriptionState<T>,
       if (!m) break;
       this->taken(*m);
       ++b.taken;
+      if (this->expired(*m)) {
+        done();  // discarded, counted in `expired`: wait_idle() counts it as done with
+        continue;
+      }
       if (!timed_retries_) {
         handle(*m);
         done();

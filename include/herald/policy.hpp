@@ -83,6 +83,11 @@ struct SubscribeOptions {
   /// (inline_executor, dedicated_thread, and your own unless they take
   /// `execute(task, Priority)`). Pull subscriptions ignore it.
   Priority priority = Priority::normal;
+  /// Expiry: a message older than this (since it was published) when it would be handed to the
+  /// consumer -- taken by a receive call, or by a handler subscription's strand -- is discarded
+  /// instead and counted in SubscriptionStats::expired. > 0; the default: no limit (and no
+  /// clock read per message).
+  std::chrono::nanoseconds max_age = std::chrono::nanoseconds::max();
 };
 
 /// Per-publish options (Broker::publish, Publisher::publish, Broker::publish_from).
@@ -307,7 +312,8 @@ struct HandlerOptions {
 
 /// Throws std::invalid_argument, naming the field and the value, unless every field of
 /// `options` is in range: capacity in [1, max_capacity], a known Overflow, block_timeout >= 0,
-/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes), a known Priority.
+/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes), a known Priority,
+/// max_age > 0.
 inline void validate(const SubscribeOptions& options) {
   const auto fail = [](const std::string& what) {
     throw std::invalid_argument("herald: SubscribeOptions::" + what);
@@ -330,6 +336,9 @@ inline void validate(const SubscribeOptions& options) {
     fail("block_timeout is negative (" + std::to_string(options.block_timeout.count()) + " ns)");
   }
   if (options.disconnect_after == 0) fail("disconnect_after is 0; it must be at least 1");
+  if (options.max_age <= std::chrono::nanoseconds::zero()) {
+    fail("max_age is " + std::to_string(options.max_age.count()) + " ns; it must be positive");
+  }
   if (static_cast<std::size_t>(options.priority) >= priority_levels) {
     fail("priority is " + std::to_string(static_cast<int>(options.priority)) +
          ", not a Priority (high, normal or low)");

@@ -48,7 +48,8 @@ struct TopicStats {
 };
 
 /// Counters of one subscription's queue. Exact identities, for every policy:
-/// `offered == delivered + dropped` and `delivered == received + evicted + queue_depth`.
+/// `offered == delivered + dropped` and
+/// `delivered == received + evicted + expired + queue_depth`.
 struct SubscriptionStats {
   std::uint64_t offered = 0;          ///< messages published to a matching topic while it was open
   std::uint64_t delivered = 0;        ///< accepted into its queue
@@ -57,8 +58,9 @@ struct SubscriptionStats {
   std::uint64_t dropped_timeout = 0;  ///< block: no room within block_timeout
   std::uint64_t evicted = 0;          ///< drop_oldest: accepted, then evicted to make room
   std::uint64_t received = 0;         ///< taken out of the queue by the consumer
-  std::size_t queue_depth = 0;        ///< messages waiting now (approximate while publishers run)
-  std::size_t high_water_mark = 0;    ///< the largest queue depth seen after an enqueue
+  std::uint64_t expired = 0;        ///< taken out, older than SubscribeOptions::max_age: discarded
+  std::size_t queue_depth = 0;      ///< messages waiting now (approximate while publishers run)
+  std::size_t high_water_mark = 0;  ///< the largest queue depth seen after an enqueue
   CloseReason close_reason = CloseReason::open;
 };
 

@@ -134,7 +134,14 @@ class Subscription {
   /// Like receive(), waiting at most `timeout` (zero: try once; duration::max(): forever).
   template <class Rep, class Period>
   [[nodiscard]] std::optional<Message<T>> receive_for(std::chrono::duration<Rep, Period> timeout) {
-    return take([&](auto& queue) { return queue.pop_for(timeout); });
+    if (!expiring()) return take([&](auto& queue) { return queue.pop_for(timeout); });
+    // Expired messages are skipped: what is left of the timeout goes to the next pop.
+    const detail::Deadline deadline = detail::Deadline::after(timeout);
+    return take([&](auto& queue) {
+      if (deadline.is_forever()) return queue.pop();
+      if (deadline.passed()) return queue.try_pop();
+      return queue.pop_for(deadline.when() - std::chrono::steady_clock::now());
+    });
   }
 
   /// Like receive(), also returning empty once a stop is requested on `stop`.
@@ -197,13 +204,21 @@ class Subscription {
 
   detail::SubscriptionState<T>* state() const noexcept { return handle_.state(); }
 
-  // The receive calls: `pop(queue)` takes a message, which is then noted for the lag metric.
+  bool expiring() const noexcept {
+    return state() && state()->options().max_age != std::chrono::nanoseconds::max();
+  }
+
+  // The receive calls: `pop(queue)` takes a message, which is then noted for the lag metric;
+  // one older than max_age is discarded (counted) and `pop` called again.
   template <class Pop>
   std::optional<Message<T>> take(Pop pop) {
     if (!state()) return std::nullopt;
-    std::optional<Message<T>> m = pop(state()->queue());
-    if (m) state()->taken(*m);
-    return m;
+    for (;;) {
+      std::optional<Message<T>> m = pop(state()->queue());
+      if (!m) return m;
+      state()->taken(*m);
+      if (!state()->expired(*m)) return m;
+    }
   }
 
   detail::SubscriptionHandle<T> handle_;
