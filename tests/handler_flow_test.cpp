@@ -329,7 +329,8 @@ TEST_CASE(
   auto h = broker.subscribe(
       "t",
       [&](const Message<int>& m) {
-        if (attempts[*m].fetch_add(1) < fail_first[*m]) throw std::runtime_error("planned");
+        const auto i = static_cast<std::size_t>(*m);
+        if (attempts[i].fetch_add(1) < fail_first[i]) throw std::runtime_error("planned");
         journal.add(*m);
       },
       pool, {.capacity = 4096, .overflow = herald::Overflow::block}, opts);
@@ -340,8 +341,9 @@ TEST_CASE(
   std::set<int> expected_ok, expected_dead;
   std::uint64_t expected_invocations = 0;
   for (int i = 0; i < n; ++i) {
-    (fail_first[i] >= 3 ? expected_dead : expected_ok).insert(i);
-    expected_invocations += static_cast<std::uint64_t>(std::min(fail_first[i] + 1, 3));
+    const int fails = fail_first[static_cast<std::size_t>(i)];
+    (fails >= 3 ? expected_dead : expected_ok).insert(i);
+    expected_invocations += static_cast<std::uint64_t>(std::min(fails + 1, 3));
   }
   CHECK(std::set<int>(seen.begin(), seen.end()) == expected_ok);
   CHECK(seen.size() == expected_ok.size());  // exactly once
@@ -359,8 +361,9 @@ TEST_CASE(
         ordered = ordered && v > last_any;
         last_any = v;
       } else {
-        ordered = ordered && v > last[v % keys];
-        last[v % keys] = v;
+        const auto k = static_cast<std::size_t>(v % keys);
+        ordered = ordered && v > last[k];
+        last[k] = v;
       }
     }
     CHECK(ordered);

@@ -99,10 +99,10 @@ TEST_CASE("timers fire in deadline order, equal deadlines in scheduling order", 
 
 TEST_CASE("a timer never fires before its deadline", "[pool][timer]") {
   WorkerPool pool{2, 64};
-  constexpr int n = 20;
+  constexpr std::size_t n = 20;
   std::vector<Clock::time_point> due(n), ran(n);
-  std::latch fired(n);
-  for (int i = 0; i < n; ++i) {
+  std::latch fired(static_cast<std::ptrdiff_t>(n));
+  for (std::size_t i = 0; i < n; ++i) {
     due[i] = Clock::now() + std::chrono::milliseconds(1 + (i * 7) % 30);
     pool.schedule_at(due[i], [&, i] {
       ran[i] = Clock::now();
@@ -110,7 +110,7 @@ TEST_CASE("a timer never fires before its deadline", "[pool][timer]") {
     });
   }
   fired.wait();
-  for (int i = 0; i < n; ++i) {
+  for (std::size_t i = 0; i < n; ++i) {
     INFO("timer " << i);
     CHECK(ran[i] >= due[i]);
   }
