@@ -3,8 +3,13 @@
 //            one second: how late each fires (fire time - deadline), p50 / p99 / max per
 //            repetition, beside boost::asio steady_timers on an io_context run by 2 threads.
 //            Goal: herald's p99 < 1 ms.
+//   keyed    a CPU-bound handler (~2 us of busy work per message) on a hardware_concurrency()
+//            pool, messages spread over 64 keys: HandlerOptions::concurrency = 4 (with the key)
+//            against concurrency = 1, messages/s. Goal: >= 1.8x on 2 cores.
 // Repetitions are interleaved over the contenders; medians of the per-repetition figures.
-// Usage: bench_flow [--reps=N] [--only=timers]. HERALD_BENCH_SMOKE=1: tiny sizes, one repetition.
+// Usage: bench_flow [--reps=N] [--only=timers|keyed]. HERALD_BENCH_SMOKE=1: tiny sizes, one
+// repetition.
+#include <herald/broker.hpp>
 #include <herald/worker_pool.hpp>
 
 #include <algorithm>
@@ -148,6 +153,58 @@ void timers(int reps, herald_bench::ResultsFile& results) {
                p99 < 1000);
 }
 
+// ---- keyed parallelism ------------------------------------------------------------------------
+
+/// ~2 us of CPU: spins on the clock (the work a handler does is irrelevant; its cost is not).
+void busy_2us() {
+  const auto until = Clock::now() + std::chrono::microseconds(2);
+  while (Clock::now() < until) {
+  }
+}
+
+/// Messages/s through a handler subscription with `concurrency` lanes keyed over 64 keys.
+double keyed_throughput(std::size_t concurrency, int messages) {
+  herald::WorkerPool pool{std::max(2u, std::thread::hardware_concurrency()), 4096};
+  herald::Broker<int> broker;
+  herald::HandlerOptions<int> opts;
+  opts.concurrency = concurrency;
+  opts.key = [](const herald::Message<int>& m) { return static_cast<std::uint64_t>(*m % 64); };
+  auto h = broker.subscribe(
+      "work", [](const herald::Message<int>&) { busy_2us(); }, pool,
+      {.capacity = 4096, .overflow = herald::Overflow::block}, opts);
+  auto publisher = broker.publisher("work");
+  const auto start = Clock::now();
+  for (int i = 0; i < messages; ++i)
+    publisher.publish(i);
+  h.wait_idle();
+  const double s = std::chrono::duration<double>(Clock::now() - start).count();
+  return messages / s;
+}
+
+void keyed(int reps, herald_bench::ResultsFile& results) {
+  const int n = smoke() ? 2000 : 200'000;
+  std::vector<double> one, four;
+  for (int r = 0; r < reps; ++r) {
+    one.push_back(keyed_throughput(1, n));
+    four.push_back(keyed_throughput(4, n));
+  }
+  const double ratio = median(four) / median(one);
+  fmt::print(
+      "keyed parallelism: ~2 us CPU-bound handler, {} messages over 64 keys, pool of {} "
+      "threads (median of {} repetitions)\n",
+      n, std::max(2u, std::thread::hardware_concurrency()), reps);
+  fmt::print("  {:<44} {:>10.0f} msg/s\n", "herald concurrency = 1", median(one));
+  fmt::print("  {:<44} {:>10.0f} msg/s\n", "herald concurrency = 4, key", median(four));
+  fmt::print("  concurrency 4 / 1: {:.2f}x (goal >= 1.8x: {})\n\n", ratio,
+             ratio >= 1.8 ? "met" : "MISSED");
+  results.measure("flow", "CPU-bound handler, 64 keys", "", "herald concurrency = 1", "msg/s", true,
+                  one);
+  results.measure("flow", "CPU-bound handler, 64 keys", "", "herald concurrency = 4", "msg/s", true,
+                  four);
+  results.goal("flow", "keyed concurrency 4 / concurrency 1, msg/s", ratio, ">= 1.8x",
+               ratio >= 1.8);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -160,5 +217,6 @@ int main(int argc, char** argv) {
   }
   herald_bench::ResultsFile results;
   if (only.empty() || only == "timers") timers(reps, results);
+  if (only.empty() || only == "keyed") keyed(reps, results);
   return 0;
 }

@@ -191,7 +191,7 @@ SUITES = [
     ("request", "Request-reply vs the Go reference broker and raw libnats"),
     ("nats", "NATS bridge vs raw libnats"),
     ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
-    ("flow", "Handler flow control: timers vs asio steady_timer"),
+    ("flow", "Handler flow control: timers vs asio steady_timer, keyed parallelism, batches"),
 ]
 
 

@@ -3,6 +3,7 @@
 // with; quiescent unsubscribe and shutdown with retries pending; the counters' identities.
 #include <herald/broker.hpp>
 #include <herald/detail/backoff.hpp>
+#include <herald/detail/hashing.hpp>
 #include <herald/worker_pool.hpp>
 
 #include <algorithm>
@@ -549,5 +550,189 @@ TEST_CASE("SubscribeOptions::max_age is validated", "[options][expiry]") {
   Broker<int> broker;
   CHECK_THROWS_WITH(broker.subscribe("t", {.max_age = 0ns}), Catch::Contains("max_age"));
   CHECK_THROWS_AS(broker.subscribe("t", {.max_age = -1ms}), std::invalid_argument);
+  CHECK(broker.stats().subscriptions == 0);
+}
+
+// ---- keyed parallelism (HandlerOptions::concurrency)
+// ---------------------------------------------
+
+namespace {
+
+/// Spins until `pred()` or `limit` passes; true when `pred()` held.
+template <class Pred>
+bool spin_until(Pred pred, std::chrono::milliseconds limit) {
+  const auto until = Clock::now() + limit;
+  while (!pred()) {
+    if (Clock::now() > until) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "concurrency with a key: each key in publish order, never overlapping, retries "
+    "included",
+    "[handler][concurrency]") {
+  constexpr int keys = 64;
+  constexpr int per_key = 150;
+  herald::WorkerPool pool{4, 1024};
+  Broker<int> broker;
+  std::vector<std::atomic<int>> inside(keys);
+  std::vector<int> last(keys, -1);  // per key: written only by the (one at a time) key's handler
+  std::vector<std::atomic<int>> first_attempts(keys * per_key);
+  std::atomic<bool> overlap{false}, out_of_order{false};
+  std::atomic<int> in_flight{0}, peak{0};
+  auto opts = retrying(2, 1ms, Ordering::strict);
+  opts.concurrency = 4;
+  opts.key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m / 1000); };
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        const auto k = static_cast<std::size_t>(*m / 1000);
+        const int seq = *m % 1000;
+        if (inside[k].exchange(1) != 0) overlap = true;
+        const int now = ++in_flight;
+        int p = peak.load();
+        while (now > p && !peak.compare_exchange_weak(p, now)) {
+        }
+        struct Leave {
+          std::atomic<int>& inside;
+          std::atomic<int>& in_flight;
+          ~Leave() {
+            --in_flight;
+            inside = 0;
+          }
+        } leave{inside[k], in_flight};
+        if (seq % 50 == 7 &&
+            first_attempts[k * per_key + static_cast<std::size_t>(seq)].fetch_add(1) == 0)
+          throw std::runtime_error("first attempt fails");
+        if (seq != last[k] + 1) out_of_order = true;
+        last[k] = seq;
+      },
+      pool, {.capacity = 1024, .overflow = herald::Overflow::block}, opts);
+  std::vector<std::thread> publishers;
+  for (int p = 0; p < 2; ++p) {
+    publishers.emplace_back([&, p] {
+      for (int seq = 0; seq < per_key; ++seq)
+        for (int k = p; k < keys; k += 2)
+          broker.publish("t", k * 1000 + seq);
+    });
+  }
+  for (auto& t : publishers)
+    t.join();
+  REQUIRE(h.wait_idle(60s));
+  CHECK_FALSE(overlap.load());
+  CHECK_FALSE(out_of_order.load());
+  for (std::size_t k = 0; k < keys; ++k)
+    CHECK(last[k] == per_key - 1);
+  CHECK(peak.load() <= 4);
+  const auto s = h.stats();
+  CHECK(s.received == static_cast<std::uint64_t>(keys * per_key));
+  CHECK(s.retries == static_cast<std::uint64_t>(keys * 3));  // seq 7, 57, 107 of each key
+  CHECK(s.invocations == s.received + s.retries);
+  CHECK(s.failures == s.retries);
+  CHECK(s.retries_pending == 0);
+}
+
+TEST_CASE("concurrency: messages of different lanes run at the same time",
+          "[handler][concurrency]") {
+  herald::WorkerPool pool{2, 64};
+  Broker<int> broker;
+  // Two keys whose hashes land in different lanes of two.
+  int a = 0, b = 1;
+  while (herald::detail::mix64(static_cast<std::uint64_t>(a)) % 2 ==
+         herald::detail::mix64(static_cast<std::uint64_t>(b)) % 2)
+    ++b;
+  std::atomic<int> arrived{0};
+  std::atomic<int> met{0};
+  auto opts = HandlerOptions<int>{};
+  opts.concurrency = 2;
+  opts.key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); };
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>&) {
+        ++arrived;
+        // Both handlers must be in flight at once for either to see 2.
+        if (spin_until([&] { return arrived.load() == 2; }, 10s)) ++met;
+      },
+      pool, {}, opts);
+  broker.publish("t", a);
+  broker.publish("t", b);
+  REQUIRE(h.wait_idle(30s));
+  CHECK(met == 2);
+}
+
+TEST_CASE("concurrency without a key: up to N at once, never more", "[handler][concurrency]") {
+  herald::WorkerPool pool{4, 64};
+  Broker<int> broker;
+  std::atomic<int> in_flight{0}, peak{0};
+  auto opts = HandlerOptions<int>{};
+  opts.concurrency = 3;
+  auto h = broker.subscribe(
+      "t",
+      [&](const Message<int>& m) {
+        const int now = ++in_flight;
+        int p = peak.load();
+        while (now > p && !peak.compare_exchange_weak(p, now)) {
+        }
+        if (*m < 3) spin_until([&] { return peak.load() >= 3; }, 10s);  // the first three meet
+        --in_flight;
+      },
+      pool, {}, opts);
+  for (int i = 0; i < 30; ++i)
+    broker.publish("t", i);
+  REQUIRE(h.wait_idle(30s));
+  CHECK(peak.load() == 3);
+  CHECK(h.stats().invocations == 30);
+}
+
+TEST_CASE("concurrency: unsubscribe is quiescent across the lanes", "[handler][concurrency]") {
+  herald::WorkerPool pool{4, 256};
+  for (int round = 0; round < 100; ++round) {
+    Broker<int> broker;
+    std::atomic<int> inside{0};
+    std::atomic<bool> after{false}, called_after{false};
+    auto opts = HandlerOptions<int>{};
+    opts.concurrency = 4;
+    if (round % 2 == 0)
+      opts.key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); };
+    auto h = broker.subscribe(
+        "t",
+        [&](const Message<int>&) {
+          if (after.load()) called_after = true;
+          ++inside;
+          std::this_thread::yield();
+          --inside;
+        },
+        pool, {.capacity = 64}, opts);
+    std::atomic<bool> stop{false};
+    std::thread publisher([&] {
+      for (int i = 0; !stop.load(); ++i)
+        broker.publish("t", i);
+    });
+    spin_until([&] { return h.stats().invocations > 20; }, 10s);
+    h.unsubscribe();
+    const int left = inside.load();
+    after = true;
+    stop = true;
+    publisher.join();
+    CHECK(left == 0);
+    CHECK_FALSE(called_after.load());
+  }
+  pool.shutdown();
+}
+
+TEST_CASE("HandlerOptions::concurrency is validated", "[options][concurrency]") {
+  Broker<int> broker;
+  herald::WorkerPool pool{1, 16};
+  for (const std::size_t bad : {std::size_t{0}, std::size_t{1025}}) {
+    HandlerOptions<int> o;
+    o.concurrency = bad;
+    CHECK_THROWS_WITH(broker.subscribe(
+                          "t", [](const Message<int>&) {}, pool, {}, std::move(o)),
+                      Catch::Contains("HandlerOptions::concurrency"));
+  }
   CHECK(broker.stats().subscriptions == 0);
 }

@@ -17,6 +17,7 @@
 #include <herald/detail/cache_line.hpp>
 #include <herald/detail/counters.hpp>
 #include <herald/detail/error_text.hpp>
+#include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
 #include <herald/detail/unique_function.hpp>
 #include <herald/executor.hpp>
@@ -41,6 +42,7 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace herald {
 
@@ -90,6 +92,7 @@ class HandlerState final : public SubscriptionState<T>,
       handled_ = std::make_unique<DedupWindow<std::uint64_t>>(
           hopts_.dedup.max_count, hopts_.dedup.max_age, DedupWindowOptions{.shards = 1});
     }
+    if (hopts_.concurrency > 1) make_lanes(executor_);
     if (executor_.wants_own_thread()) {
       own_thread_ = std::make_unique<ThreadExecutor>();
       executor_ = ExecutorRef(*own_thread_);
@@ -99,7 +102,13 @@ class HandlerState final : public SubscriptionState<T>,
   /// Asks the executor to say when it stops accepting work (see executor_stopped). Called once
   /// the state is owned by a shared_ptr, before it is registered.
   /// Throws: std::bad_alloc.
-  void attach() override { executor_.watch(this->weak_from_this()); }
+  void attach() override {
+    executor_.watch(this->weak_from_this());
+    for (const auto& lane : lanes_) {
+      lane->dispatcher_ = this->weak_from_this();
+      lane->attach();
+    }
+  }
 
   /// The executor stopped accepting work (a WorkerPool was shut down or destroyed): close, so
   /// that publishers are refused from now on instead of queueing messages nothing would run.
@@ -114,10 +123,14 @@ class HandlerState final : public SubscriptionState<T>,
   /// messages unhandled, or when called from inside this subscription's own handler.
   bool wait_idle(const Deadline& deadline) noexcept {
     if (running_on_this_thread(this)) return false;  // it would wait for itself
+    for (const auto& lane : lanes_) {
+      if (running_on_this_thread(lane.get())) return false;
+    }
     const std::uint64_t target = this->stats().delivered;
     for (;;) {
+      // With lanes, "finished" is "handed to a lane" here; then each lane is waited for.
       const std::uint64_t seen = finished_.get(std::memory_order_seq_cst);
-      if (seen + this->stats().evicted >= target) return true;
+      if (seen + this->stats().evicted >= target) break;
       if (cancelled() || stranded()) return false;
       // Waiters of different targets share `idle_`, so each waits for "finished_ moved", which
       // every notifier's change satisfies (see the protocol in detail/parking.hpp).
@@ -126,6 +139,10 @@ class HandlerState final : public SubscriptionState<T>,
       };
       if (wait_until(idle_, moved, deadline) == WaitStatus::timeout) return false;
     }
+    for (const auto& lane : lanes_) {
+      if (!lane->wait_idle(deadline)) return false;
+    }
+    return true;
   }
 
   /// Waits until no invocation runs and none will start. From inside the handler: returns at
@@ -145,6 +162,12 @@ class HandlerState final : public SubscriptionState<T>,
     // Dekker with run_one(): it announces `in_handler_` then checks `cancelled_`; we set
     // `cancelled_` then check `in_handler_`. seq_cst on all four: one of us sees the other.
     wait_until(quiet_, [&] { return in_handler_.load(std::memory_order_seq_cst) == 0; });
+    // The dispatcher is quiet: no lane gets another message. Then each lane quiesces (from
+    // inside one lane's handler that one returns at once, as above).
+    for (const auto& lane : lanes_) {
+      lane->close(CloseReason::unsubscribed);
+      lane->quiesce();
+    }
     if (own_thread_) own_thread_->stop();
   }
 
@@ -153,6 +176,8 @@ class HandlerState final : public SubscriptionState<T>,
   /// the handler (then they go with the state).
   void release() noexcept override {
     SubscriptionState<T>::release();
+    for (const auto& lane : lanes_)
+      lane->release();
     if (running_on_this_thread(this)) return;  // then they go with the state
     // Quiesced: never called again. The breaker's share goes too (it may be the last one).
     handler_ = nullptr;
@@ -176,6 +201,20 @@ class HandlerState final : public SubscriptionState<T>,
     c.retries_cancelled = retries_cancelled_.load(std::memory_order_relaxed);
     c.handler_time_total = std::chrono::nanoseconds(time_total_.get());
     c.handler_time_max = std::chrono::nanoseconds(time_max_.get());
+    for (const auto& lane : lanes_) {
+      const HandlerCounters l = lane->handler_counters();
+      c.invocations += l.invocations;
+      c.failures += l.failures;
+      c.retries += l.retries;
+      c.dead_lettered += l.dead_lettered;
+      c.breaker_refused += l.breaker_refused;
+      c.breaker_dead_lettered += l.breaker_dead_lettered;
+      c.deduplicated += l.deduplicated;
+      c.retries_pending += l.retries_pending;
+      c.retries_cancelled += l.retries_cancelled;
+      c.handler_time_total += l.handler_time_total;
+      c.handler_time_max = std::max(c.handler_time_max, l.handler_time_max);
+    }
     return c;
   }
 
@@ -184,6 +223,12 @@ class HandlerState final : public SubscriptionState<T>,
     for (std::size_t i = 0; i < DurationHistogram::buckets; ++i)
       h.counts[i] = durations_[i].get();
     h.sum = std::chrono::nanoseconds(time_total_.get());
+    for (const auto& lane : lanes_) {
+      const DurationHistogram l = lane->handler_durations();
+      for (std::size_t i = 0; i < DurationHistogram::buckets; ++i)
+        h.counts[i] += l.counts[i];
+      h.sum += l.sum;
+    }
     return h;
   }
 
@@ -239,6 +284,7 @@ class HandlerState final : public SubscriptionState<T>,
   void drain(std::size_t budget) noexcept {
     for (;;) {
       const Batch b = run_batch(budget);
+      if (is_lane_ && b.taken != 0) room_made();
       if (b.suspended) return;  // a strict retry waits: its timer holds the strand
       if (b.taken == budget && !cancelled()) {
         post();  // fairness: let the executor's other work run, keep the strand scheduled
@@ -261,6 +307,9 @@ class HandlerState final : public SubscriptionState<T>,
   // message while the retries waiting do not hold the queue back. Read after the strand was
   // released: the counts are only raised by a later holder, which re-checks itself.
   bool runnable() noexcept {
+    if (!lanes_.empty()) {
+      return this->queue().approx_size() != 0 && !stalled_flag_.load(std::memory_order_seq_cst);
+    }
     if (ready_count_.load(std::memory_order_seq_cst) != 0) return true;
     return this->queue().approx_size() != 0 && !held_back();
   }
@@ -291,6 +340,7 @@ class HandlerState final : public SubscriptionState<T>,
   // Dekker with quiesce(): we announce `in_handler_` then check `cancelled_`; it sets
   // `cancelled_` then checks `in_handler_`. seq_cst on all four: one of us sees the other.
   Batch run_batch(std::size_t budget) noexcept {
+    if (!lanes_.empty()) return dispatch(budget);
     in_handler_.store(1, std::memory_order_seq_cst);
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
@@ -340,6 +390,99 @@ class HandlerState final : public SubscriptionState<T>,
   // only writer: no locked instruction. Release, so that wait_idle()'s load of the count also
   // sees what the handler did (its contract: "handled").
   void done() noexcept { finished_.add(1, std::memory_order_release); }
+
+  // --- lanes (HandlerOptions::concurrency > 1) -------------------------------------------------
+  //
+  // The subscription's own strand becomes a dispatcher: it takes messages out of the queue in
+  // order and hands each to one of `concurrency` lanes -- the lane of hash(key) when there is a
+  // key (so one key's messages stay in order), else the next in turn. A lane is a handler
+  // subscription of its own (same handler, shared; same options), not registered anywhere: its
+  // strand runs its messages one at a time, in order, with retries, breaker and dedup as usual,
+  // while the lanes run in parallel on the executor. A lane's queue holds `capacity` messages;
+  // when the one a message needs is full, the dispatcher keeps that message (`stalled_`),
+  // raises `stalled_flag_` and lets the strand go; the lane, after its next batch, sees the flag
+  // and takes the dispatcher back (room_made). The subscription's queue meanwhile fills up under
+  // its overflow policy.
+
+  void make_lanes(const ExecutorRef& executor) {
+    auto shared = std::make_shared<Handler>(std::move(handler_));
+    HandlerOptions<T> lane_options = hopts_;
+    lane_options.concurrency = 1;
+    SubscribeOptions lane_sub = this->options();
+    lane_sub.queue_group.clear();
+    lane_sub.max_age = std::chrono::nanoseconds::max();  // checked once, by the dispatcher
+    lanes_.reserve(hopts_.concurrency);
+    for (std::size_t i = 0; i < hopts_.concurrency; ++i) {
+      lanes_.push_back(std::make_shared<HandlerState>(
+          this->pattern(), lane_sub, Handler([shared](const Message<T>& m) { (*shared)(m); }),
+          executor, lane_options));
+      lanes_.back()->is_lane_ = true;
+    }
+  }
+
+  std::size_t lane_of(const Message<T>& m) noexcept {
+    if (!hopts_.key) {
+      if (++next_lane_ == lanes_.size()) next_lane_ = 0;
+      return next_lane_;
+    }
+    return static_cast<std::size_t>(mix64(order_key(m)) % lanes_.size());
+  }
+
+  // The dispatcher's batch: hands up to `budget` queued messages to their lanes, in order.
+  Batch dispatch(std::size_t budget) noexcept {
+    in_handler_.store(1, std::memory_order_seq_cst);
+    Batch b{0, false};
+    if (stalled_) {
+      if (!lanes_[stalled_lane_]->try_offer(std::move(*stalled_))) {
+        leave_handler();
+        return b;  // still full: the lane takes us back when it has made room
+      }
+      stalled_.reset();
+      stalled_flag_.store(false, std::memory_order_seq_cst);
+      done();
+      ++b.taken;
+    }
+    while (b.taken < budget && !cancelled()) {
+      std::optional<Message<T>> m = this->queue().try_pop();
+      if (!m) break;
+      this->taken(*m);
+      ++b.taken;
+      if (this->expired(*m)) {
+        done();
+        continue;
+      }
+      const std::size_t lane = lane_of(*m);
+      if (lanes_[lane]->try_offer(std::move(*m))) {  // moved from only when it succeeds
+        done();
+        continue;
+      }
+      // Full: keep it, raise the flag, and look again (Dekker with room_made(): the lane pops,
+      // then reads the flag; we raise the flag, then push again).
+      stalled_.emplace(std::move(*m));
+      stalled_lane_ = lane;
+      stalled_flag_.store(true, std::memory_order_seq_cst);
+      if (!lanes_[lane]->try_offer(std::move(*stalled_))) break;
+      stalled_.reset();
+      stalled_flag_.store(false, std::memory_order_seq_cst);
+      done();
+    }
+    if (b.taken != 0) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      idle_.notify_all();
+    }
+    leave_handler();
+    return b;
+  }
+
+  // A lane took messages out of its queue: if the dispatcher waits for room, take it back.
+  void room_made() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const std::shared_ptr<HandlerState> d = dispatcher_.lock();
+    if (!d || !d->stalled_flag_.load(std::memory_order_seq_cst)) return;
+    if (d->scheduled_.load(std::memory_order_seq_cst)) return;
+    if (d->scheduled_.exchange(true, std::memory_order_seq_cst)) return;
+    d->post();
+  }
 
   // --- timed retries -------------------------------------------------------------------------
 
@@ -757,6 +900,15 @@ class HandlerState final : public SubscriptionState<T>,
   std::atomic<std::uint64_t> retries_pending_{0};
   std::atomic<std::uint64_t> retries_cancelled_{0};
   std::stop_source retry_stop_;  // quiesce() cancels every retry timer through it
+
+  // Lanes (concurrency > 1). The dispatcher's state is its strand's alone, but for the flag.
+  std::vector<std::shared_ptr<HandlerState>> lanes_;
+  std::optional<Message<T>> stalled_;
+  std::size_t stalled_lane_ = 0;
+  std::size_t next_lane_ = 0;
+  std::atomic<bool> stalled_flag_{false};
+  bool is_lane_ = false;                    // set before the lane is shared
+  std::weak_ptr<HandlerState> dispatcher_;  // a lane's, set by the dispatcher's attach()
 
   alignas(cache_line_size) std::atomic<bool> scheduled_{false};  // the strand is held
   alignas(cache_line_size) std::atomic<std::uint32_t> in_handler_{0};

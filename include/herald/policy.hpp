@@ -288,9 +288,18 @@ struct HandlerOptions {
   std::function<void(std::chrono::nanoseconds)> sleep{};
   /// What later messages do while a message waits for its retry (see Ordering).
   Ordering ordering = Ordering::strict;
-  /// The ordering key of a message (Ordering::per_key): messages with equal keys are handled in
-  /// publish order. Required by per_key.
+  /// The ordering key of a message: messages with equal keys are handled in publish order
+  /// (Ordering::per_key, which requires it), and with `concurrency` > 1 messages with equal keys
+  /// go to the same lane.
   std::function<std::uint64_t(const Message<T>&)> key{};
+  /// Invocations of this subscription's handler that may run at once, in [1, 1024]. 1: one at a
+  /// time, in publish order (a strand). N > 1: N lanes, each a strand with its own queue of
+  /// `capacity` messages; a message goes to the lane of hash(key(m)) % N when there is a `key`
+  /// (equal keys: in publish order; different keys: in parallel), else to the next lane in turn
+  /// (unordered, up to N at once). The handler must then be safe to call concurrently. Retries,
+  /// breaker and dedup work per lane (Ordering::strict holds the retried message's lane);
+  /// SubscribeOptions::max_age is checked when a message is handed to its lane.
+  std::size_t concurrency = 1;
   /// A circuit breaker in front of what the handler calls, e.g.
   /// `.breaker = std::make_shared<herald::CircuitBreaker>(...)`; the subscription shares its
   /// ownership. Every handler call, retries included, first asks it for a permit and then
@@ -399,6 +408,9 @@ void validate(const HandlerOptions<T>& options) {
   }
   if (options.ordering == Ordering::per_key && !options.key) {
     fail("ordering is per_key but HandlerOptions::key is empty: per_key needs a key function");
+  }
+  if (options.concurrency == 0 || options.concurrency > 1024) {
+    fail("concurrency is " + std::to_string(options.concurrency) + "; it must be in [1, 1024]");
   }
   if (options.breaker_recheck <= std::chrono::nanoseconds::zero()) {
     fail("breaker_recheck is " + std::to_string(options.breaker_recheck.count()) +
