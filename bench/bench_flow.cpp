@@ -6,8 +6,10 @@
 //   keyed    a CPU-bound handler (~2 us of busy work per message) on a hardware_concurrency()
 //            pool, messages spread over 64 keys: HandlerOptions::concurrency = 4 (with the key)
 //            against concurrency = 1, messages/s. Goal: >= 1.8x on 2 cores.
+//   batch    a sink costing 1 us per call + 0.1 us per item (busy work): a batch handler with
+//            max_size = 100 against a per-message handler, messages/s. Goal: >= 5x.
 // Repetitions are interleaved over the contenders; medians of the per-repetition figures.
-// Usage: bench_flow [--reps=N] [--only=timers|keyed]. HERALD_BENCH_SMOKE=1: tiny sizes, one
+// Usage: bench_flow [--reps=N] [--only=timers|keyed|batch]. HERALD_BENCH_SMOKE=1: tiny sizes, one
 // repetition.
 #include <herald/broker.hpp>
 #include <herald/worker_pool.hpp>
@@ -21,6 +23,7 @@
 #include <latch>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -205,6 +208,66 @@ void keyed(int reps, herald_bench::ResultsFile& results) {
                ratio >= 1.8);
 }
 
+// ---- batches ----------------------------------------------------------------------------------
+
+void busy_for(std::chrono::nanoseconds d) {
+  const auto until = Clock::now() + d;
+  while (Clock::now() < until) {
+  }
+}
+
+/// Messages/s into a sink costing 1 us per call + 0.1 us per item, per message or in batches.
+double sink_throughput(bool batched, int messages) {
+  herald::WorkerPool pool{2, 4096};
+  herald::Broker<int> broker;
+  herald::HandlerSubscription<int> h;
+  if (batched) {
+    herald::HandlerOptions<int> opts;
+    opts.batch = {.max_size = 100, .max_wait = std::chrono::milliseconds(5)};
+    h = broker.subscribe(
+        "sink",
+        [](std::span<const herald::Message<int>> batch) {
+          busy_for(std::chrono::nanoseconds(1000 + 100 * static_cast<long>(batch.size())));
+        },
+        pool, {.capacity = 4096, .overflow = herald::Overflow::block}, opts);
+  } else {
+    h = broker.subscribe(
+        "sink", [](const herald::Message<int>&) { busy_for(std::chrono::nanoseconds(1100)); }, pool,
+        {.capacity = 4096, .overflow = herald::Overflow::block});
+  }
+  auto publisher = broker.publisher("sink");
+  const auto start = Clock::now();
+  for (int i = 0; i < messages; ++i)
+    publisher.publish(i);
+  h.wait_idle();
+  const double s = std::chrono::duration<double>(Clock::now() - start).count();
+  return messages / s;
+}
+
+void batch(int reps, herald_bench::ResultsFile& results) {
+  const int n = smoke() ? 2000 : 200'000;
+  std::vector<double> single, batched;
+  for (int r = 0; r < reps; ++r) {
+    single.push_back(sink_throughput(false, n));
+    batched.push_back(sink_throughput(true, n));
+  }
+  const double ratio = median(batched) / median(single);
+  fmt::print(
+      "batch sink: 1 us per call + 0.1 us per item, {} messages, 2-thread pool (median of "
+      "{} repetitions)\n",
+      n, reps);
+  fmt::print("  {:<44} {:>10.0f} msg/s\n", "herald per-message handler", median(single));
+  fmt::print("  {:<44} {:>10.0f} msg/s\n", "herald batch handler, max_size 100", median(batched));
+  fmt::print("  batch / per-message: {:.2f}x (goal >= 5x: {})\n\n", ratio,
+             ratio >= 5 ? "met" : "MISSED");
+  results.measure("flow", "sink 1 us/call + 0.1 us/item", "", "herald per-message handler", "msg/s",
+                  true, single);
+  results.measure("flow", "sink 1 us/call + 0.1 us/item", "", "herald batch handler (100)", "msg/s",
+                  true, batched);
+  results.goal("flow", "batch sink (max_size 100) / per-message handler, msg/s", ratio, ">= 5x",
+               ratio >= 5);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -218,5 +281,6 @@ int main(int argc, char** argv) {
   herald_bench::ResultsFile results;
   if (only.empty() || only == "timers") timers(reps, results);
   if (only.empty() || only == "keyed") keyed(reps, results);
+  if (only.empty() || only == "batch") batch(reps, results);
   return 0;
 }

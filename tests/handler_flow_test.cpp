@@ -15,6 +15,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -735,4 +736,175 @@ TEST_CASE("HandlerOptions::concurrency is validated", "[options][concurrency]") 
                       Catch::Contains("HandlerOptions::concurrency"));
   }
   CHECK(broker.stats().subscriptions == 0);
+}
+
+// ---- batches
+// -------------------------------------------------------------------------------------
+
+TEST_CASE("a batch handler is called at max_size, in publish order", "[handler][batch]") {
+  herald::WorkerPool pool{2, 64};
+  Broker<int> broker;
+  std::mutex m;
+  std::vector<std::vector<int>> batches;
+  HandlerOptions<int> opts;
+  opts.batch = {.max_size = 10, .max_wait = 10s};
+  herald_test::Gate gate;
+  herald_test::OpenOnExit open{gate};
+  herald_test::hold_workers(pool, gate, 2);  // all 50 are queued before the strand runs
+  auto h = broker.subscribe(
+      "t",
+      [&](std::span<const Message<int>> batch) {
+        std::vector<int> v;
+        for (const Message<int>& x : batch)
+          v.push_back(*x);
+        const std::lock_guard lock(m);
+        batches.push_back(std::move(v));
+      },
+      pool, {.capacity = 64}, opts);
+  for (int i = 0; i < 50; ++i)
+    broker.publish("t", i);
+  gate.open();
+  REQUIRE(h.wait_idle(10s));
+  REQUIRE(batches.size() == 5);
+  int next = 0;
+  for (const auto& b : batches) {
+    CHECK(b.size() == 10);
+    for (const int v : b)
+      CHECK(v == next++);
+  }
+  const auto s = h.stats();
+  CHECK(s.invocations == 5);
+  CHECK(s.received == 50);
+}
+
+TEST_CASE("a partial batch is flushed once its oldest message is max_wait old",
+          "[handler][batch]") {
+  herald::WorkerPool pool{1, 64};
+  Broker<int> broker;
+  std::atomic<int> calls{0};
+  std::atomic<std::size_t> size{0};
+  Clock::time_point flushed;
+  HandlerOptions<int> opts;
+  opts.batch = {.max_size = 100, .max_wait = 50ms};
+  auto h = broker.subscribe(
+      "t",
+      [&](std::span<const Message<int>> batch) {
+        flushed = Clock::now();
+        size = batch.size();
+        ++calls;
+      },
+      pool, {}, opts);
+  const auto start = Clock::now();
+  for (int i = 0; i < 7; ++i)
+    broker.publish("t", i);
+  REQUIRE(h.wait_idle(10s));  // waits for the timer's flush, and is woken by it
+  const auto idle = Clock::now();
+  CHECK(calls == 1);
+  CHECK(idle - start < 5s);
+  CHECK(size == 7);
+  CHECK(flushed - start >= 50ms);
+  CHECK(flushed - start < 5s);
+}
+
+TEST_CASE("a batch that throws counts one failure and dead-letters each of its messages",
+          "[handler][batch]") {
+  Broker<int> broker;
+  std::vector<int> dead;
+  HandlerOptions<int> opts;
+  opts.batch = {.max_size = 4, .max_wait = 1s};
+  opts.dead_letters = [&](herald::DeadLetter<int>&& l) {
+    dead.push_back(*l.message);
+    return true;
+  };
+  auto h = broker.subscribe(
+      "t", [](std::span<const Message<int>>) { throw std::runtime_error("sink down"); },
+      herald::inline_executor, {}, opts);
+  for (int i = 0; i < 4; ++i)
+    broker.publish("t", i);
+  CHECK(dead == std::vector<int>{0, 1, 2, 3});
+  const auto s = h.stats();
+  CHECK(s.failures == 1);
+  CHECK(s.invocations == 1);
+  CHECK(s.dead_lettered == 4);
+}
+
+TEST_CASE("batch handlers refuse the options they do not take", "[options][batch]") {
+  Broker<int> broker;
+  herald::WorkerPool pool{1, 16};
+  const auto with = [&](HandlerOptions<int> o) {
+    return broker.subscribe(
+        "t", [](std::span<const Message<int>>) {}, pool, {}, std::move(o));
+  };
+  HandlerOptions<int> retries;
+  retries.retry.max_attempts = 3;
+  CHECK_THROWS_WITH(with(retries), Catch::Contains("retry"));
+  HandlerOptions<int> lanes;
+  lanes.concurrency = 2;
+  CHECK_THROWS_WITH(with(lanes), Catch::Contains("concurrency"));
+  HandlerOptions<int> zero;
+  zero.batch.max_size = 0;
+  CHECK_THROWS_WITH(with(zero), Catch::Contains("batch.max_size"));
+  HandlerOptions<int> no_wait;
+  no_wait.batch.max_wait = 0ns;
+  CHECK_THROWS_WITH(with(no_wait), Catch::Contains("batch.max_wait"));
+  CHECK(broker.stats().subscriptions == 0);
+}
+
+TEST_CASE("batch subscription: unsubscribe is quiescent", "[handler][batch][quiesce]") {
+  herald::WorkerPool pool{2, 64};
+  for (int round = 0; round < 50; ++round) {
+    Broker<int> broker;
+    std::atomic<int> inside{0};
+    std::atomic<bool> after{false}, called_after{false};
+    HandlerOptions<int> opts;
+    opts.batch = {.max_size = 8, .max_wait = 1ms};
+    auto h = broker.subscribe(
+        "t",
+        [&](std::span<const Message<int>>) {
+          if (after.load()) called_after = true;
+          ++inside;
+          std::this_thread::yield();
+          --inside;
+        },
+        pool, {.capacity = 64}, opts);
+    std::atomic<bool> stop{false};
+    std::thread publisher([&] {
+      for (int i = 0; !stop.load(); ++i)
+        broker.publish("t", i);
+    });
+    spin_until([&] { return h.stats().invocations > 5; }, 10s);
+    h.unsubscribe();
+    const int left = inside.load();
+    after = true;
+    stop = true;
+    publisher.join();
+    CHECK(left == 0);
+    CHECK_FALSE(called_after.load());
+  }
+}
+
+TEST_CASE("receive_many takes what is queued, then waits at most max_wait", "[pull][batch]") {
+  Broker<int> broker;
+  auto sub = broker.subscribe("t");
+  for (int i = 0; i < 5; ++i)
+    broker.publish("t", i);
+  std::vector<Message<int>> out;
+  CHECK(sub.receive_many(out, 3, 0s) == 3);   // max reached, no wait
+  CHECK(sub.receive_many(out, 10, 0s) == 2);  // what is queued, no wait
+  REQUIRE(out.size() == 5);
+  for (int i = 0; i < 5; ++i)
+    CHECK(*out[static_cast<std::size_t>(i)] == i);
+  const auto start = Clock::now();
+  CHECK(sub.receive_many(out, 10, 30ms) == 0);
+  CHECK(Clock::now() - start >= 30ms);
+  std::thread late([&] {
+    std::this_thread::sleep_for(20ms);  // a publisher that comes later, not a wait for a thread
+    broker.publish("t", 5);
+    broker.publish("t", 6);
+  });
+  CHECK(sub.receive_many(out, 2, 10s) == 2);  // returns once max is there, long before 10 s
+  late.join();
+  CHECK(*out.back() == 6);
+  sub.unsubscribe();
+  CHECK(sub.receive_many(out, 2, 10s) == 0);  // closed and drained: at once
 }

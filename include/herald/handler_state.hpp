@@ -38,6 +38,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <unordered_map>
@@ -50,6 +51,12 @@ namespace herald {
 // In parentheses: clang-format 14 splits a bare `std::invocable<H&, const Message<T>&>` apart.
 template <class H, class T>
 concept MessageHandler = (std::invocable<H&, const Message<T>&>);
+
+/// What a batch handler subscription accepts: callable as `h(std::span<const Message<T>>)` (and
+/// not as a per-message handler).
+template <class H, class T>
+concept BatchHandler = (std::invocable<H&, std::span<const Message<T>>> &&
+                        !std::invocable<H&, const Message<T>&>);
 
 namespace detail {
 
@@ -76,6 +83,17 @@ class HandlerState final : public SubscriptionState<T>,
                            public std::enable_shared_from_this<HandlerState<T>> {
  public:
   using Handler = UniqueFunction<void(const Message<T>&)>;
+  using BatchFn = UniqueFunction<void(std::span<const Message<T>>)>;
+
+  /// A batch handler subscription (see BatchOptions).
+  /// Throws: as the other constructor; std::invalid_argument for an option batches do not take.
+  HandlerState(std::string pattern, SubscribeOptions options, BatchFn handler, ExecutorRef executor,
+               HandlerOptions<T> handler_options)
+      : HandlerState(std::move(pattern), std::move(options), Handler(), std::move(executor),
+                     batch_checked(std::move(handler_options))) {
+    batch_handler_ = std::move(handler);
+    batch_.reserve(hopts_.batch.max_size);
+  }
 
   /// Throws: std::invalid_argument for an option out of range (SubscribeOptions, RetryPolicy);
   /// std::system_error when dedicated_thread cannot start one; std::bad_alloc.
@@ -181,6 +199,8 @@ class HandlerState final : public SubscriptionState<T>,
     if (running_on_this_thread(this)) return;  // then they go with the state
     // Quiesced: never called again. The breaker's share goes too (it may be the last one).
     handler_ = nullptr;
+    batch_handler_ = nullptr;
+    batch_.clear();  // a partial batch goes with what was queued
     hopts_.breaker = nullptr;
   }
 
@@ -307,6 +327,7 @@ class HandlerState final : public SubscriptionState<T>,
   // message while the retries waiting do not hold the queue back. Read after the strand was
   // released: the counts are only raised by a later holder, which re-checks itself.
   bool runnable() noexcept {
+    if (flush_request_.load(std::memory_order_seq_cst) != 0) return true;
     if (!lanes_.empty()) {
       return this->queue().approx_size() != 0 && !stalled_flag_.load(std::memory_order_seq_cst);
     }
@@ -341,6 +362,7 @@ class HandlerState final : public SubscriptionState<T>,
   // `cancelled_` then checks `in_handler_`. seq_cst on all four: one of us sees the other.
   Batch run_batch(std::size_t budget) noexcept {
     if (!lanes_.empty()) return dispatch(budget);
+    if (batch_handler_) return run_batches(budget);
     in_handler_.store(1, std::memory_order_seq_cst);
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
@@ -390,6 +412,117 @@ class HandlerState final : public SubscriptionState<T>,
   // only writer: no locked instruction. Release, so that wait_idle()'s load of the count also
   // sees what the handler did (its contract: "handled").
   void done() noexcept { finished_.add(1, std::memory_order_release); }
+
+  // --- batches (a BatchHandler) ---------------------------------------------------------------
+  //
+  // The strand collects messages in `batch_` and calls the handler once it holds max_size, or
+  // once the first of them was published max_wait ago: a timer of the executor (one per
+  // partial batch, tagged with the batch's number) asks for that flush; a timer for a batch
+  // already flushed by size finds another number and does nothing.
+
+  static HandlerOptions<T> batch_checked(HandlerOptions<T> o) {
+    const auto fail = [](const std::string& what) {
+      throw std::invalid_argument("herald: HandlerOptions::" + what +
+                                  " is not supported with a batch handler");
+    };
+    if (o.retry.max_attempts != 1) fail("retry.max_attempts > 1");
+    if (o.concurrency != 1) fail("concurrency > 1");
+    if (o.breaker) fail("breaker");
+    if (o.dedup.key) fail("dedup");
+    if (o.ordering == Ordering::per_key) fail("ordering = per_key");
+    return o;
+  }
+
+  Batch run_batches(std::size_t budget) noexcept {
+    in_handler_.store(1, std::memory_order_seq_cst);
+    const RunningHandler frame{this, running_handlers};
+    running_handlers = &frame;
+    Batch b{0, false};
+    const std::uint64_t finished_before = finished_.get();
+    if (flush_request_.exchange(0, std::memory_order_seq_cst) == batch_number_ + 1 &&
+        !batch_.empty() && !cancelled())
+      flush();
+    while (b.taken < budget && !cancelled()) {
+      std::optional<Message<T>> m = this->queue().try_pop();
+      if (!m) break;
+      this->taken(*m);
+      ++b.taken;
+      if (this->expired(*m)) {
+        done();
+        continue;
+      }
+      batch_.push_back(std::move(*m));  // reserved: no allocation
+      if (batch_.size() >= hopts_.batch.max_size) flush();
+    }
+    if (!batch_.empty() && !cancelled()) {
+      const auto due = batch_.front().published_at() + hopts_.batch.max_wait;
+      if (due <= std::chrono::steady_clock::now()) {
+        flush();
+      } else if (!flush_timer_) {
+        flush_timer_ = true;
+        try {
+          executor_.schedule_at(due, Task([self = this->shared_from_this(), n = batch_number_] {
+                                  self->flush_due(n);
+                                }),
+                                retry_stop_.get_token());
+        } catch (...) {  // no timer: the next message or batch flushes it
+          flush_timer_ = false;
+        }
+      }
+    }
+    running_handlers = frame.outer;
+    // A flush asked for by the timer finishes messages taken in an earlier run: wake wait_idle()
+    // whenever messages were finished, not only when some were taken.
+    if (b.taken != 0 || finished_.get() != finished_before) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      idle_.notify_all();
+    }
+    leave_handler();
+    return b;
+  }
+
+  // Calls the batch handler with what was collected; a throw counts once and dead-letters each.
+  void flush() noexcept {
+    const auto start = std::chrono::steady_clock::now();
+    std::exception_ptr error;
+    try {
+      batch_handler_(std::span<const Message<T>>(batch_.data(), batch_.size()));
+    } catch (...) {
+      error = std::current_exception();
+    }
+    const auto ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                   std::chrono::steady_clock::now() - start)
+                                                   .count());
+    invocations_.add();
+    time_total_.add(ns);
+    time_max_.raise(ns);
+    durations_[DurationHistogram::bucket_of(ns)].add();
+    if (error) {
+      failures_.add();
+      for (const Message<T>& m : batch_) {
+        report_error(m, error);
+        dead_letter(m, error, 1);
+      }
+    }
+    for (std::size_t i = 0; i < batch_.size(); ++i)
+      done();
+    batch_.clear();
+    ++batch_number_;
+    flush_timer_ = false;  // a pending one belongs to the batch just flushed
+  }
+
+  // On the executor, when a partial batch's max_wait has passed.
+  void flush_due(std::uint64_t number) noexcept {
+    // Never lower it: two timers firing on two workers may run this out of order, and the one
+    // for an older batch must not hide the request for the current one.
+    std::uint64_t r = flush_request_.load(std::memory_order_seq_cst);
+    while (r < number + 1 &&
+           !flush_request_.compare_exchange_weak(r, number + 1, std::memory_order_seq_cst)) {
+    }
+    if (scheduled_.load(std::memory_order_seq_cst)) return;
+    if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;
+    drain(budget());
+  }
 
   // --- lanes (HandlerOptions::concurrency > 1) -------------------------------------------------
   //
@@ -900,6 +1033,13 @@ class HandlerState final : public SubscriptionState<T>,
   std::atomic<std::uint64_t> retries_pending_{0};
   std::atomic<std::uint64_t> retries_cancelled_{0};
   std::stop_source retry_stop_;  // quiesce() cancels every retry timer through it
+
+  // Batches: the strand's alone, but for the flush request a timer makes.
+  BatchFn batch_handler_;
+  std::vector<Message<T>> batch_;
+  std::uint64_t batch_number_ = 0;
+  bool flush_timer_ = false;                     // a timer is set for the current batch
+  std::atomic<std::uint64_t> flush_request_{0};  // batch number + 1 whose max_wait passed
 
   // Lanes (concurrency > 1). The dispatcher's state is its strand's alone, but for the flag.
   std::vector<std::shared_ptr<HandlerState>> lanes_;

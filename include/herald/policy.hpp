@@ -270,6 +270,14 @@ enum class Ordering : std::uint8_t {
   none,
 };
 
+/// When a batch handler subscription (`handler(std::span<const Message<T>>)`) calls its handler:
+/// once `max_size` messages are waiting, or once the oldest of them was published `max_wait`
+/// ago, whichever comes first (HandlerOptions::batch).
+struct BatchOptions {
+  std::size_t max_size = 100;                                         ///< in [1, 2^20]
+  std::chrono::nanoseconds max_wait = std::chrono::milliseconds(10);  ///< > 0
+};
+
 /// Options that only handler subscriptions have: failure handling, a circuit breaker,
 /// deduplication.
 template <class T>
@@ -300,6 +308,10 @@ struct HandlerOptions {
   /// breaker and dedup work per lane (Ordering::strict holds the retried message's lane);
   /// SubscribeOptions::max_age is checked when a message is handed to its lane.
   std::size_t concurrency = 1;
+  /// Batch handler subscriptions only: when the handler is called (see BatchOptions). A batch
+  /// whose call throws is counted as one failure and each of its messages goes to the
+  /// dead-letter sink; batch subscriptions take no retries, breaker, dedup or concurrency.
+  BatchOptions batch{};
   /// A circuit breaker in front of what the handler calls, e.g.
   /// `.breaker = std::make_shared<herald::CircuitBreaker>(...)`; the subscription shares its
   /// ownership. Every handler call, retries included, first asks it for a permit and then
@@ -408,6 +420,14 @@ void validate(const HandlerOptions<T>& options) {
   }
   if (options.ordering == Ordering::per_key && !options.key) {
     fail("ordering is per_key but HandlerOptions::key is empty: per_key needs a key function");
+  }
+  if (options.batch.max_size == 0 || options.batch.max_size > (std::size_t{1} << 20)) {
+    fail("batch.max_size is " + std::to_string(options.batch.max_size) +
+         "; it must be in [1, 2^20]");
+  }
+  if (options.batch.max_wait <= std::chrono::nanoseconds::zero()) {
+    fail("batch.max_wait is " + std::to_string(options.batch.max_wait.count()) +
+         " ns; it must be positive");
   }
   if (options.concurrency == 0 || options.concurrency > 1024) {
     fail("concurrency is " + std::to_string(options.concurrency) + "; it must be in [1, 1024]");

@@ -19,6 +19,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace herald {
 
@@ -147,6 +148,33 @@ class Subscription {
   /// Like receive(), also returning empty once a stop is requested on `stop`.
   [[nodiscard]] std::optional<Message<T>> receive(std::stop_token stop) {
     return take([&](auto& queue) { return queue.pop(std::move(stop)); });
+  }
+
+  /// Appends up to `max` messages to `out`: what is queued at once, then waiting for more until
+  /// `max` are there or `max_wait` has passed since the call (zero: take what is queued, never
+  /// wait). Returns how many it appended: 0 on timeout with nothing, or once closed and drained.
+  /// Blocks: at most `max_wait`. Throws: what growing `out` throws (reserve room first to rule
+  /// that out; a message taken when it throws is lost).
+  template <class Rep, class Period>
+  std::size_t receive_many(std::vector<Message<T>>& out, std::size_t max,
+                           std::chrono::duration<Rep, Period> max_wait) {
+    const detail::Deadline deadline = detail::Deadline::after(max_wait);
+    std::size_t n = 0;
+    while (n < max) {
+      std::optional<Message<T>> m = try_receive();
+      if (!m) {
+        if (deadline.passed()) break;
+        m = take([&](auto& queue) {
+          if (deadline.is_forever()) return queue.pop();
+          if (deadline.passed()) return queue.try_pop();
+          return queue.pop_for(deadline.when() - std::chrono::steady_clock::now());
+        });
+        if (!m) break;
+      }
+      out.push_back(std::move(*m));
+      ++n;
+    }
+    return n;
   }
 
   /// Stops delivery. Idempotent. When it returns, nothing more is enqueued; what is already queued
