@@ -4,6 +4,7 @@
 #include <herald/broker.hpp>
 #include <herald/detail/backoff.hpp>
 #include <herald/detail/hashing.hpp>
+#include <herald/rate_limiter.hpp>
 #include <herald/worker_pool.hpp>
 
 #include <algorithm>
@@ -907,4 +908,70 @@ TEST_CASE("receive_many takes what is queued, then waits at most max_wait", "[pu
   CHECK(*out.back() == 6);
   sub.unsubscribe();
   CHECK(sub.receive_many(out, 2, 10s) == 0);  // closed and drained: at once
+}
+
+// ---- rate (HandlerOptions::rate)
+// -----------------------------------------------------------------
+
+namespace {
+
+/// A token source the test refills by hand: no clock, so the test decides when tokens come.
+struct ManualTokens {
+  std::atomic<int> tokens{0};
+  bool try_acquire() {
+    int t = tokens.load();
+    while (t > 0 && !tokens.compare_exchange_weak(t, t - 1)) {
+    }
+    return t > 0;
+  }
+  std::chrono::nanoseconds time_until_available() const { return 1ms; }
+};
+
+}  // namespace
+
+TEST_CASE("HandlerOptions::rate: messages wait in the queue for tokens; no worker sleeps",
+          "[handler][rate]") {
+  herald::WorkerPool pool{1, 64};
+  Broker<int> broker;
+  auto tokens = std::make_shared<ManualTokens>();
+  Journal journal;
+  HandlerOptions<int> opts;
+  opts.rate = tokens;
+  auto h = broker.subscribe(
+      "t", [&](const Message<int>& m) { journal.add(*m); }, pool, {}, opts);
+  auto other = broker.subscribe(
+      "u", [&](const Message<int>&) {}, pool);
+  for (int i = 0; i < 5; ++i)
+    broker.publish("t", i);
+  REQUIRE(eventually([&] { return h.stats().rate_limited >= 1; }));
+  CHECK(journal.snapshot().empty());
+  // The only worker is free meanwhile: another subscription runs.
+  broker.publish("u", 1);
+  REQUIRE(other.wait_idle(5s));
+  tokens->tokens = 2;
+  REQUIRE(eventually([&] { return journal.snapshot().size() == 2; }));
+  CHECK(h.stats().queue_depth == 3);
+  tokens->tokens = 3;
+  REQUIRE(h.wait_idle(10s));
+  CHECK(journal.snapshot() == std::vector<int>{0, 1, 2, 3, 4});
+  h.unsubscribe();  // with a resume timer pending: cancelled, nothing runs afterwards
+  CHECK(h.stats().invocations == 5);
+}
+
+TEST_CASE("HandlerOptions::rate with a RateLimiter holds the configured pace", "[handler][rate]") {
+  herald::WorkerPool pool{2, 64};
+  Broker<int> broker;
+  HandlerOptions<int> opts;
+  opts.rate = std::make_shared<herald::RateLimiter>(200.0, 1);  // one every 5 ms
+  std::atomic<int> calls{0};
+  auto h = broker.subscribe(
+      "t", [&](const Message<int>&) { ++calls; }, pool, {}, opts);
+  const auto start = Clock::now();
+  for (int i = 0; i < 21; ++i)
+    broker.publish("t", i);
+  REQUIRE(h.wait_idle(10s));
+  const auto took = Clock::now() - start;
+  CHECK(calls == 21);
+  CHECK(took >= 95ms);  // 20 intervals of 5 ms after the first token
+  CHECK(h.stats().rate_limited >= 1);
 }

@@ -219,6 +219,8 @@ class HandlerState final : public SubscriptionState<T>,
     c.deduplicated = deduplicated_.get();
     c.retries_pending = retries_pending_.load(std::memory_order_relaxed);
     c.retries_cancelled = retries_cancelled_.load(std::memory_order_relaxed);
+    c.rate_limited = rate_limited_.load(std::memory_order_relaxed);
+    c.in_flight = in_handler_.load(std::memory_order_relaxed);
     c.handler_time_total = std::chrono::nanoseconds(time_total_.get());
     c.handler_time_max = std::chrono::nanoseconds(time_max_.get());
     for (const auto& lane : lanes_) {
@@ -232,6 +234,8 @@ class HandlerState final : public SubscriptionState<T>,
       c.deduplicated += l.deduplicated;
       c.retries_pending += l.retries_pending;
       c.retries_cancelled += l.retries_cancelled;
+      c.rate_limited += l.rate_limited;
+      c.in_flight += l.in_flight;
       c.handler_time_total += l.handler_time_total;
       c.handler_time_max = std::max(c.handler_time_max, l.handler_time_max);
     }
@@ -379,6 +383,10 @@ class HandlerState final : public SubscriptionState<T>,
         continue;
       }
       if (timed_retries_ && held_back()) break;
+      if (hopts_.rate && this->queue().approx_size() != 0 && !token()) {
+        b.suspended = true;  // a timer resumes the strand when the next token is due
+        break;
+      }
       std::optional<Message<T>> m = this->queue().try_pop();
       if (!m) break;
       this->taken(*m);
@@ -430,6 +438,7 @@ class HandlerState final : public SubscriptionState<T>,
     if (o.breaker) fail("breaker");
     if (o.dedup.key) fail("dedup");
     if (o.ordering == Ordering::per_key) fail("ordering = per_key");
+    if (o.rate) fail("rate");
     return o;
   }
 
@@ -616,6 +625,50 @@ class HandlerState final : public SubscriptionState<T>,
     if (d->scheduled_.exchange(true, std::memory_order_seq_cst)) return;
     d->post();
   }
+
+  // --- rate (HandlerOptions::rate) -----------------------------------------------------------
+
+  // Takes a token for the next message; without one, keeps the strand and sets a timer for when
+  // the next is due (false). A limiter that throws lets the message through.
+  bool token() noexcept {
+    std::chrono::nanoseconds wait{};
+    try {
+      if (hopts_.rate.try_acquire()) return true;
+      wait = hopts_.rate.time_until_available();
+    } catch (...) {
+      return true;
+    }
+    rate_limited_.fetch_add(1, std::memory_order_relaxed);
+    try {
+      executor_.schedule_at(std::chrono::steady_clock::now() + wait,
+                            Task(ResumeTimer(this->shared_from_this())), retry_stop_.get_token());
+    } catch (...) {  // no memory for a timer: ResumeTimer, if it was made, stranded us
+    }
+    return false;
+  }
+
+  // Resumes a strand held for a token; destroyed unrun (a shutdown) while the subscription is
+  // still wanted, it says the subscription is stranded.
+  class ResumeTimer {
+   public:
+    explicit ResumeTimer(std::shared_ptr<HandlerState> self) noexcept : self_(std::move(self)) {}
+    ResumeTimer(ResumeTimer&& o) noexcept : self_(std::move(o.self_)) {}
+    ResumeTimer& operator=(ResumeTimer&&) = delete;
+    ~ResumeTimer() {
+      if (self_ && !self_->cancelled()) {
+        self_->stranded_.store(true, std::memory_order_seq_cst);
+        self_->close_and_leave(CloseReason::executor_stopped);
+        self_->idle_.wake_all();
+      }
+    }
+    void operator()() {
+      const std::shared_ptr<HandlerState> s = std::move(self_);
+      s->drain(s->budget());  // the strand is held for us
+    }
+
+   private:
+    std::shared_ptr<HandlerState> self_;
+  };
 
   // --- timed retries -------------------------------------------------------------------------
 
@@ -1032,6 +1085,7 @@ class HandlerState final : public SubscriptionState<T>,
   std::atomic<std::size_t> held_count_{0};
   std::atomic<std::uint64_t> retries_pending_{0};
   std::atomic<std::uint64_t> retries_cancelled_{0};
+  std::atomic<std::uint64_t> rate_limited_{0};
   std::stop_source retry_stop_;  // quiesce() cancels every retry timer through it
 
   // Batches: the strand's alone, but for the flush request a timer makes.

@@ -244,6 +244,54 @@ class BreakerRef {
   std::shared_ptr<void> target_;
 };
 
+/// Something a handler subscription can take its pace from (HandlerOptions::rate):
+/// `try_acquire()` takes one token if there is one, `time_until_available()` says how long until
+/// there is. herald::RateLimiter is one; named by what it can do, so this floor needs no
+/// rate_limiter header.
+template <class L>
+concept TokenSource = requires(L& l) {
+  { l.try_acquire() } -> std::convertible_to<bool>;
+  { l.time_until_available() } -> std::convertible_to<std::chrono::nanoseconds>;
+};
+
+/// A shared reference to a TokenSource (several subscriptions may share one limiter, as one
+/// downstream API's quota). Empty: no limit.
+class RateRef {
+ public:
+  RateRef() = default;
+  RateRef(std::nullptr_t) noexcept {}  // NOLINT(google-explicit-constructor)
+
+  template <class L>
+  requires(TokenSource<L>) RateRef(std::shared_ptr<L> limiter)
+  noexcept  // NOLINT
+      : try_acquire_(limiter ? &try_on<L> : nullptr),
+        wait_(limiter ? &wait_on<L> : nullptr),
+        target_(std::move(limiter)) {}
+
+  explicit operator bool() const noexcept { return try_acquire_ != nullptr; }
+  /// Throws: what the limiter throws.
+  [[nodiscard]] bool try_acquire() const { return try_acquire_(target_.get()); }
+  /// Throws: what the limiter throws.
+  [[nodiscard]] std::chrono::nanoseconds time_until_available() const {
+    return wait_(target_.get());
+  }
+
+ private:
+  template <class L>
+  static bool try_on(void* l) {
+    return static_cast<bool>(static_cast<L*>(l)->try_acquire());
+  }
+  template <class L>
+  static std::chrono::nanoseconds wait_on(void* l) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+        static_cast<L*>(l)->time_until_available());
+  }
+
+  bool (*try_acquire_)(void*) = nullptr;
+  std::chrono::nanoseconds (*wait_)(void*) = nullptr;
+  std::shared_ptr<void> target_;
+};
+
 /// Skipping messages a handler subscription has already handled (HandlerOptions::dedup): an
 /// idempotent consumer fed duplicates (redeliveries, retried publishes).
 template <class T>
@@ -312,6 +360,12 @@ struct HandlerOptions {
   /// whose call throws is counted as one failure and each of its messages goes to the
   /// dead-letter sink; batch subscriptions take no retries, breaker, dedup or concurrency.
   BatchOptions batch{};
+  /// A pace for the handler, e.g. `.rate = std::make_shared<herald::RateLimiter>(100.0, 10)`:
+  /// each message takes a token before its first attempt. Without one, the strand lets go of
+  /// its thread and a timer of the executor resumes it when the next token is due: messages
+  /// wait in the subscription's queue (under its overflow policy) and no worker sleeps. With
+  /// `concurrency` > 1 the lanes share the limiter. Not for batch handlers. Empty: no limit.
+  RateRef rate{};
   /// A circuit breaker in front of what the handler calls, e.g.
   /// `.breaker = std::make_shared<herald::CircuitBreaker>(...)`; the subscription shares its
   /// ownership. Every handler call, retries included, first asks it for a permit and then

@@ -83,6 +83,10 @@ struct HandlerCounters {
   /// Retries that never ran: the subscription was unsubscribed (or stopped) or its executor shut
   /// down while they waited. Their messages are neither handled nor dead-lettered.
   std::uint64_t retries_cancelled = 0;
+  /// Times the handler waited (on a timer) for a token of HandlerOptions::rate.
+  std::uint64_t rate_limited = 0;
+  /// Strands running a batch of this subscription now: 0 or 1, up to `concurrency` with lanes.
+  std::uint64_t in_flight = 0;
   /// Time spent in the handler, retries' backoff excluded. Measured with one clock read per
   /// message (the end of one call starts the next's timing), so it includes the strand's own
   /// few nanoseconds per message between calls.
