@@ -144,7 +144,7 @@ struct ExecutorOps {
   void (*watch)(void* target, std::weak_ptr<ExecutorListener> listener);
   TimerHandle (*schedule)(void* target, const ExecutorRef& self,
                           std::chrono::steady_clock::time_point when, Task&& task,
-                          const std::stop_token& stop);
+                          const std::stop_token& stop, std::shared_ptr<void> keep);
   bool runs_inline;
 };
 
@@ -210,7 +210,7 @@ void watch_on(void* target, std::weak_ptr<ExecutorListener> listener) {
 template <class E>
 TimerHandle schedule_on(void* target, const ExecutorRef& self,
                         std::chrono::steady_clock::time_point when, Task&& task,
-                        const std::stop_token& stop);
+                        const std::stop_token& stop, std::shared_ptr<void> keep);
 
 template <class E>
 constexpr bool runs_inline() noexcept {
@@ -276,10 +276,12 @@ class ExecutorRef {
   }
   /// Runs `task` on the executor at `when` (see the Executor concept, `schedule_at`), unless
   /// cancelled through the handle or `stop` first. If the executor refuses the task when it is
-  /// due, the task is destroyed unrun. Throws: std::bad_alloc.
+  /// due, the task is destroyed unrun. `keep` is held until the task has been handed over: the
+  /// owner of an executor that does not keep itself alive (a subscription's ThreadExecutor),
+  /// which the task may release once it runs. Throws: std::bad_alloc.
   TimerHandle schedule_at(std::chrono::steady_clock::time_point when, Task&& task,
-                          const std::stop_token& stop = {}) const {
-    return ops_->schedule(target_, *this, when, std::move(task), stop);
+                          const std::stop_token& stop = {}, std::shared_ptr<void> keep = {}) const {
+    return ops_->schedule(target_, *this, when, std::move(task), stop, std::move(keep));
   }
 
  private:
@@ -293,14 +295,16 @@ namespace detail {
 template <class E>
 TimerHandle schedule_on(void* target, const ExecutorRef& self,
                         std::chrono::steady_clock::time_point when, Task&& task,
-                        const std::stop_token& stop) {
+                        const std::stop_token& stop, std::shared_ptr<void> keep) {
   if constexpr (requires(E & e) { e.schedule_at(when, std::move(task), stop); }) {
     return executor_from<E>(target).schedule_at(when, std::move(task), stop);
   } else {
-    // The copy of `self` keeps a shared executor alive until the timer is done with.
+    // The copy of `self` keeps a shared executor alive until the timer is done with; `keep`
+    // keeps the owner of one that is not shared (the task, once handed over, may run and let
+    // that owner go while execute() is still returning).
     return shared_timer_thread().schedule(
         when,
-        [ref = self, t = std::move(task)]() mutable {
+        [ref = self, t = std::move(task), keep = std::move(keep)]() mutable {
           if (ref.try_execute(t)) return;
           if (t) ref.execute(std::move(t));
         },

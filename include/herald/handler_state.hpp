@@ -473,7 +473,7 @@ class HandlerState final : public SubscriptionState<T>,
           executor_.schedule_at(due, Task([self = this->shared_from_this(), n = batch_number_] {
                                   self->flush_due(n);
                                 }),
-                                retry_stop_.get_token());
+                                retry_stop_.get_token(), this->shared_from_this());
         } catch (...) {  // no timer: the next message or batch flushes it
           flush_timer_ = false;
         }
@@ -641,7 +641,8 @@ class HandlerState final : public SubscriptionState<T>,
     rate_limited_.fetch_add(1, std::memory_order_relaxed);
     try {
       executor_.schedule_at(std::chrono::steady_clock::now() + wait,
-                            Task(ResumeTimer(this->shared_from_this())), retry_stop_.get_token());
+                            Task(ResumeTimer(this->shared_from_this())), retry_stop_.get_token(),
+                            this->shared_from_this());
     } catch (...) {  // no memory for a timer: ResumeTimer, if it was made, stranded us
     }
     return false;
@@ -813,7 +814,7 @@ class HandlerState final : public SubscriptionState<T>,
     try {
       executor_.schedule_at(std::chrono::steady_clock::now() + delay,
                             Task(RetryTimer(this->shared_from_this(), std::move(r))),
-                            retry_stop_.get_token());
+                            retry_stop_.get_token(), this->shared_from_this());
     } catch (...) {  // the RetryTimer, if it was made, counted the retry as dropped
     }
     return true;
