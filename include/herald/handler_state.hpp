@@ -92,6 +92,7 @@ class HandlerState final : public SubscriptionState<T>,
       : HandlerState(std::move(pattern), std::move(options), Handler(), std::move(executor),
                      batch_checked(std::move(handler_options))) {
     batch_handler_ = std::move(handler);
+    batch_mode_ = true;
     batch_.reserve(hopts_.batch.max_size);
   }
 
@@ -366,7 +367,9 @@ class HandlerState final : public SubscriptionState<T>,
   // `cancelled_` then checks `in_handler_`. seq_cst on all four: one of us sees the other.
   Batch run_batch(std::size_t budget) noexcept {
     if (!lanes_.empty()) return dispatch(budget);
-    if (batch_handler_) return run_batches(budget);
+    // Not batch_handler_ itself: release() empties it, and a drain task posted before an
+    // unsubscribe may still run (it finds the subscription cancelled).
+    if (batch_mode_) return run_batches(budget);
     in_handler_.store(1, std::memory_order_seq_cst);
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
@@ -448,8 +451,11 @@ class HandlerState final : public SubscriptionState<T>,
     running_handlers = &frame;
     Batch b{0, false};
     const std::uint64_t finished_before = finished_.get();
-    if (flush_request_.exchange(0, std::memory_order_seq_cst) == batch_number_ + 1 &&
-        !batch_.empty() && !cancelled())
+    // cancelled() first: once it is seen false, a quiesce() waits for this run before
+    // release() may empty batch_.
+    if (!cancelled() &&
+        flush_request_.exchange(0, std::memory_order_seq_cst) == batch_number_ + 1 &&
+        !batch_.empty())
       flush();
     while (b.taken < budget && !cancelled()) {
       std::optional<Message<T>> m = this->queue().try_pop();
@@ -463,7 +469,7 @@ class HandlerState final : public SubscriptionState<T>,
       batch_.push_back(std::move(*m));  // reserved: no allocation
       if (batch_.size() >= hopts_.batch.max_size) flush();
     }
-    if (!batch_.empty() && !cancelled()) {
+    if (!cancelled() && !batch_.empty()) {
       const auto due = batch_.front().published_at() + hopts_.batch.max_wait;
       if (due <= std::chrono::steady_clock::now()) {
         flush();
@@ -1091,6 +1097,7 @@ class HandlerState final : public SubscriptionState<T>,
 
   // Batches: the strand's alone, but for the flush request a timer makes.
   BatchFn batch_handler_;
+  bool batch_mode_ = false;  // set by the constructor, before the state is shared
   std::vector<Message<T>> batch_;
   std::uint64_t batch_number_ = 0;
   bool flush_timer_ = false;                     // a timer is set for the current batch
