@@ -277,7 +277,9 @@ TEST_CASE(
       },
       pool, {}, retrying(3, 10s));
   broker.publish("t", 1);
-  REQUIRE(eventually([&] { return h.stats().retries_pending == 1; }));
+  // Counted pending just before its timer is queued: wait for both.
+  REQUIRE(eventually(
+      [&] { return h.stats().retries_pending == 1 && pool.stats().timers_pending == 1; }));
   pool.shutdown();
   const auto s = h.stats();
   CHECK(s.retries_pending == 0);
