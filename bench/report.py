@@ -192,6 +192,7 @@ SUITES = [
     ("nats", "NATS bridge vs raw libnats"),
     ("metrics", "What metrics cost: fan-out with metrics on vs off, histogram record, exposition"),
     ("retained", "Retained messages: publish with retention, subscribe with a replay"),
+    ("flow", "Handler flow control: timers vs asio steady_timer, keyed parallelism, batches"),
 ]
 
 
@@ -438,7 +439,7 @@ def main():
         measures += part[0]
         goals += part[1]
 
-    expected = ["queue", "pool", "broker", "matching", "metrics"] + (
+    expected = ["queue", "pool", "broker", "matching", "metrics", "flow"] + (
         ["nats"] if ctx.get("nats") == "built" else [])
     missing = [s for s in expected if not any(m.suite == s for m in measures)]
     if missing:

@@ -104,6 +104,7 @@ run bench_sync --reps="$reps"
 run bench_retained --reps="$reps"
 run bench_request --reps="$reps" --go-peer="$peers/refbroker"
 run bench_metrics --reps="$reps"
+run bench_flow --reps="$reps"
 # The Go request-reply peer answers in the format go_peer.hpp reads (CI: smoke size).
 [ "$mode" = smoke ] && run go_request_peer "$peers/refbroker" --smoke
 if [ "$nats" = built ]; then

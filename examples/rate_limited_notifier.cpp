@@ -5,14 +5,20 @@
 //   folded into a digest, sent as one message at the end.
 // The pager records when each message arrived, and the program checks that no interval ever
 // saw more than the burst plus the rate times its length.
+// Then the same pace without a thread of its own: a handler on a one-thread WorkerPool with
+// HandlerOptions::rate. Messages over the rate wait in the subscription's queue and a timer
+// resumes the handler when the next token is due; the worker stays free, and a second
+// subscription on the same pool answers at once meanwhile.
 #include <herald/broker.hpp>
 #include <herald/rate_limiter.hpp>
+#include <herald/worker_pool.hpp>
 
 #include <fmt/core.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -102,5 +108,33 @@ int main() {
   const bool ok = settled && within_rate && urgent_sent == urgent_published &&
                   urgent_sent + routine_sent + folded == kAlerts && folded > 0 &&
                   a.size() == static_cast<std::size_t>(urgent_sent + routine_sent + 1);
-  return ok ? 0 : 1;
+
+  // Part two: HandlerOptions::rate on a pool of one worker.
+  herald::WorkerPool pool{1, 256};
+  herald::HandlerOptions<Alert> paced;
+  paced.rate = std::make_shared<herald::RateLimiter>(kRate, kBurst);
+  Pager paced_pager;
+  auto bulk = broker.subscribe(
+      "bulk.>",
+      [&](const herald::Message<Alert>& m) { paced_pager.send(fmt::format("bulk {}", m->id)); },
+      pool, {.capacity = 256}, paced);
+  std::atomic<int> pings{0};
+  auto health = broker.subscribe(
+      "health", [&](const herald::Message<Alert>&) { ++pings; }, pool);
+  const auto t1 = Clock::now();
+  for (int i = 1; i <= 25; ++i)
+    broker.publish("bulk.email", Alert{i, false});
+  broker.publish("health", Alert{});
+  const bool health_fast = health.wait_idle(1s);  // the worker is not asleep in the limiter
+  const auto health_latency = Clock::now() - t1;
+  const bool bulk_done = bulk.wait_idle(10s);
+  const double bulk_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  // 25 messages at 20/s with a burst of 5: the last one no earlier than (25 - 5) / 20 = 1 s.
+  const bool paced_ok = bulk_done && paced_pager.arrivals.size() == 25 && bulk_seconds >= 0.95;
+  fmt::print(
+      "HandlerOptions::rate on a 1-thread pool: 25 bulk messages in {:.2f} s ({} waits on a "
+      "timer); a health check meanwhile took {:.1f} ms\n",
+      bulk_seconds, bulk.stats().rate_limited,
+      std::chrono::duration<double, std::milli>(health_latency).count());
+  return ok && paced_ok && health_fast && pings == 1 ? 0 : 1;
 }

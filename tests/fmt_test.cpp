@@ -31,16 +31,18 @@ TEST_CASE("stats structs format every field by name", "[fmt]") {
         "retained_bytes: 0, retained_evicted: 0, retained_expired: 0}");
   CHECK(fmt::format("{}", sub.stats()) ==
         "SubscriptionStats{offered: 2, delivered: 1, dropped: 1, dropped_full: 1, "
-        "dropped_timeout: 0, evicted: 0, received: 0, queue_depth: 1, high_water_mark: 1, "
-        "close_reason: open}");
+        "dropped_timeout: 0, evicted: 0, received: 0, expired: 0, queue_depth: 1, "
+        "high_water_mark: 1, close_reason: open}");
   const std::string handler = fmt::format("{}", herald::HandlerStats{});
   CHECK(handler.find("HandlerStats{offered: 0,") == 0);
   CHECK(handler.find("invocations: 0, failures: 0, retries: 0, dead_lettered: 0, "
                      "breaker_refused: 0, breaker_dead_lettered: 0, deduplicated: 0, "
+                     "retries_pending: 0, retries_cancelled: 0, rate_limited: 0, in_flight: 0, "
                      "handler_time_total: 0ns, handler_time_max: 0ns}") != std::string::npos);
   CHECK(fmt::format("{}", herald::WorkerPoolStats{1, 2, 3, 4, 5}) ==
         "WorkerPoolStats{submitted: 1, completed: 2, failed: 3, queued: 4, threads: 5, stolen: 0, "
-        "parked: 0}");
+        "parked: 0, timers_pending: 0, timers_fired: 0, timers_cancelled: 0, "
+        "timers_abandoned: 0}");
   herald::DurationHistogram h;
   h.counts[0] = 1;
   h.counts[2] = 2;

@@ -873,6 +873,28 @@ class Broker {
     return HandlerSubscription<T>(register_state(std::move(state), std::move(stop)));
   }
 
+  /// Subscribes a batch handler, `handler(std::span<const Message<T>>)`, run by `executor`: it
+  /// is called with up to `handler_options.batch.max_size` messages, in publish order, once that
+  /// many wait or once the oldest of them was published `batch.max_wait` ago (a timer of the
+  /// executor, no thread waiting). The span is valid during the call only. Unsubscribe is
+  /// quiescent; a partial batch is let go with what is queued (close the broker and wait_idle()
+  /// to have it handled).
+  /// Throws: as the per-message overload; std::invalid_argument for retries, breaker, dedup,
+  /// per_key ordering or concurrency, which batches do not take.
+  template <class Handler>
+  requires(BatchHandler<Handler, T>)
+      [[nodiscard]] HandlerSubscription<T> subscribe(std::string_view pattern, Handler&& handler,
+                                                     ExecutorRef executor,
+                                                     SubscribeOptions options = {},
+                                                     HandlerOptions<T> handler_options = {},
+                                                     std::stop_token stop = {}) {
+    auto state = make_state<detail::HandlerState<T>>(
+        pattern, std::move(options),
+        typename detail::HandlerState<T>::BatchFn(std::forward<Handler>(handler)), executor,
+        std::move(handler_options));
+    return HandlerSubscription<T>(register_state(std::move(state), std::move(stop)));
+  }
+
   /// As above, without failure-handling options.
   template <class Handler>
   requires(MessageHandler<Handler, T>)

@@ -15,13 +15,16 @@
 #pragma once
 
 #include <herald/bounded_queue.hpp>
+#include <herald/detail/timer_queue.hpp>
 #include <herald/detail/unique_function.hpp>
 #include <herald/policy.hpp>
 
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -52,6 +55,10 @@ using Task = detail::UniqueFunction<void()>;
 ///   it alive, so the user's handle may be destroyed while subscriptions still refer to it (then
 ///   X refuses work, and those subscriptions close with CloseReason::executor_stopped).
 ///   WorkerPool has it. An executor without it must outlive the subscriptions it runs.
+/// - `TimerHandle schedule_at(std::chrono::steady_clock::time_point, Task&&, const
+///   std::stop_token&)`: runs the task on the executor at that time (handler retries wait for
+///   their backoff this way, without holding a thread). WorkerPool has it; for the others herald
+///   uses one process-wide timer thread, which hands the task to `execute()` when it is due.
 template <class E>
 concept Executor = requires(E& e, Task&& task) {
   e.execute(std::move(task));
@@ -125,6 +132,8 @@ class ThreadExecutor {
   std::thread thread_;
 };
 
+class ExecutorRef;
+
 namespace detail {
 
 /// The operations ExecutorRef erases, one table per executor type.
@@ -133,6 +142,9 @@ struct ExecutorOps {
   bool (*try_execute)(void* target, Task& task, Priority priority);
   bool (*running_here)(void* target);
   void (*watch)(void* target, std::weak_ptr<ExecutorListener> listener);
+  TimerHandle (*schedule)(void* target, const ExecutorRef& self,
+                          std::chrono::steady_clock::time_point when, Task&& task,
+                          const std::stop_token& stop, std::shared_ptr<void> keep);
   bool runs_inline;
 };
 
@@ -193,6 +205,13 @@ void watch_on(void* target, std::weak_ptr<ExecutorListener> listener) {
   }
 }
 
+/// Runs `task` on `self` at `when`: through the executor's own timers if it has them, else
+/// through the process's timer thread, which hands the task to the executor when it is due.
+template <class E>
+TimerHandle schedule_on(void* target, const ExecutorRef& self,
+                        std::chrono::steady_clock::time_point when, Task&& task,
+                        const std::stop_token& stop, std::shared_ptr<void> keep);
+
 template <class E>
 constexpr bool runs_inline() noexcept {
   if constexpr (requires { E::runs_inline; }) {
@@ -208,7 +227,7 @@ concept BindableExecutor = Executor<E> && !std::is_const_v<E> && !std::is_same_v
 
 template <class E>
 inline constexpr ExecutorOps executor_ops{&execute_on<E>, &try_execute_on<E>, &running_on<E>,
-                                          &watch_on<E>, runs_inline<E>()};
+                                          &watch_on<E>,   &schedule_on<E>,    runs_inline<E>()};
 
 }  // namespace detail
 
@@ -255,11 +274,44 @@ class ExecutorRef {
   void watch(std::weak_ptr<ExecutorListener> listener) const {
     ops_->watch(target_, std::move(listener));
   }
+  /// Runs `task` on the executor at `when` (see the Executor concept, `schedule_at`), unless
+  /// cancelled through the handle or `stop` first. If the executor refuses the task when it is
+  /// due, the task is destroyed unrun. `keep` is held until the task has been handed over: the
+  /// owner of an executor that does not keep itself alive (a subscription's ThreadExecutor),
+  /// which the task may release once it runs. Throws: std::bad_alloc.
+  TimerHandle schedule_at(std::chrono::steady_clock::time_point when, Task&& task,
+                          const std::stop_token& stop = {}, std::shared_ptr<void> keep = {}) const {
+    return ops_->schedule(target_, *this, when, std::move(task), stop, std::move(keep));
+  }
 
  private:
   void* target_;
   const detail::ExecutorOps* ops_;
   std::shared_ptr<void> keep_;  // the shared executor, for those that hand one out
 };
+
+namespace detail {
+
+template <class E>
+TimerHandle schedule_on(void* target, const ExecutorRef& self,
+                        std::chrono::steady_clock::time_point when, Task&& task,
+                        const std::stop_token& stop, std::shared_ptr<void> keep) {
+  if constexpr (requires(E & e) { e.schedule_at(when, std::move(task), stop); }) {
+    return executor_from<E>(target).schedule_at(when, std::move(task), stop);
+  } else {
+    // The copy of `self` keeps a shared executor alive until the timer is done with; `keep`
+    // keeps the owner of one that is not shared (the task, once handed over, may run and let
+    // that owner go while execute() is still returning).
+    return shared_timer_thread().schedule(
+        when,
+        [ref = self, t = std::move(task), keep = std::move(keep)]() mutable {
+          if (ref.try_execute(t)) return;
+          if (t) ref.execute(std::move(t));
+        },
+        stop);
+  }
+}
+
+}  // namespace detail
 
 }  // namespace herald

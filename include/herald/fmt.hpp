@@ -59,8 +59,8 @@ template <class Out>
 void subscription_fields(FieldWriter<Out>& w, const SubscriptionStats& s) {
   w("offered", s.offered)("delivered", s.delivered)("dropped", s.dropped)(
       "dropped_full", s.dropped_full)("dropped_timeout", s.dropped_timeout)("evicted", s.evicted)(
-      "received", s.received)("queue_depth", s.queue_depth)("high_water_mark", s.high_water_mark)(
-      "close_reason", to_string(s.close_reason));
+      "received", s.received)("expired", s.expired)("queue_depth", s.queue_depth)(
+      "high_water_mark", s.high_water_mark)("close_reason", to_string(s.close_reason));
 }
 
 template <class Out>
@@ -68,6 +68,8 @@ void handler_fields(FieldWriter<Out>& w, const HandlerCounters& s) {
   w("invocations", s.invocations)("failures", s.failures)("retries", s.retries)(
       "dead_lettered", s.dead_lettered)("breaker_refused", s.breaker_refused)(
       "breaker_dead_lettered", s.breaker_dead_lettered)("deduplicated", s.deduplicated)(
+      "retries_pending", s.retries_pending)("retries_cancelled", s.retries_cancelled)(
+      "rate_limited", s.rate_limited)("in_flight", s.in_flight)(
       "handler_time_total", s.handler_time_total)("handler_time_max", s.handler_time_max);
 }
 
@@ -169,7 +171,9 @@ struct fmt::formatter<herald::WorkerPoolStats> : herald::detail::FieldsFormatter
   auto format(const herald::WorkerPoolStats& s, Ctx& ctx) const {
     return herald::detail::format_struct(ctx.out(), "WorkerPoolStats", [&](auto& w) {
       w("submitted", s.submitted)("completed", s.completed)("failed", s.failed)("queued", s.queued)(
-          "threads", s.threads)("stolen", s.stolen)("parked", s.parked);
+          "threads", s.threads)("stolen", s.stolen)("parked", s.parked)(
+          "timers_pending", s.timers_pending)("timers_fired", s.timers_fired)(
+          "timers_cancelled", s.timers_cancelled)("timers_abandoned", s.timers_abandoned);
     });
   }
 };

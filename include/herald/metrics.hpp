@@ -567,6 +567,9 @@ class MetricsRegistry {
     sub_family("herald_subscription_evicted", Type::counter,
                "Messages accepted, then evicted to make room (drop_oldest).",
                [](const S& s) { return s.stats.evicted; });
+    sub_family("herald_subscription_expired", Type::counter,
+               "Messages discarded as older than max_age when they would be handed over.",
+               [](const S& s) { return s.stats.expired; });
     if (subs != 0) {
       w.family("herald_subscription_lag_seconds", Type::gauge,
                "Age of the oldest queued message (an upper bound; 0 when the queue is empty).",
@@ -602,6 +605,24 @@ class MetricsRegistry {
     handler_family("herald_handler_deduplicated",
                    "Messages skipped because one with the same key was handled recently.",
                    [](const S& s) { return s.handler.deduplicated; });
+    handler_family("herald_handler_retries_cancelled",
+                   "Retries that never ran: unsubscribed, or the executor shut down.",
+                   [](const S& s) { return s.handler.retries_cancelled; });
+    handler_family("herald_handler_rate_limited",
+                   "Times the handler waited on a timer for a token of its rate limiter.",
+                   [](const S& s) { return s.handler.rate_limited; });
+    const auto handler_gauge = [&](std::string_view name, std::string_view help, auto field) {
+      if (handlers == 0) return;
+      w.family(name, Type::gauge, help);
+      each_sub([&](const auto&, const S& s) {
+        if (s.kind == SubscriptionKind::handler) w.sample(s.labels, std::uint64_t(field(s)));
+      });
+    };
+    handler_gauge("herald_handler_retries_pending",
+                  "Failed messages waiting on a timer for their next attempt.",
+                  [](const S& s) { return s.handler.retries_pending; });
+    handler_gauge("herald_handler_in_flight", "Strands of the subscription running now.",
+                  [](const S& s) { return s.handler.in_flight; });
     if (handlers != 0) {
       w.family("herald_handler_duration_seconds", Type::histogram,
                "Duration of each handler call (log-linear buckets).", "seconds");
@@ -653,6 +674,16 @@ class MetricsRegistry {
                 [](const P& p) { return p.threads; });
     pool_family("herald_pool_parked_threads", Type::gauge, "Workers asleep for want of work.",
                 [](const P& p) { return p.parked; });
+    pool_family("herald_pool_timers_pending", Type::gauge, "Timers waiting for their deadline.",
+                [](const P& p) { return p.timers_pending; });
+    pool_family("herald_pool_timers_fired", Type::counter, "Timers whose task ran.",
+                [](const P& p) { return p.timers_fired; });
+    pool_family("herald_pool_timers_cancelled", Type::counter,
+                "Timers cancelled before their deadline.",
+                [](const P& p) { return p.timers_cancelled; });
+    pool_family("herald_pool_timers_abandoned", Type::counter,
+                "Timers pending when the pool shut down (their tasks never ran).",
+                [](const P& p) { return p.timers_abandoned; });
 
     // NATS bridges.
     using BS = BridgeStats;

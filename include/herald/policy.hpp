@@ -111,6 +111,11 @@ struct SubscribeOptions {
   /// (inline_executor, dedicated_thread, and your own unless they take
   /// `execute(task, Priority)`). Pull subscriptions ignore it.
   Priority priority = Priority::normal;
+  /// Expiry: a message older than this (since it was published) when it would be handed to the
+  /// consumer -- taken by a receive call, or by a handler subscription's strand -- is discarded
+  /// instead and counted in SubscriptionStats::expired. > 0; the default: no limit (and no
+  /// clock read per message).
+  std::chrono::nanoseconds max_age = std::chrono::nanoseconds::max();
 };
 
 /// Per-publish options (Broker::publish, Publisher::publish, Broker::publish_from).
@@ -309,6 +314,54 @@ class BreakerRef {
   std::shared_ptr<void> target_;
 };
 
+/// Something a handler subscription can take its pace from (HandlerOptions::rate):
+/// `try_acquire()` takes one token if there is one, `time_until_available()` says how long until
+/// there is. herald::RateLimiter is one; named by what it can do, so this floor needs no
+/// rate_limiter header.
+template <class L>
+concept TokenSource = requires(L& l) {
+  { l.try_acquire() } -> std::convertible_to<bool>;
+  { l.time_until_available() } -> std::convertible_to<std::chrono::nanoseconds>;
+};
+
+/// A shared reference to a TokenSource (several subscriptions may share one limiter, as one
+/// downstream API's quota). Empty: no limit.
+class RateRef {
+ public:
+  RateRef() = default;
+  RateRef(std::nullptr_t) noexcept {}  // NOLINT(google-explicit-constructor)
+
+  template <class L>
+  requires(TokenSource<L>) RateRef(std::shared_ptr<L> limiter)
+  noexcept  // NOLINT
+      : try_acquire_(limiter ? &try_on<L> : nullptr),
+        wait_(limiter ? &wait_on<L> : nullptr),
+        target_(std::move(limiter)) {}
+
+  explicit operator bool() const noexcept { return try_acquire_ != nullptr; }
+  /// Throws: what the limiter throws.
+  [[nodiscard]] bool try_acquire() const { return try_acquire_(target_.get()); }
+  /// Throws: what the limiter throws.
+  [[nodiscard]] std::chrono::nanoseconds time_until_available() const {
+    return wait_(target_.get());
+  }
+
+ private:
+  template <class L>
+  static bool try_on(void* l) {
+    return static_cast<bool>(static_cast<L*>(l)->try_acquire());
+  }
+  template <class L>
+  static std::chrono::nanoseconds wait_on(void* l) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+        static_cast<L*>(l)->time_until_available());
+  }
+
+  bool (*try_acquire_)(void*) = nullptr;
+  std::chrono::nanoseconds (*wait_)(void*) = nullptr;
+  std::shared_ptr<void> target_;
+};
+
 /// Skipping messages a handler subscription has already handled (HandlerOptions::dedup): an
 /// idempotent consumer fed duplicates (redeliveries, retried publishes).
 template <class T>
@@ -321,6 +374,28 @@ struct DedupOptions {
   std::chrono::nanoseconds max_age = std::chrono::nanoseconds::max();
 };
 
+/// What a handler subscription's later messages do while an earlier one waits for a retry
+/// (HandlerOptions::ordering). Retries wait on a timer, never on a thread, in every mode.
+enum class Ordering : std::uint8_t {
+  /// Later messages of this subscription wait (in its queue, under its overflow policy) until
+  /// the retried one succeeds or is given up: publish order, always. Other subscriptions never
+  /// wait. The default.
+  strict,
+  /// Later messages with the same HandlerOptions::key wait behind the retried one (held in
+  /// order, at most `capacity` of them); other keys go ahead.
+  per_key,
+  /// Later messages go ahead; the retried one runs again when its backoff ends.
+  none,
+};
+
+/// When a batch handler subscription (`handler(std::span<const Message<T>>)`) calls its handler:
+/// once `max_size` messages are waiting, or once the oldest of them was published `max_wait`
+/// ago, whichever comes first (HandlerOptions::batch).
+struct BatchOptions {
+  std::size_t max_size = 100;                                         ///< in [1, 2^20]
+  std::chrono::nanoseconds max_wait = std::chrono::milliseconds(10);  ///< > 0
+};
+
 /// Options that only handler subscriptions have: failure handling, a circuit breaker,
 /// deduplication.
 template <class T>
@@ -331,9 +406,36 @@ struct HandlerOptions {
   /// Where messages that failed every attempt go (see DeadLetterSink): a callable, or a pointer
   /// to a Broker<DeadLetter<T>> (which must outlive the subscription). Empty: only counted.
   DeadLetterSink<T> dead_letters{};
-  /// How backoff waits (and waits for the breaker) are done; tests inject a recorder. Empty:
-  /// wait on a clock, waking early when the subscription is unsubscribed.
+  /// How backoff waits (and waits for the breaker) are done; tests inject a recorder. When set,
+  /// a retry waits by calling it on the handler's thread (blocking the strand, as a sleep
+  /// would; `ordering` is then moot). Empty: a retry waits on a timer of the executor
+  /// (WorkerPool::schedule_at, or herald's timer thread) and no thread waits for it; waits for
+  /// the breaker are on a clock, cut short by an unsubscribe.
   std::function<void(std::chrono::nanoseconds)> sleep{};
+  /// What later messages do while a message waits for its retry (see Ordering).
+  Ordering ordering = Ordering::strict;
+  /// The ordering key of a message: messages with equal keys are handled in publish order
+  /// (Ordering::per_key, which requires it), and with `concurrency` > 1 messages with equal keys
+  /// go to the same lane.
+  std::function<std::uint64_t(const Message<T>&)> key{};
+  /// Invocations of this subscription's handler that may run at once, in [1, 1024]. 1: one at a
+  /// time, in publish order (a strand). N > 1: N lanes, each a strand with its own queue of
+  /// `capacity` messages; a message goes to the lane of hash(key(m)) % N when there is a `key`
+  /// (equal keys: in publish order; different keys: in parallel), else to the next lane in turn
+  /// (unordered, up to N at once). The handler must then be safe to call concurrently. Retries,
+  /// breaker and dedup work per lane (Ordering::strict holds the retried message's lane);
+  /// SubscribeOptions::max_age is checked when a message is handed to its lane.
+  std::size_t concurrency = 1;
+  /// Batch handler subscriptions only: when the handler is called (see BatchOptions). A batch
+  /// whose call throws is counted as one failure and each of its messages goes to the
+  /// dead-letter sink; batch subscriptions take no retries, breaker, dedup or concurrency.
+  BatchOptions batch{};
+  /// A pace for the handler, e.g. `.rate = std::make_shared<herald::RateLimiter>(100.0, 10)`:
+  /// each message takes a token before its first attempt. Without one, the strand lets go of
+  /// its thread and a timer of the executor resumes it when the next token is due: messages
+  /// wait in the subscription's queue (under its overflow policy) and no worker sleeps. With
+  /// `concurrency` > 1 the lanes share the limiter. Not for batch handlers. Empty: no limit.
+  RateRef rate{};
   /// A circuit breaker in front of what the handler calls, e.g.
   /// `.breaker = std::make_shared<herald::CircuitBreaker>(...)`; the subscription shares its
   /// ownership. Every handler call, retries included, first asks it for a permit and then
@@ -355,7 +457,8 @@ struct HandlerOptions {
 
 /// Throws std::invalid_argument, naming the field and the value, unless every field of
 /// `options` is in range: capacity in [1, max_capacity], a known Overflow, block_timeout >= 0,
-/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes), a known Priority.
+/// disconnect_after >= 1, a queue group named like a topic (at most 256 bytes), a known Priority,
+/// max_age > 0.
 inline void validate(const SubscribeOptions& options) {
   const auto fail = [](const std::string& what) {
     throw std::invalid_argument("herald: SubscribeOptions::" + what);
@@ -378,6 +481,9 @@ inline void validate(const SubscribeOptions& options) {
     fail("block_timeout is negative (" + std::to_string(options.block_timeout.count()) + " ns)");
   }
   if (options.disconnect_after == 0) fail("disconnect_after is 0; it must be at least 1");
+  if (options.max_age <= std::chrono::nanoseconds::zero()) {
+    fail("max_age is " + std::to_string(options.max_age.count()) + " ns; it must be positive");
+  }
   if (static_cast<std::size_t>(options.priority) >= priority_levels) {
     fail("priority is " + std::to_string(static_cast<int>(options.priority)) +
          ", not a Priority (high, normal or low)");
@@ -418,7 +524,8 @@ inline void validate(const RetryPolicy& retry) {
 }
 
 /// Throws std::invalid_argument, naming the field, unless every field of `options` is in range:
-/// the retry policy (see above), a known WhenOpen, breaker_recheck > 0, and with a dedup key
+/// the retry policy (see above), a known WhenOpen, a known Ordering (per_key with a key),
+/// breaker_recheck > 0, and with a dedup key
 /// dedup.max_count in [1, 2^31] and dedup.max_age > 0.
 template <class T>
 void validate(const HandlerOptions<T>& options) {
@@ -429,6 +536,25 @@ void validate(const HandlerOptions<T>& options) {
   if (options.when_open != WhenOpen::wait && options.when_open != WhenOpen::dead_letter) {
     fail("when_open is " + std::to_string(static_cast<int>(options.when_open)) +
          ", not a WhenOpen (wait or dead_letter)");
+  }
+  if (options.ordering != Ordering::strict && options.ordering != Ordering::per_key &&
+      options.ordering != Ordering::none) {
+    fail("ordering is " + std::to_string(static_cast<int>(options.ordering)) +
+         ", not an Ordering (strict, per_key or none)");
+  }
+  if (options.ordering == Ordering::per_key && !options.key) {
+    fail("ordering is per_key but HandlerOptions::key is empty: per_key needs a key function");
+  }
+  if (options.batch.max_size == 0 || options.batch.max_size > (std::size_t{1} << 20)) {
+    fail("batch.max_size is " + std::to_string(options.batch.max_size) +
+         "; it must be in [1, 2^20]");
+  }
+  if (options.batch.max_wait <= std::chrono::nanoseconds::zero()) {
+    fail("batch.max_wait is " + std::to_string(options.batch.max_wait.count()) +
+         " ns; it must be positive");
+  }
+  if (options.concurrency == 0 || options.concurrency > 1024) {
+    fail("concurrency is " + std::to_string(options.concurrency) + "; it must be in [1, 1024]");
   }
   if (options.breaker_recheck <= std::chrono::nanoseconds::zero()) {
     fail("breaker_recheck is " + std::to_string(options.breaker_recheck.count()) +
@@ -457,6 +583,19 @@ void validate(const HandlerOptions<T>& options) {
       return "drop_oldest";
     case Overflow::disconnect:
       return "disconnect";
+  }
+  return "?";
+}
+
+/// The enumerator's name, e.g. "per_key".
+[[nodiscard]] constexpr std::string_view to_string(Ordering o) noexcept {
+  switch (o) {
+    case Ordering::strict:
+      return "strict";
+    case Ordering::per_key:
+      return "per_key";
+    case Ordering::none:
+      return "none";
   }
   return "?";
 }

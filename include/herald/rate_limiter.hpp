@@ -99,6 +99,16 @@ class RateLimiter {
     return acquire_until(n, detail::Deadline::after(timeout), {});
   }
 
+  /// How long until `n` tokens could be taken (zero: now); what a caller that does not block
+  /// waits on a timer for (HandlerOptions::rate). Throws: std::invalid_argument as try_acquire.
+  [[nodiscard]] std::chrono::nanoseconds time_until_available(std::int64_t n = 1) const {
+    const std::int64_t cost = cost_of(n, "time_until_available");
+    const std::int64_t now = ticks();
+    const std::int64_t due =
+        std::max(tat_->load(std::memory_order_relaxed), now) + cost - burst_ticks_;
+    return std::chrono::nanoseconds(due <= now ? 0 : (due - now + ticks_per_ns - 1) / ticks_per_ns);
+  }
+
   [[nodiscard]] double rate() const noexcept { return rate_; }
   [[nodiscard]] std::int64_t burst() const noexcept { return burst_; }
 

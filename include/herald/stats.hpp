@@ -56,7 +56,8 @@ struct TopicStats {
 };
 
 /// Counters of one subscription's queue. Exact identities, for every policy:
-/// `offered == delivered + dropped` and `delivered == received + evicted + queue_depth`.
+/// `offered == delivered + dropped` and
+/// `delivered == received + evicted + expired + queue_depth`.
 struct SubscriptionStats {
   std::uint64_t offered = 0;          ///< messages published to a matching topic while it was open
   std::uint64_t delivered = 0;        ///< accepted into its queue
@@ -65,8 +66,9 @@ struct SubscriptionStats {
   std::uint64_t dropped_timeout = 0;  ///< block: no room within block_timeout
   std::uint64_t evicted = 0;          ///< drop_oldest: accepted, then evicted to make room
   std::uint64_t received = 0;         ///< taken out of the queue by the consumer
-  std::size_t queue_depth = 0;        ///< messages waiting now (approximate while publishers run)
-  std::size_t high_water_mark = 0;    ///< the largest queue depth seen after an enqueue
+  std::uint64_t expired = 0;        ///< taken out, older than SubscribeOptions::max_age: discarded
+  std::size_t queue_depth = 0;      ///< messages waiting now (approximate while publishers run)
+  std::size_t high_water_mark = 0;  ///< the largest queue depth seen after an enqueue
   CloseReason close_reason = CloseReason::open;
 };
 
@@ -84,6 +86,15 @@ struct HandlerCounters {
   std::uint64_t breaker_dead_lettered = 0;
   /// Messages skipped because one with the same key was handled recently (HandlerOptions::dedup).
   std::uint64_t deduplicated = 0;
+  /// Failed messages waiting on a timer for their next attempt, now.
+  std::uint64_t retries_pending = 0;
+  /// Retries that never ran: the subscription was unsubscribed (or stopped) or its executor shut
+  /// down while they waited. Their messages are neither handled nor dead-lettered.
+  std::uint64_t retries_cancelled = 0;
+  /// Times the handler waited (on a timer) for a token of HandlerOptions::rate.
+  std::uint64_t rate_limited = 0;
+  /// Strands running a batch of this subscription now: 0 or 1, up to `concurrency` with lanes.
+  std::uint64_t in_flight = 0;
   /// Time spent in the handler, retries' backoff excluded. Measured with one clock read per
   /// message (the end of one call starts the next's timing), so it includes the strand's own
   /// few nanoseconds per message between calls.
@@ -174,6 +185,10 @@ struct WorkerPoolStats {
   std::size_t threads = 0;      ///< worker threads
   std::uint64_t stolen = 0;     ///< tasks a worker took from another worker's queue
   std::size_t parked = 0;       ///< workers asleep for want of work, now
+  std::uint64_t timers_pending = 0;  ///< timers scheduled and not yet fired, cancelled or abandoned
+  std::uint64_t timers_fired = 0;    ///< timers whose task ran (counted in submitted too)
+  std::uint64_t timers_cancelled = 0;  ///< by their handle or a stop request, task destroyed unrun
+  std::uint64_t timers_abandoned = 0;  ///< pending at shutdown: task destroyed unrun
 };
 
 /// Counters of a NATS bridge (herald/nats.hpp). Identities (exact once the export queues are

@@ -19,6 +19,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace herald {
 
@@ -134,12 +135,46 @@ class Subscription {
   /// Like receive(), waiting at most `timeout` (zero: try once; duration::max(): forever).
   template <class Rep, class Period>
   [[nodiscard]] std::optional<Message<T>> receive_for(std::chrono::duration<Rep, Period> timeout) {
-    return take([&](auto& queue) { return queue.pop_for(timeout); });
+    if (!expiring()) return take([&](auto& queue) { return queue.pop_for(timeout); });
+    // Expired messages are skipped: what is left of the timeout goes to the next pop.
+    const detail::Deadline deadline = detail::Deadline::after(timeout);
+    return take([&](auto& queue) {
+      if (deadline.is_forever()) return queue.pop();
+      if (deadline.passed()) return queue.try_pop();
+      return queue.pop_for(deadline.when() - std::chrono::steady_clock::now());
+    });
   }
 
   /// Like receive(), also returning empty once a stop is requested on `stop`.
   [[nodiscard]] std::optional<Message<T>> receive(std::stop_token stop) {
     return take([&](auto& queue) { return queue.pop(std::move(stop)); });
+  }
+
+  /// Appends up to `max` messages to `out`: what is queued at once, then waiting for more until
+  /// `max` are there or `max_wait` has passed since the call (zero: take what is queued, never
+  /// wait). Returns how many it appended: 0 on timeout with nothing, or once closed and drained.
+  /// Blocks: at most `max_wait`. Throws: what growing `out` throws (reserve room first to rule
+  /// that out; a message taken when it throws is lost).
+  template <class Rep, class Period>
+  std::size_t receive_many(std::vector<Message<T>>& out, std::size_t max,
+                           std::chrono::duration<Rep, Period> max_wait) {
+    const detail::Deadline deadline = detail::Deadline::after(max_wait);
+    std::size_t n = 0;
+    while (n < max) {
+      std::optional<Message<T>> m = try_receive();
+      if (!m) {
+        if (deadline.passed()) break;
+        m = take([&](auto& queue) {
+          if (deadline.is_forever()) return queue.pop();
+          if (deadline.passed()) return queue.try_pop();
+          return queue.pop_for(deadline.when() - std::chrono::steady_clock::now());
+        });
+        if (!m) break;
+      }
+      out.push_back(std::move(*m));
+      ++n;
+    }
+    return n;
   }
 
   /// Stops delivery. Idempotent. When it returns, nothing more is enqueued; what is already queued
@@ -197,13 +232,21 @@ class Subscription {
 
   detail::SubscriptionState<T>* state() const noexcept { return handle_.state(); }
 
-  // The receive calls: `pop(queue)` takes a message, which is then noted for the lag metric.
+  bool expiring() const noexcept {
+    return state() && state()->options().max_age != std::chrono::nanoseconds::max();
+  }
+
+  // The receive calls: `pop(queue)` takes a message, which is then noted for the lag metric;
+  // one older than max_age is discarded (counted) and `pop` called again.
   template <class Pop>
   std::optional<Message<T>> take(Pop pop) {
     if (!state()) return std::nullopt;
-    std::optional<Message<T>> m = pop(state()->queue());
-    if (m) state()->taken(*m);
-    return m;
+    for (;;) {
+      std::optional<Message<T>> m = pop(state()->queue());
+      if (!m) return m;
+      state()->taken(*m);
+      if (!state()->expired(*m)) return m;
+    }
   }
 
   detail::SubscriptionHandle<T> handle_;

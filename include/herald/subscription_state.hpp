@@ -93,6 +93,16 @@ class SubscriptionState {
     last_taken_.store(m.published_at().time_since_epoch().count(), std::memory_order_relaxed);
   }
 
+  /// Expiry (SubscribeOptions::max_age): true when `m`, just taken out of the queue, is too old to
+  /// hand to the consumer; it is then counted in `expired` and must be discarded. Reads the clock
+  /// only when a max_age is set.
+  [[nodiscard]] bool expired(const Message<T>& m) noexcept {
+    if (options_.max_age == std::chrono::nanoseconds::max()) return false;
+    if (std::chrono::steady_clock::now() - m.published_at() <= options_.max_age) return false;
+    expired_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
   /// An upper bound on how long the oldest queued message has waited at `now`: zero when the
   /// queue is empty, else the time since the message taken last was published (since the
   /// subscription was made when none was taken yet). See SubscriptionInfo::lag.
@@ -267,8 +277,11 @@ class SubscriptionState {
     s.evicted = evicted_.load(std::memory_order_relaxed);
     // Pops before evictions: an eviction counts itself after its pop, so this order never
     // makes `received` overshoot by an eviction in flight.
+    // Expiries, like evictions, count themselves after their pop.
+    s.expired = expired_.load(std::memory_order_relaxed);
     s.received = queue_.pop_count();
     s.received -= std::min<std::uint64_t>(s.received, evicted_.load(std::memory_order_relaxed));
+    s.received -= std::min<std::uint64_t>(s.received, s.expired);
     s.queue_depth = queue_.approx_size();
     s.high_water_mark = high_water_.load(std::memory_order_relaxed);
     s.close_reason = close_reason();
@@ -374,6 +387,7 @@ class SubscriptionState {
   // Written by consumers (the publish time of the message taken last, steady clock ticks).
   alignas(cache_line_size) std::atomic<std::chrono::steady_clock::rep> last_taken_{
       std::chrono::steady_clock::now().time_since_epoch().count()};
+  std::atomic<std::uint64_t> expired_{0};  // by consumers: taken out too old (max_age)
 
   // Written by publishers; kept off the queue's and the consumer's cache lines.
   alignas(cache_line_size) std::atomic<std::uint64_t> offered_{0};

@@ -22,11 +22,13 @@
 #include <herald/detail/counters.hpp>
 #include <herald/detail/hashing.hpp>
 #include <herald/detail/parking.hpp>
+#include <herald/detail/timer_queue.hpp>
 #include <herald/detail/unique_function.hpp>
 #include <herald/executor.hpp>
 #include <herald/stats.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -43,6 +45,10 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 namespace herald {
 
@@ -218,9 +224,37 @@ class PoolCore {
     for (const auto& w : watchers) {
       if (auto l = w.lock()) l->executor_stopped();
     }
+    // Pending timers are abandoned, not run early: their tasks are destroyed unrun (a task that
+    // must know can tell from its destructor), counted in timers_abandoned, and their handles
+    // say TimerStatus::abandoned. After the watchers: a handler subscription closes first.
+    timers_.close();
   }
 
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+
+  /// Runs `task` on a worker once `when` has come, or never if cancelled (the handle, or a stop
+  /// request on `stop`) or if the pool shuts down first (abandoned). Refused after shutdown.
+  /// Wakes a worker only when this timer became the earliest: the worker that waits for the
+  /// earliest deadline (the "keeper"), or a parked one to become keeper.
+  /// Throws: std::bad_alloc (`task` is then untouched).
+  TimerHandle schedule_at(std::chrono::steady_clock::time_point when, Task&& task,
+                          const std::stop_token& stop = {}) {
+    bool first = false;
+    TimerHandle handle = timers_.schedule(when, std::move(task), stop, first);
+    if (!first) return handle;
+    // Dekker with park(): it publishes `parked`, takes the keeper's seat, then re-reads the
+    // earliest deadline; schedule() published the deadline, and we now read the seat and the
+    // states. Either the parking worker sees our deadline or we see it parked.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const std::int32_t k = keeper_->load(std::memory_order_seq_cst);
+    if (k >= 0) {
+      wake(*workers_[static_cast<std::size_t>(k)]);
+    } else if (idle_->load(std::memory_order_seq_cst) != 0 &&
+               searching_->load(std::memory_order_seq_cst) == 0) {
+      wake_one(0);
+    }
+    return handle;
+  }
 
   /// Executor concept: tells `listener` once the pool stops accepting work (now, if it has).
   /// Throws: std::bad_alloc.
@@ -273,16 +307,30 @@ class PoolCore {
     s.submitted = submitted_.sum(0);
     s.threads = workers_.size();
     s.parked = idle_->load(std::memory_order_relaxed);
+    const TimerCounts& t = timers_.counts();
+    s.timers_fired = t.fired.load(std::memory_order_relaxed);
+    s.timers_cancelled = t.cancelled.load(std::memory_order_relaxed);
+    s.timers_abandoned = t.abandoned.load(std::memory_order_relaxed);
+    s.timers_pending = timers_.pending();
     return s;
   }
 
   /// The body of worker thread `index`.
   void run(std::size_t index) noexcept {
     current_pool_worker() = {this, index};
+#if defined(__linux__)
+    // The keeper sleeps until a timer's deadline; Linux lets such a sleep overrun by the thread's
+    // timer slack (50 us by default). 1 us: timers fire close to their deadline, at the cost of
+    // less batching of this thread's wake-ups, which are rare while it is parked.
+    ::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
+#endif
     PoolWorker& me = *workers_[index];
     Turn turn;
     bool searching = false;  // whether this worker is counted in searching_
     for (;;) {
+      // One load of a word that stays shared while no timer is queued: the clock is read only
+      // when some timer is.
+      if (timers_.next_due() != TimerQueue::none) fire_due(me);
       std::optional<PoolTask> t = find_task(index, turn);
       if (!t) {
         if (stopping()) break;
@@ -292,11 +340,16 @@ class PoolCore {
         }
         const auto found = [&] {
           t = find_task(index, turn);
-          return t.has_value() || stopping();
+          return t.has_value() || stopping() || timer_due();
         };
-        if (!spin(found, Deadline::forever(), {}) || !t) {
-          if (!stopping()) searching = park(index);
-          continue;
+        // A yield can last a whole time slice of another process: while timers wait, spin
+        // with pauses only, so that the keeper is not late for a deadline.
+        const SpinPolicy policy = timers_.next_due() == TimerQueue::none
+                                      ? SpinPolicy{}
+                                      : SpinPolicy{.pauses = SpinPolicy{}.pauses, .yields = 0};
+        if (!spin(found, Deadline::forever(), {}, policy) || !t) {
+          if (!stopping() && !timer_due()) searching = park(index);
+          continue;  // a timer that came due while spinning fires at the top of the loop
         }
       }
       if (searching) {
@@ -379,20 +432,75 @@ class PoolCore {
     me.state.store(PoolWorker::parked, std::memory_order_seq_cst);
     searching_->fetch_sub(1, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (has_work(index) || stopping_.load(std::memory_order_seq_cst)) {
-      // Take ourselves back, unless a waker already did (and fixed the counts).
-      if (me.state.exchange(PoolWorker::awake, std::memory_order_seq_cst) == PoolWorker::parked) {
-        idle_->fetch_sub(1, std::memory_order_seq_cst);
-        return false;
+    // With timers queued, one parked worker (the keeper) sleeps until the earliest deadline; the
+    // others sleep until woken, so idle workers are not woken by timers that are not due.
+    Deadline deadline = Deadline::forever();
+    bool keeper = false;
+    if (timers_.next_due() != TimerQueue::none) {
+      std::int32_t vacant = -1;
+      keeper = keeper_->compare_exchange_strong(vacant, static_cast<std::int32_t>(index),
+                                                std::memory_order_seq_cst);
+      if (keeper) {
+        // Re-read after taking the seat: a timer scheduled before that is seen here, one
+        // scheduled after sees us in the seat and wakes us (schedule_at).
+        const TimerQueue::clock::rep due = timers_.next_due();
+        if (due != TimerQueue::none) {
+          deadline = Deadline::at(TimerQueue::clock::time_point(TimerQueue::clock::duration(due)));
+        }
       }
-      return true;
+    }
+    if (has_work(index) || stopping_.load(std::memory_order_seq_cst) || deadline.passed()) {
+      if (keeper) keeper_->store(-1, std::memory_order_seq_cst);
+      return take_back(me);
     }
     // The search has just spun (run()), so park without spinning again. A waker changes `state`
     // with a seq_cst CAS, then notifies: the event-count protocol's pairing.
     wait_until(
         me.wakeup, [&] { return me.state.load(std::memory_order_seq_cst) != PoolWorker::parked; },
-        Deadline::forever(), {}, SpinPolicy{.pauses = 0, .yields = 0});
+        deadline, {}, SpinPolicy{.pauses = 0, .yields = 0});
+    if (!keeper) return true;
+    keeper_->store(-1, std::memory_order_seq_cst);
+    const bool woken = take_back(me);  // else the deadline came
+    // Woken for work while timers wait: hand the seat to a parked worker, so that a long task
+    // run by this one does not hold up the timers.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (woken && timers_.next_due() != TimerQueue::none &&
+        idle_->load(std::memory_order_seq_cst) != 0)
+      wake_one(index + 1 == workers_.size() ? 0 : index + 1);
+    return woken;
+  }
+
+  /// A parking worker takes itself back (it has work, or a timer is due), unless a waker already
+  /// did and counted it as searching. Returns whether it is counted as searching.
+  bool take_back(PoolWorker& me) noexcept {
+    if (me.state.exchange(PoolWorker::awake, std::memory_order_seq_cst) == PoolWorker::parked) {
+      idle_->fetch_sub(1, std::memory_order_seq_cst);
+      return false;
+    }
     return true;
+  }
+
+  /// True when some timer's deadline has come (the clock is read only while timers are queued).
+  bool timer_due() const noexcept {
+    const TimerQueue::clock::rep due = timers_.next_due();
+    return due != TimerQueue::none && due <= TimerQueue::clock::now().time_since_epoch().count();
+  }
+
+  /// Runs the timers that are due, each as a task of this worker (counted as submitted when it
+  /// fires, so that submitted == completed + failed still holds after shutdown).
+  void fire_due(PoolWorker& me) noexcept {
+    if (timers_.next_due() > TimerQueue::clock::now().time_since_epoch().count()) return;
+    for (;;) {
+      std::optional<Task> task;
+      try {
+        task = timers_.pop_due(TimerQueue::clock::now());
+      } catch (...) {  // the timer lock threw (std::system_error): try on the next turn
+        return;
+      }
+      if (!task) return;
+      submitted_.add(0, 1);
+      execute(me, std::move(*task));
+    }
   }
 
   std::optional<PoolTask> steal(std::size_t index) noexcept {
@@ -549,6 +657,10 @@ class PoolCore {
   std::shared_ptr<const ErrorHandler> on_error_;
   std::mutex watchers_mutex_;
   std::vector<std::weak_ptr<ExecutorListener>> watchers_;  // told at shutdown
+  TimerQueue timers_;
+  // The worker parked until the earliest timer's deadline (-1: none): schedule_at wakes it when
+  // an earlier timer arrives. Written by parking workers, read by schedule_at.
+  CachePadded<std::atomic<std::int32_t>> keeper_{std::in_place, -1};
 };
 
 }  // namespace detail
@@ -717,6 +829,32 @@ class WorkerPool {
   bool submit_keyed(const Key& key, F&& f, std::stop_token stop) {
     if (stop.stop_requested()) return false;
     return core_->submit_keyed(core_->key_index(key), std::forward<F>(f), Wait::stop, &stop);
+  }
+
+  /// Runs `f` on a worker once `delay` has passed (<= 0: as soon as a worker looks; a huge one:
+  /// practically never), unless cancelled first through the returned handle or by a stop
+  /// request on `stop`. No thread per timer: the timers live in one heap of the pool, and one
+  /// idle worker parks until the earliest deadline (the others are not woken for timers).
+  /// Fire time: the deadline plus a wake-up (~10-50 us), later while every worker is busy (a
+  /// worker looks at the timers between tasks).
+  /// Shutdown: pending timers are abandoned, not run early: `f` is destroyed unrun (its
+  /// destructor runs), the handle's status() says TimerStatus::abandoned and stats() counts it
+  /// in timers_abandoned. After shutdown the timer is refused (status() refused, `f` destroyed).
+  /// Thread-safety: any thread, tasks included. Throws: std::bad_alloc, what constructing the
+  /// task from `f` throws.
+  template <class Rep, class Period, detail::PoolCallable F>
+  TimerHandle schedule_after(std::chrono::duration<Rep, Period> delay, F&& f,
+                             std::stop_token stop = {}) {
+    return schedule_at(detail::timer_deadline(delay), std::forward<F>(f), std::move(stop));
+  }
+
+  /// As schedule_after, at the steady_clock time point `when` (in the past: as soon as a worker
+  /// looks).
+  template <detail::PoolCallable F>
+  TimerHandle schedule_at(std::chrono::steady_clock::time_point when, F&& f,
+                          std::stop_token stop = {}) {
+    Task task(std::forward<F>(f));
+    return core_->schedule_at(when, std::move(task), stop);
   }
 
   /// Stops accepting tasks, runs every task already accepted, and joins the workers.

@@ -40,6 +40,13 @@ class DecorrelatedJitter {
     return previous_;
   }
 
+  /// The delay after `previous` (a sequence whose state is kept by the caller: one generator
+  /// may serve many retrying messages).
+  duration next_after(duration previous) noexcept {
+    previous_ = previous;
+    return next();
+  }
+
   /// Starts over from `initial` (e.g. after a success).
   void reset() noexcept { previous_ = initial_; }
 
@@ -48,6 +55,9 @@ class DecorrelatedJitter {
   duration max_;
   duration previous_;
   std::uint64_t state_;
+
+ public:
+  [[nodiscard]] duration initial() const noexcept { return initial_; }
 };
 
 }  // namespace herald::detail
