@@ -8,15 +8,20 @@
 //            against concurrency = 1, messages/s. Goal: >= 1.8x on 2 cores.
 //   batch    a sink costing 1 us per call + 0.1 us per item (busy work): a batch handler with
 //            max_size = 100 against a per-message handler, messages/s. Goal: >= 5x.
+//   rate     a handler subscription with HandlerOptions::rate = RateLimiter(2000/s, burst 10),
+//            its queue kept full: handled messages beyond the burst over 5 s, as a fraction of
+//            the configured rate. Goal: within 2%.
 // Repetitions are interleaved over the contenders; medians of the per-repetition figures.
-// Usage: bench_flow [--reps=N] [--only=timers|keyed|batch]. HERALD_BENCH_SMOKE=1: tiny sizes, one
-// repetition.
+// Usage: bench_flow [--reps=N] [--only=timers|keyed|batch|rate]. HERALD_BENCH_SMOKE=1: tiny sizes,
+// one repetition.
 #include <herald/broker.hpp>
+#include <herald/rate_limiter.hpp>
 #include <herald/worker_pool.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
@@ -268,6 +273,54 @@ void batch(int reps, herald_bench::ResultsFile& results) {
                ratio >= 5);
 }
 
+// ---- rate limits ------------------------------------------------------------------------------
+
+/// A handler subscription with HandlerOptions::rate (a RateLimiter of `rate`/s, burst `burst`)
+/// on a 2-thread pool, its queue kept full by a publisher: handled messages beyond the initial
+/// burst over the elapsed time, as a fraction of `rate`.
+double subscription_rate_ratio(double rate, std::int64_t burst, double seconds) {
+  herald::WorkerPool pool{2, 4096};
+  herald::Broker<int> broker;
+  auto limiter = std::make_shared<herald::RateLimiter>(rate, burst);
+  std::atomic<std::int64_t> handled{0};
+  herald::HandlerOptions<int> opts;
+  opts.rate = limiter;
+  const auto start = Clock::now();
+  auto h = broker.subscribe(
+      "notify", [&](const herald::Message<int>&) { handled.fetch_add(1); }, pool,
+      {.capacity = 1 << 16, .overflow = herald::Overflow::drop_incoming}, opts);
+  auto publisher = broker.publisher("notify");
+  const auto total = static_cast<int>(rate * seconds * 2) + 1000;  // never runs dry
+  for (int i = 0; i < total && i < (1 << 16); ++i)
+    publisher.publish(i);
+  const auto end =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  std::this_thread::sleep_until(end);
+  const std::int64_t n = handled.load();
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  h.unsubscribe();
+  return static_cast<double>(n - burst) / elapsed / rate;
+}
+
+void rate(int reps, herald_bench::ResultsFile& results) {
+  const double seconds = smoke() ? 0.3 : 5.0;
+  const double configured = 2000;
+  std::vector<double> ratios;
+  for (int r = 0; r < std::min(reps, 3); ++r)
+    ratios.push_back(subscription_rate_ratio(configured, 10, seconds));
+  const double ratio = median(ratios);
+  fmt::print(
+      "rate-limited subscription: HandlerOptions::rate = RateLimiter({:.0f}/s, burst 10), 2-thread "
+      "pool, {} s (median of {} repetitions)\n",
+      configured, seconds, ratios.size());
+  fmt::print("  handled / configured rate: {:.4f} (goal within 2%: {})\n\n", ratio,
+             std::abs(ratio - 1) <= 0.02 ? "met" : "MISSED");
+  results.measure("flow", "rate-limited subscription, achieved / configured", "2000/s",
+                  "herald HandlerOptions::rate", "ratio", true, ratios);
+  results.goal("flow", "rate-limited subscription over 5 s: achieved / configured", ratio,
+               "within 2%", std::abs(ratio - 1) <= 0.02);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -282,5 +335,6 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "timers") timers(reps, results);
   if (only.empty() || only == "keyed") keyed(reps, results);
   if (only.empty() || only == "batch") batch(reps, results);
+  if (only.empty() || only == "rate") rate(reps, results);
   return 0;
 }
