@@ -2,6 +2,7 @@
 // and promtool's verdict on every exposition written here (promtool check metrics).
 #include <herald/circuit_breaker.hpp>
 #include <herald/metrics.hpp>
+#include <herald/worker_pool.hpp>
 
 #include <unistd.h>
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "catch.hpp"
@@ -319,6 +321,47 @@ TEST_CASE("retained messages, replays and evictions are exported per broker") {
   CHECK(has_line(text, "herald_broker_replayed_total{broker=\"b\"} 2"));
   CHECK(text.find("herald_broker_retained_bytes{broker=\"b\"} ") != std::string::npos);
   check_with_promtool(text);
+}
+
+TEST_CASE("flow control is exported: expired messages, pending retries, pool timers") {
+  herald::WorkerPool pool(1, 64);
+  Broker<int> broker;
+  auto old = broker.subscribe("old", {.max_age = 1ms});
+  broker.publish("old", 1);
+  std::this_thread::sleep_for(5ms);
+  CHECK_FALSE(old.try_receive());  // too old: discarded, counted
+  auto failing = broker.subscribe(
+      "fail", [](const herald::Message<int>&) { throw std::runtime_error("no"); }, pool, {},
+      herald::HandlerOptions<int>{.retry = {.max_attempts = 3,
+                                            .initial_backoff = std::chrono::hours(1),
+                                            .max_backoff = std::chrono::hours(1)}});
+  broker.publish("fail", 1);
+  REQUIRE(herald_test::eventually([&] { return failing.stats().retries_pending == 1; }));
+  auto timer = pool.schedule_after(std::chrono::hours(1), [] {});
+  MetricsRegistry metrics;
+  metrics.add_broker("b", broker);
+  metrics.add_pool("p", pool);
+  const std::string text = metrics.exposition();
+  INFO(text);
+  // The subscription series carry several labels: find the line by family, pattern and value.
+  const auto has_sample = [&](const std::string& family, const std::string& pattern,
+                              const std::string& value) {
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind(family + "{", 0) == 0 &&
+          line.find("pattern=\"" + pattern + "\"") != std::string::npos &&
+          line.size() > value.size() &&
+          line.substr(line.size() - value.size() - 1) == " " + value) {
+        return true;
+      }
+    }
+    return false;
+  };
+  CHECK(has_sample("herald_subscription_expired_total", "old", "1"));
+  CHECK(has_sample("herald_handler_retries_pending", "fail", "1"));
+  CHECK(has_line(text, "herald_pool_timers_pending{pool=\"p\"} 1"));
+  check_with_promtool(text);
+  CHECK(timer.cancel());
 }
 
 TEST_CASE("track_topics validates, bounds and replaces the tracked set") {
