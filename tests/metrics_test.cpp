@@ -337,10 +337,11 @@ TEST_CASE("flow control is exported: expired messages, pending retries, pool tim
                                             .max_backoff = std::chrono::hours(1)}});
   broker.publish("fail", 1);
   REQUIRE(herald_test::eventually([&] { return failing.stats().retries_pending == 1; }));
-  auto timer = pool.schedule_after(std::chrono::hours(1), [] {});
+  herald::WorkerPool timers(1, 8);  // not `pool`: the retry's timer waits there too
+  auto timer = timers.schedule_after(std::chrono::hours(1), [] {});
   MetricsRegistry metrics;
   metrics.add_broker("b", broker);
-  metrics.add_pool("p", pool);
+  metrics.add_pool("t", timers);
   const std::string text = metrics.exposition();
   INFO(text);
   // The subscription series carry several labels: find the line by family, pattern and value.
@@ -359,7 +360,7 @@ TEST_CASE("flow control is exported: expired messages, pending retries, pool tim
   };
   CHECK(has_sample("herald_subscription_expired_total", "old", "1"));
   CHECK(has_sample("herald_handler_retries_pending", "fail", "1"));
-  CHECK(has_line(text, "herald_pool_timers_pending{pool=\"p\"} 1"));
+  CHECK(has_line(text, "herald_pool_timers_pending{pool=\"t\"} 1"));
   check_with_promtool(text);
   CHECK(timer.cancel());
 }
