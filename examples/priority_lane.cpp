@@ -25,7 +25,8 @@ void work_for(std::chrono::microseconds d) {  // a bulk job: busy for `d`
 }
 
 /// Queues `jobs` bulk jobs, publishes `control.pause` on a subscription of `priority`, and
-/// returns how many jobs still did their work after the publish, before the pause took hold.
+/// returns how many jobs still did their work after the publish returned, before the pause
+/// took hold.
 int jobs_run_after_pause_was_published(herald::Priority priority, int jobs) {
   herald::WorkerPool pool(1, 4096);
   herald::Broker<std::string> control;
@@ -44,8 +45,10 @@ int jobs_run_after_pause_was_published(herald::Priority priority, int jobs) {
       ++worked;
     });
   }
-  const int worked_at_publish = worked.load();
   control.publish("control.pause", "operator");
+  // Read once publish has returned (the pause is queued by then): reading it before would also
+  // count the jobs run while this thread was preempted inside publish on a loaded machine.
+  const int worked_at_publish = worked.load();
   on_control.wait_idle(10s);
   pool.shutdown();  // the skipped jobs still run (and return at once): nothing accepted is lost
   return worked.load() - worked_at_publish;
