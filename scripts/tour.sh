@@ -7,9 +7,13 @@ cd "$herald_root"
 
 herald_need_packages cmake make g++ libfmt-dev libnats-dev nats-server libcpp-httplib-dev pkg-config
 
-build=build/tour
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ \
-  -DHERALD_BUILD_TESTS=OFF -DHERALD_BUILD_EXAMPLES=ON -DHERALD_WERROR="${HERALD_WERROR:-OFF}" >/dev/null
+# HERALD_TOUR_BUILD names a build directory that already has the examples configured (release
+# builds them): scripts/test.sh passes its release build, so they are not compiled twice.
+build=${HERALD_TOUR_BUILD:-build/tour}
+if [ -z "${HERALD_TOUR_BUILD:-}" ]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ \
+    -DHERALD_BUILD_TESTS=OFF -DHERALD_BUILD_EXAMPLES=ON -DHERALD_WERROR="${HERALD_WERROR:-OFF}" >/dev/null
+fi
 cmake --build "$build" -j "$(nproc)"
 
 # The order tells a story: basics first, the pipeline that combines them last.
