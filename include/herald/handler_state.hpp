@@ -390,14 +390,8 @@ class HandlerState final : public SubscriptionState<T>,
         b.suspended = true;  // a timer resumes the strand when the next token is due
         break;
       }
-      std::optional<Message<T>> m = this->queue().try_pop();
+      std::optional<Message<T>> m = pop_live(b, budget);
       if (!m) break;
-      this->taken(*m);
-      ++b.taken;
-      if (this->expired(*m)) {
-        done();  // discarded, counted in `expired`: wait_idle() counts it as done with
-        continue;
-      }
       if (!timed_retries_) {
         handle(*m);
         done();
@@ -423,6 +417,22 @@ class HandlerState final : public SubscriptionState<T>,
   // only writer: no locked instruction. Release, so that wait_idle()'s load of the count also
   // sees what the handler did (its contract: "handled").
   void done() noexcept { finished_.add_release(1); }
+
+  // The next queued message to hand on, taken within `budget` (counted in `b`, and as taken for
+  // the lag). Expired ones (SubscribeOptions::max_age) are discarded on the way, counted in
+  // `expired` and as done for wait_idle(); they need no cancellation check, nothing runs for
+  // them. Empty when the queue is, or the budget is spent.
+  std::optional<Message<T>> pop_live(Batch& b, std::size_t budget) noexcept {
+    while (b.taken < budget) {
+      std::optional<Message<T>> m = this->queue().try_pop();
+      if (!m) return m;
+      this->taken(*m);
+      ++b.taken;
+      if (!this->expired(*m)) return m;
+      done();
+    }
+    return std::nullopt;
+  }
 
   // --- batches (a BatchHandler) ---------------------------------------------------------------
   //
@@ -458,14 +468,8 @@ class HandlerState final : public SubscriptionState<T>,
         !batch_.empty())
       flush();
     while (b.taken < budget && !cancelled()) {
-      std::optional<Message<T>> m = this->queue().try_pop();
+      std::optional<Message<T>> m = pop_live(b, budget);
       if (!m) break;
-      this->taken(*m);
-      ++b.taken;
-      if (this->expired(*m)) {
-        done();
-        continue;
-      }
       batch_.push_back(std::move(*m));  // reserved: no allocation
       if (batch_.size() >= hopts_.batch.max_size) flush();
     }
@@ -591,14 +595,8 @@ class HandlerState final : public SubscriptionState<T>,
       ++b.taken;
     }
     while (b.taken < budget && !cancelled()) {
-      std::optional<Message<T>> m = this->queue().try_pop();
+      std::optional<Message<T>> m = pop_live(b, budget);
       if (!m) break;
-      this->taken(*m);
-      ++b.taken;
-      if (this->expired(*m)) {
-        done();
-        continue;
-      }
       const std::size_t lane = lane_of(*m);
       if (lanes_[lane]->try_offer(std::move(*m))) {  // moved from only when it succeeds
         done();
