@@ -170,6 +170,19 @@ void busy_2us() {
   }
 }
 
+/// Messages/s: publishes `messages` ints on `topic` through a Publisher and waits until the
+/// handler subscription `h` has handled them all.
+double publish_and_drain(herald::Broker<int>& broker, const std::string& topic,
+                         herald::HandlerSubscription<int>& h, int messages) {
+  auto publisher = broker.publisher(topic);
+  const auto start = Clock::now();
+  for (int i = 0; i < messages; ++i)
+    publisher.publish(i);
+  h.wait_idle();
+  const double s = std::chrono::duration<double>(Clock::now() - start).count();
+  return messages / s;
+}
+
 /// Messages/s through a handler subscription with `concurrency` lanes keyed over 64 keys.
 double keyed_throughput(std::size_t concurrency, int messages) {
   herald::WorkerPool pool{std::max(2u, std::thread::hardware_concurrency()), 4096};
@@ -180,13 +193,7 @@ double keyed_throughput(std::size_t concurrency, int messages) {
   auto h = broker.subscribe(
       "work", [](const herald::Message<int>&) { busy_2us(); }, pool,
       {.capacity = 4096, .overflow = herald::Overflow::block}, opts);
-  auto publisher = broker.publisher("work");
-  const auto start = Clock::now();
-  for (int i = 0; i < messages; ++i)
-    publisher.publish(i);
-  h.wait_idle();
-  const double s = std::chrono::duration<double>(Clock::now() - start).count();
-  return messages / s;
+  return publish_and_drain(broker, "work", h, messages);
 }
 
 void keyed(int reps, herald_bench::ResultsFile& results) {
@@ -240,13 +247,7 @@ double sink_throughput(bool batched, int messages) {
         "sink", [](const herald::Message<int>&) { busy_for(std::chrono::nanoseconds(1100)); }, pool,
         {.capacity = 4096, .overflow = herald::Overflow::block});
   }
-  auto publisher = broker.publisher("sink");
-  const auto start = Clock::now();
-  for (int i = 0; i < messages; ++i)
-    publisher.publish(i);
-  h.wait_idle();
-  const double s = std::chrono::duration<double>(Clock::now() - start).count();
-  return messages / s;
+  return publish_and_drain(broker, "sink", h, messages);
 }
 
 void batch(int reps, herald_bench::ResultsFile& results) {
