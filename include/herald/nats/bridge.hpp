@@ -889,11 +889,11 @@ class Bridge {
     natsMsg* msg = nullptr;
     natsStatus s = natsMsg_Create(&msg, e.subject.c_str(), nullptr, payload->data(),
                                   static_cast<int>(payload->size()));
-    if (s == NATS_OK) s = detail::add_headers(msg, m.headers());
-    if (s == NATS_OK) {
+    if (s == NATS_OK && !m.headers().empty()) {
+      s = detail::add_headers(msg, m.headers());
       natsMsgHeader_Delete(msg, detail::kAckHeader);  // an import's ack token stays here
-      s = natsMsgHeader_Set(msg, detail::kMsgIdHeader, e.msg_id.c_str());
     }
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, detail::kMsgIdHeader, e.msg_id.c_str());
     if (s != NATS_OK) {
       natsMsg_Destroy(msg);
       e.dropped_failed.add();
