@@ -93,16 +93,18 @@ inline void append_label(std::string& out, std::string_view name, std::string_vi
   out += '"';
 }
 
+// Appended as pointer and length: g++ 12 -O3 warned wrongly (-Wrestrict) about the iterator
+// pair overload once write_scrape grew (the JetStream bridge families).
 inline void append_number(std::string& out, std::uint64_t v) {
   char buf[24];
   const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
+  out.append(buf, static_cast<std::size_t>(r.ptr - buf));
 }
 
 inline void append_number(std::string& out, double v) {
   char buf[32];
   const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
+  out.append(buf, static_cast<std::size_t>(r.ptr - buf));
 }
 
 inline double to_seconds(std::chrono::nanoseconds d) noexcept {
