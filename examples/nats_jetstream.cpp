@@ -17,6 +17,7 @@
 
 #include "nats_support.hpp"
 
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -67,6 +68,23 @@ int billing(const std::string& url, std::uint64_t n) {
   return distinct == n && twice == 0 ? 0 : 1;
 }
 
+/// Polls the server (plain libnats) until the stream has the consumer, at most `limit`.
+bool consumer_exists(natsConnection* nc, const char* stream, const char* consumer,
+                     std::chrono::milliseconds limit) {
+  jsCtx* js = nullptr;
+  if (natsConnection_JetStream(&js, nc, nullptr) != NATS_OK) return false;
+  bool found = false;
+  for (const auto end = std::chrono::steady_clock::now() + limit;
+       !found && std::chrono::steady_clock::now() < end;) {
+    jsConsumerInfo* ci = nullptr;
+    found = js_GetConsumerInfo(&ci, js, stream, consumer, nullptr, nullptr) == NATS_OK;
+    jsConsumerInfo_Destroy(ci);
+    if (!found) std::this_thread::sleep_for(20ms);  // another process: nothing to wait on
+  }
+  jsCtx_Destroy(js);
+  return found;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -102,6 +120,14 @@ int main(int argc, char** argv) {
     const pid_t child = examples::start_self({"--billing", server.url(), std::to_string(n)});
     if (child < 0) return 1;
     fmt::print("[   shop] NATS (JetStream) at {}; billing is process {}\n", server.url(), child);
+    // The crash should hit both processes running: wait until billing's durable consumer exists
+    // (its bridge made it; it needs the server while it starts).
+    if (!consumer_exists(out.native_handle(), "ORDERS", "billing", 20s)) {
+      fmt::print(stderr, "nats_jetstream: billing did not start\n");
+      kill(child, SIGKILL);
+      waitpid(child, nullptr, 0);
+      return 1;
+    }
 
     for (std::uint64_t id = 1; id <= n; ++id) {
       orders.publish("orders.eu", Order{id, 9.5 + double(id % 7)});

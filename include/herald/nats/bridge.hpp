@@ -167,13 +167,19 @@ inline std::string prefix_with_dot(const std::string& prefix) {
 /// exported with a plain publish and imported with nothing allocated. While the server is
 /// unreachable exported messages wait in each export's backlog, whose capacity and overflow policy
 /// apply (ExportRule::queue), and the client reconnects forever with jittered backoff. Delivery
-/// over NATS is at most once: a message handed to the client just before the link died can be lost
-/// (track_loss counts such losses). The broker must outlive the bridge. Destroying the bridge ends
-/// the imports (waiting for a running callback), ends the exports (waiting for a running handler;
-/// messages still in a backlog are discarded: call flush() first), then closes the connection.
+/// over core NATS is at most once: a message handed to the client just before the link died can be
+/// lost (track_loss counts such losses). A rule with `jetstream` goes through a JetStream stream
+/// at least once instead: exports are resent until the stream acknowledges them, imports are
+/// acknowledged once queued for every matching subscriber (or by ack()), nak'ed or dead-lettered
+/// otherwise (see JetStreamExport, JetStreamImport). The broker must outlive the bridge.
+/// Destroying the bridge ends the imports (waiting for a running callback), ends the exports
+/// (waiting for a running handler; messages still in a backlog are discarded: call flush() first;
+/// JetStream exports wait up to drain_timeout for their acknowledgements), then closes the
+/// connection.
 /// Throws: (constructor) InvalidTopic for an invalid pattern or prefix; std::invalid_argument for
 /// other bad rules; std::length_error for an import subject longer than max_subject_bytes;
-/// NatsError when the server cannot be reached. Nothing is left running then. Thread-safety: every
+/// NatsError when the server cannot be reached, or a JetStream stream or consumer is missing (and
+/// not to be created) or cannot be made. Nothing is left running then. Thread-safety: every
 /// member function may be called concurrently.
 template <class T, class C = DefaultCodec<T>>
 requires Codec<C, T>
@@ -462,6 +468,7 @@ class Bridge {
       ctx.reset(raw);
       detail::ensure_stream(raw, o.stream, filter, what);
       detail::ensure_consumer(raw, o, filter, what);
+      if (o.dedup_window > 0) seen.emplace(o.dedup_window);  // before anything needs undoing
       // Bound to the consumer made above: the client did not create it, so unsubscribing never
       // deletes it (a durable outlives the bridge).
       jsSubOptions so;
@@ -472,7 +479,6 @@ class Bridge {
       detail::js_check(
           js_PullSubscribe(&sub, raw, filter.c_str(), o.durable.c_str(), nullptr, &so, &jerr), jerr,
           what + ": cannot bind to consumer '" + o.durable + "'");
-      if (o.dedup_window > 0) seen.emplace(o.dedup_window);
     }
     JsIn(const JsIn&) = delete;
     JsIn& operator=(const JsIn&) = delete;
