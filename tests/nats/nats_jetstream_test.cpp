@@ -629,3 +629,46 @@ TEST_CASE("a nats.go JetStream consumer sees every message herald exported, acro
   CHECK_THAT(report, Catch::Matchers::Contains("distinct=" + std::to_string(n) + " missing=0"));
 #endif
 }
+
+TEST_CASE("when max_in_flight messages are unacknowledged, the export's overflow policy applies",
+          "[nats][jetstream]") {
+  struct Case {
+    const char* name;
+    herald::SubscribeOptions queue;
+  };
+  const Case cases[] = {
+      {"drop_incoming", {.capacity = 64, .overflow = Overflow::drop_incoming}},
+      {"drop_oldest (what is in flight is never given up)",
+       {.capacity = 64, .overflow = Overflow::drop_oldest}},
+      {"block with timeout", {.capacity = 64, .overflow = Overflow::block, .block_timeout = 20ms}},
+  };
+  for (const Case& c : cases) {
+    DYNAMIC_SECTION(c.name) {
+      JetStreamServer js;
+      Broker<std::uint64_t> broker;
+      auto out = to_stream("BOUND");
+      out.max_in_flight = 2;
+      Bridge<std::uint64_t> bridge(
+          broker,
+          {.url = js.server.url(), .exports = {js_export("b.>", out, c.queue)}, .reconnect = fast});
+      broker.publish("b.x", 1);
+      REQUIRE(bridge.flush(10s));
+      js.server.stop();  // nothing is acknowledged now
+      REQUIRE(eventually([&] { return !bridge.is_connected(); }));
+      for (std::uint64_t v = 2; v <= 11; ++v)
+        broker.publish("b.x", v);
+      auto s = bridge.stats();
+      CHECK(s.js_in_flight == 2);  // 2 and 3
+      CHECK(s.dropped_overflow == 8);
+      js.server.start();
+      REQUIRE(bridge.flush(30s));
+      s = bridge.stats();
+      CHECK(s.exported == 11);
+      CHECK(s.sent == 3);
+      CHECK(s.js_acked == 3);
+      CHECK(s.exported == s.sent + s.dropped());
+      JsClient other(js.server.url());
+      CHECK(other.stream_messages("BOUND") == 3);
+    }
+  }
+}
