@@ -392,6 +392,28 @@ TEST_CASE("after max_deliver a message goes to the dead-letter subject with why,
   for (const auto& e : errors.snapshot())
     reported = reported || (e.kind == ErrorKind::dead_lettered && e.subject == "jobs.x");
   CHECK(reported);
+
+  // A payload the codec refuses can never be imported: dead-lettered at its first delivery.
+  jsPubAck* ack = nullptr;
+  REQUIRE(js_Publish(&ack, other.js, "jobs.bad", "abc", 3, nullptr, nullptr) == NATS_OK);
+  jsPubAck_Destroy(ack);
+  REQUIRE(eventually([&] { return bridge.stats().js_dead_lettered == 2; }, 30s));
+  s = bridge.stats();
+  CHECK(s.dropped_decode == 1);
+  CHECK(s.received == 4);
+  CHECK(s.js_nacked == 2);
+  REQUIRE(js_SubscribeSync(&dead, other.js, "dead.>", nullptr, nullptr, nullptr) == NATS_OK);
+  REQUIRE(natsSubscription_NextMsg(&m, dead, 10000) == NATS_OK);  // the first dead letter
+  natsMsg_Destroy(m);
+  REQUIRE(natsSubscription_NextMsg(&m, dead, 10000) == NATS_OK);
+  REQUIRE(natsMsgHeader_Get(m, "Herald-Dead-Reason", &h) == NATS_OK);
+  CHECK_THAT(std::string(h), Catch::Matchers::Contains("cannot be decoded"));
+  REQUIRE(natsMsgHeader_Get(m, "Herald-Dead-Deliveries", &h) == NATS_OK);
+  CHECK(std::string(h) == "1");
+  CHECK(std::string(natsMsg_GetData(m), 3) == "abc");
+  natsMsg_Destroy(m);
+  natsSubscription_Unsubscribe(dead);
+  natsSubscription_Destroy(dead);
 }
 
 TEST_CASE("manual acks: the application acks or naks each message once its handler is done",
