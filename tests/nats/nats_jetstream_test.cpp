@@ -694,3 +694,62 @@ TEST_CASE("when max_in_flight messages are unacknowledged, the export's overflow
     }
   }
 }
+
+TEST_CASE("a bridge importing the stream it exports to does not import its own messages back",
+          "[nats][jetstream]") {
+  JetStreamServer js;
+  Broker<std::uint64_t> broker;
+  auto sub = broker.subscribe("loop.>", {.capacity = 64});
+  auto out = to_stream("LOOP");
+  auto in = from_stream("LOOP", "loop");
+  Bridge<std::uint64_t> bridge(broker, {.url = js.server.url(),
+                                        .exports = {js_export("loop.>", out)},
+                                        .imports = {{.pattern = "loop.>", .jetstream = in}}});
+  JsClient other(js.server.url());
+  for (std::uint64_t v = 1; v <= 3; ++v)
+    broker.publish("loop.local", v);
+  other.publish("loop.remote", 100);
+  REQUIRE(bridge.flush(10s));
+  REQUIRE(eventually([&] { return bridge.stats().received == 4; }));
+  std::vector<std::uint64_t> got;
+  while (auto m = sub.receive_for(300ms))
+    got.push_back(**m);
+  CHECK(got == std::vector<std::uint64_t>{1, 2, 3, 100});  // local ones once, the remote one
+  const auto s = bridge.stats();
+  CHECK(s.echoes == 3);
+  CHECK(s.imported == 1);
+  CHECK(s.skipped_echo == 1);  // the imported one was not exported again
+  CHECK(s.js_acked_in == 4);
+}
+
+TEST_CASE(
+    "manual acks: a message redelivered after ack_wait while the application holds it is not "
+    "published twice, and the newer delivery is the one acknowledged",
+    "[nats][jetstream]") {
+  JetStreamServer js;
+  JsClient other(js.server.url());
+  other.add_stream("SLOW", "slow.>");
+  Broker<std::uint64_t> broker;
+  auto sub = broker.subscribe("slow.>", {.capacity = 16});
+  auto in = from_stream("SLOW", "slow");
+  in.ack = AckMode::manual;
+  in.ack_wait = 300ms;
+  Bridge<std::uint64_t> bridge(
+      broker, {.url = js.server.url(), .imports = {{.pattern = "slow.>", .jetstream = in}}});
+  other.publish("slow.job", 5);
+  auto m = sub.receive_for(10s);
+  REQUIRE(m);
+  // Held past ack_wait: the server redelivers, the bridge keeps the newer delivery.
+  REQUIRE(eventually([&] { return bridge.stats().js_duplicates >= 1; }));
+  CHECK_FALSE(sub.try_receive());
+  CHECK(bridge.stats().js_pending_acks == 1);
+  CHECK(bridge.ack(*m));
+  CHECK(bridge.stats().js_pending_acks == 0);
+  // Acknowledged: nothing more comes (a redelivery in flight at the ack is suppressed).
+  std::this_thread::sleep_for(1s);
+  CHECK_FALSE(sub.try_receive());
+  const auto s = bridge.stats();
+  CHECK(s.imported == 1);
+  CHECK(s.js_acked_in == 1);
+  CHECK(s.received == s.imported + s.js_duplicates);
+}
