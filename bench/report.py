@@ -155,6 +155,10 @@ def nats(path):
         "bridge/inline_handler": "herald bridge, inline handler",
         "bridge/pull_subscriber": "herald bridge, pull subscriber",
         "bridge/inline_handler_headers": "herald bridge, inline handler, 2 headers",
+        # At least once through JetStream: acknowledged by the stream, 1024 in flight.
+        "raw_libnats_js_async": "raw libnats JetStream async publish",
+        "raw_libnats_js_async_msgid": "raw libnats JetStream async publish, Nats-Msg-Id",
+        "bridge_js/export": "herald bridge, JetStream export (at least once)",
     }
     rates = {}
     order = list(names)
@@ -177,6 +181,13 @@ def nats(path):
         if base.startswith("bridge/") and not base.endswith("_headers") and raw:
             goals.append(Goal("nats", f"{size}-byte messages/s, {names[base]} / raw libnats",
                               rate / raw, ">= 0.8x", "met" if rate / raw >= 0.8 else "MISSED"))
+        if base == "bridge_js/export":
+            for peer in ("raw_libnats_js_async", "raw_libnats_js_async_msgid"):
+                other = rates.get((peer, size))
+                if other:
+                    goals.append(Goal("nats", f"{size}-byte messages/s, {names[base]} / "
+                                      f"{names[peer]}", rate / other, ">= 0.8x",
+                                      "met" if rate / other >= 0.8 else "MISSED"))
     return measures, goals
 
 

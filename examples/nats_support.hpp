@@ -22,9 +22,10 @@ extern char** environ;
 namespace examples {
 
 /// Only so that the example runs anywhere: a nats-server of its own on a free loopback port.
+/// `extra`: more arguments (e.g. {"-js", "-sd", dir} for JetStream).
 class PrivateServer {
  public:
-  PrivateServer() {
+  explicit PrivateServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -34,17 +35,7 @@ class PrivateServer {
     getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
     close(fd);
     port_ = std::to_string(ntohs(addr.sin_port));
-    std::string bin = "/usr/sbin/nats-server", a = "-a", host = "127.0.0.1", p = "-p";
-    char* argv[] = {bin.data(), a.data(), host.data(), p.data(), port_.data(), nullptr};
-    posix_spawn_file_actions_t quiet;
-    posix_spawn_file_actions_init(&quiet);
-    posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
-    if (posix_spawnp(&pid_, "nats-server", &quiet, nullptr, argv, environ) != 0 &&
-        posix_spawn(&pid_, bin.c_str(), &quiet, nullptr, argv, environ) != 0) {
-      pid_ = -1;
-    }
-    posix_spawn_file_actions_destroy(&quiet);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let it start listening
+    start();
   }
   ~PrivateServer() {
     if (pid_ <= 0) return;
@@ -54,7 +45,37 @@ class PrivateServer {
   [[nodiscard]] bool started() const { return pid_ > 0; }
   [[nodiscard]] std::string url() const { return "nats://127.0.0.1:" + port_; }
 
+  /// Kills it without warning (SIGKILL: a crash, not a shutdown) and starts it again on the
+  /// same port with the same arguments.
+  void crash_and_restart() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+    start();
+  }
+
  private:
+  void start() {
+    std::vector<std::string> args = {"/usr/sbin/nats-server", "-a", "127.0.0.1", "-p", port_};
+    args.insert(args.end(), extra_.begin(), extra_.end());
+    std::vector<char*> argv;
+    for (std::string& arg : args)
+      argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t quiet;
+    posix_spawn_file_actions_init(&quiet);
+    posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
+    if (posix_spawnp(&pid_, "nats-server", &quiet, nullptr, argv.data(), environ) != 0 &&
+        posix_spawn(&pid_, argv[0], &quiet, nullptr, argv.data(), environ) != 0) {
+      pid_ = -1;
+    }
+    posix_spawn_file_actions_destroy(&quiet);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let it start listening
+  }
+
+  std::vector<std::string> extra_;
   pid_t pid_ = -1;
   std::string port_;
 };

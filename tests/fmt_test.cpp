@@ -55,6 +55,9 @@ TEST_CASE("stats structs format every field by name", "[fmt]") {
   const std::string bridge = fmt::format("{}", herald::BridgeStats{});
   CHECK(bridge.find("BridgeStats{exported: 0, sent: 0,") == 0);
   CHECK(bridge.find("connected: false}") != std::string::npos);
+  CHECK(bridge.find("js_acked: 0, js_retried: 0, js_failed: 0, js_in_flight: 0") !=
+        std::string::npos);
+  CHECK(bridge.find("js_duplicates: 0") != std::string::npos);
   std::vector<std::string> infos;
   broker.for_each_subscription(
       [&](const herald::SubscriptionInfo& i) { infos.push_back(fmt::format("{}", i)); });

@@ -138,6 +138,11 @@ TEST_CASE("an exposition reports a broker, its subscriptions, handlers, topics, 
   bridge.s.sent = 4;
   bridge.s.dropped_overflow = 1;
   bridge.s.connected = true;
+  bridge.s.js_acked = 7;
+  bridge.s.js_retried = 2;
+  bridge.s.js_in_flight = 3;
+  bridge.s.js_duplicates = 5;
+  bridge.s.js_dead_lettered = 1;
 
   MetricsRegistry metrics;
   metrics.add_broker("orders", broker, {{"service", "checkout"}});
@@ -183,6 +188,13 @@ TEST_CASE("an exposition reports a broker, its subscriptions, handlers, topics, 
   CHECK(
       has_line(text, "herald_bridge_export_dropped_total{bridge=\"nats\",reason=\"overflow\"} 1"));
   CHECK(has_line(text, "herald_bridge_connected{bridge=\"nats\"} 1"));
+  CHECK(has_line(text, "herald_bridge_js_acked_total{bridge=\"nats\"} 7"));
+  CHECK(has_line(text, "herald_bridge_js_retried_total{bridge=\"nats\"} 2"));
+  CHECK(has_line(text, "herald_bridge_js_failed_total{bridge=\"nats\"} 0"));
+  CHECK(has_line(text, "herald_bridge_js_in_flight{bridge=\"nats\"} 3"));
+  CHECK(has_line(text, "herald_bridge_js_duplicates_total{bridge=\"nats\"} 5"));
+  CHECK(has_line(text, "herald_bridge_js_dead_lettered_total{bridge=\"nats\"} 1"));
+  CHECK(has_line(text, "# TYPE herald_bridge_js_pending_acks gauge"));
   check_with_promtool(text);
 
   // The same through a stream.

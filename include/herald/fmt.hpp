@@ -190,8 +190,12 @@ struct fmt::formatter<herald::BridgeStats> : herald::detail::FieldsFormatter {
           "received", s.received)("imported", s.imported)("rejected", s.rejected)(
           "dropped_decode", s.dropped_decode)("import_failed", s.import_failed)("echoes", s.echoes)(
           "dropped_slow", s.dropped_slow)("lost", s.lost)("seeded", s.seeded)(
-          "disconnects", s.disconnects)("reconnects", s.reconnects)("errors", s.errors)(
-          "connected", s.connected);
+          "js_acked", s.js_acked)("js_retried", s.js_retried)("js_failed", s.js_failed)(
+          "js_in_flight", s.js_in_flight)("js_acked_in", s.js_acked_in)("js_nacked", s.js_nacked)(
+          "js_dead_lettered", s.js_dead_lettered)("js_duplicates", s.js_duplicates)(
+          "js_not_queued", s.js_not_queued)("js_ack_failed", s.js_ack_failed)(
+          "js_pending_acks", s.js_pending_acks)("disconnects", s.disconnects)(
+          "reconnects", s.reconnects)("errors", s.errors)("connected", s.connected);
     });
   }
 };

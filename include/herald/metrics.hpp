@@ -93,16 +93,18 @@ inline void append_label(std::string& out, std::string_view name, std::string_vi
   out += '"';
 }
 
+// Appended as pointer and length: g++ 12 -O3 warned wrongly (-Wrestrict) about the iterator
+// pair overload once write_scrape grew (the JetStream bridge families).
 inline void append_number(std::string& out, std::uint64_t v) {
   char buf[24];
   const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
+  out.append(buf, static_cast<std::size_t>(r.ptr - buf));
 }
 
 inline void append_number(std::string& out, double v) {
   char buf[32];
   const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
+  out.append(buf, static_cast<std::size_t>(r.ptr - buf));
 }
 
 inline double to_seconds(std::chrono::nanoseconds d) noexcept {
@@ -737,6 +739,39 @@ class MetricsRegistry {
         "herald_bridge_seeded", Type::counter,
         "Retained messages seeded from a JetStream stream (ImportRule::seed_from_stream).",
         [](const BS& s) { return s.seeded; });
+    bridge_family("herald_bridge_js_acked", Type::counter,
+                  "JetStream exports: messages the stream acknowledged.",
+                  [](const BS& s) { return s.js_acked; });
+    bridge_family("herald_bridge_js_retried", Type::counter,
+                  "JetStream exports: resends after a failure, timeout or reconnection.",
+                  [](const BS& s) { return s.js_retried; });
+    bridge_family("herald_bridge_js_failed", Type::counter,
+                  "JetStream exports: messages given up (refused, or unacknowledged at shutdown).",
+                  [](const BS& s) { return s.js_failed; });
+    bridge_family("herald_bridge_js_in_flight", Type::gauge,
+                  "JetStream exports: messages published and not yet acknowledged.",
+                  [](const BS& s) { return s.js_in_flight; });
+    bridge_family("herald_bridge_js_acked_in", Type::counter,
+                  "JetStream imports: deliveries acknowledged to the consumer.",
+                  [](const BS& s) { return s.js_acked_in; });
+    bridge_family("herald_bridge_js_nacked", Type::counter,
+                  "JetStream imports: deliveries nak'ed for redelivery.",
+                  [](const BS& s) { return s.js_nacked; });
+    bridge_family("herald_bridge_js_dead_lettered", Type::counter,
+                  "JetStream imports: messages terminated and sent to the dead-letter subject.",
+                  [](const BS& s) { return s.js_dead_lettered; });
+    bridge_family("herald_bridge_js_duplicates", Type::counter,
+                  "JetStream imports: redeliveries suppressed by the dedup window.",
+                  [](const BS& s) { return s.js_duplicates; });
+    bridge_family("herald_bridge_js_not_queued", Type::counter,
+                  "JetStream imports: deliveries a matching subscriber did not queue.",
+                  [](const BS& s) { return s.js_not_queued; });
+    bridge_family("herald_bridge_js_ack_failed", Type::counter,
+                  "JetStream imports: acks, naks or terms the client could not send.",
+                  [](const BS& s) { return s.js_ack_failed; });
+    bridge_family("herald_bridge_js_pending_acks", Type::gauge,
+                  "JetStream imports (manual acks): messages awaiting the application's ack.",
+                  [](const BS& s) { return s.js_pending_acks; });
     bridge_family("herald_bridge_disconnects", Type::counter, "Connection losses.",
                   [](const BS& s) { return s.disconnects; });
     bridge_family("herald_bridge_reconnects", Type::counter, "Reconnections.",

@@ -7,4 +7,5 @@
 #include <herald/nats/bridge.hpp>
 #include <herald/nats/codec.hpp>
 #include <herald/nats/connection.hpp>
+#include <herald/nats/jetstream.hpp>
 #include <herald/nats/service.hpp>

@@ -219,6 +219,22 @@ struct BridgeStats {
   std::uint64_t lost = 0;            ///< (track_loss) gaps in the sequence of the messages received
   std::uint64_t seeded =
       0;  ///< retained messages seeded from a stream (ImportRule::seed_from_stream)
+  // JetStream exports (ExportRule::jetstream): sent = js_acked + js_failed + js_in_flight.
+  std::uint64_t js_acked = 0;    ///< messages the stream acknowledged (duplicates included)
+  std::uint64_t js_retried = 0;  ///< resends (after a failure, a timeout or a reconnection)
+  std::uint64_t js_failed = 0;   ///< given up: refused by the stream, or unacknowledged at shutdown
+  std::size_t js_in_flight = 0;  ///< published and not yet acknowledged now
+  // JetStream imports (ImportRule::jetstream). `received` counts deliveries (redeliveries too):
+  // received = imported + js_duplicates + js_not_queued + echoes + rejected + dropped_decode +
+  // import_failed; with AckMode::queued each delivery is answered once: received = js_acked_in +
+  // js_nacked + js_dead_lettered + js_ack_failed.
+  std::uint64_t js_acked_in = 0;       ///< deliveries acknowledged to the consumer
+  std::uint64_t js_nacked = 0;         ///< deliveries nak'ed (redelivered after a backoff)
+  std::uint64_t js_dead_lettered = 0;  ///< terminated (max_deliver reached, or never importable)
+  std::uint64_t js_duplicates = 0;     ///< redeliveries suppressed by the import's dedup window
+  std::uint64_t js_not_queued = 0;     ///< deliveries some matching subscriber did not queue
+  std::uint64_t js_ack_failed = 0;     ///< an ack, nak or term the client could not send
+  std::size_t js_pending_acks = 0;     ///< AckMode::manual: imported, awaiting ack()/nak() now
   // The connection.
   std::uint64_t disconnects = 0;
   std::uint64_t reconnects = 0;

@@ -5,6 +5,7 @@
 
 #include <herald/bounded_queue.hpp>
 #include <herald/broker.hpp>
+#include <herald/dedup_window.hpp>
 #include <herald/detail/counters.hpp>
 #include <herald/detail/error_text.hpp>
 #include <herald/detail/hashing.hpp>
@@ -13,6 +14,7 @@
 #include <herald/headers.hpp>
 #include <herald/nats/codec.hpp>
 #include <herald/nats/connection.hpp>
+#include <herald/nats/jetstream.hpp>
 #include <herald/policy.hpp>
 #include <herald/stats.hpp>
 #include <herald/subscription.hpp>
@@ -27,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -53,7 +56,12 @@ struct ExportRule {
   /// options apply to the export's handler subscription, whose queue only fills while its
   /// handler is held up (by a full backlog under `block`, or by the client writing to the
   /// socket). Overflow::disconnect is refused: it would end the export for good.
+  /// With `jetstream`, the policy applies when max_in_flight is reached instead (there is no
+  /// backlog: a message waits in the NATS client or for its retry, counted in flight).
   SubscribeOptions queue{.capacity = 8192};
+  /// Set: publish to a JetStream stream at least once instead of core NATS at most once (see
+  /// JetStreamExport, and "Delivery guarantees" in the README).
+  std::optional<JetStreamExport> jetstream{};
 };
 
 /// NATS subjects matching `prefix.pattern` (or `pattern`) are published into the broker as
@@ -76,6 +84,10 @@ struct ImportRule {
   /// twice (seeded, then live), never newer-then-older at the end. Counted in
   /// BridgeStats::seeded.
   std::string seed_from_stream{};
+  /// Set: consume a JetStream stream through a durable pull consumer, at least once, instead of
+  /// a core NATS subscription (see JetStreamImport; queue_group and seed_from_stream must then be
+  /// empty: bridges sharing the durable share its messages).
+  std::optional<JetStreamImport> jetstream{};
 };
 
 struct BridgeOptions {
@@ -155,13 +167,19 @@ inline std::string prefix_with_dot(const std::string& prefix) {
 /// exported with a plain publish and imported with nothing allocated. While the server is
 /// unreachable exported messages wait in each export's backlog, whose capacity and overflow policy
 /// apply (ExportRule::queue), and the client reconnects forever with jittered backoff. Delivery
-/// over NATS is at most once: a message handed to the client just before the link died can be lost
-/// (track_loss counts such losses). The broker must outlive the bridge. Destroying the bridge ends
-/// the imports (waiting for a running callback), ends the exports (waiting for a running handler;
-/// messages still in a backlog are discarded: call flush() first), then closes the connection.
+/// over core NATS is at most once: a message handed to the client just before the link died can be
+/// lost (track_loss counts such losses). A rule with `jetstream` goes through a JetStream stream
+/// at least once instead: exports are resent until the stream acknowledges them, imports are
+/// acknowledged once queued for every matching subscriber (or by ack()), nak'ed or dead-lettered
+/// otherwise (see JetStreamExport, JetStreamImport). The broker must outlive the bridge.
+/// Destroying the bridge ends the imports (waiting for a running callback), ends the exports
+/// (waiting for a running handler; messages still in a backlog are discarded: call flush() first;
+/// JetStream exports wait up to drain_timeout for their acknowledgements), then closes the
+/// connection.
 /// Throws: (constructor) InvalidTopic for an invalid pattern or prefix; std::invalid_argument for
 /// other bad rules; std::length_error for an import subject longer than max_subject_bytes;
-/// NatsError when the server cannot be reached. Nothing is left running then. Thread-safety: every
+/// NatsError when the server cannot be reached, or a JetStream stream or consumer is missing (and
+/// not to be created) or cannot be made. Nothing is left running then. Thread-safety: every
 /// member function may be called concurrently.
 template <class T, class C = DefaultCodec<T>>
 requires Codec<C, T>
@@ -183,8 +201,11 @@ class Bridge {
     for (std::size_t i = 0; i < options_.exports.size(); ++i) {
       exports_.push_back(std::make_unique<Export>(*this, options_.exports[i], i));
     }
-    for (const ImportRule& rule : options_.imports) {
-      imports_.push_back(std::make_unique<Import>(*this, rule));
+    for (std::size_t i = 0; i < options_.imports.size(); ++i) {
+      imports_.push_back(std::make_unique<Import>(*this, options_.imports[i], i));
+    }
+    for (const auto& i : imports_) {
+      if (i->js) i->start_fetching();  // once every import exists: ack() may look them up
     }
     if (!imports_.empty()) {
       // When the constructor returns, the server knows the subscriptions.
@@ -229,6 +250,12 @@ class Bridge {
           return false;
         }
       }
+      // JetStream: until the stream acknowledged everything (retries included).
+      if (e->js && herald::detail::wait_until(
+                       e->js->drained, [&] { return e->js->in_flight.load() == 0; }, deadline) !=
+                       herald::detail::WaitStatus::done) {
+        return false;
+      }
     }
     // What is left of the timeout for the server's round trip (a day stands for "forever").
     std::int64_t left_ms = 24 * 3600 * 1000;
@@ -264,6 +291,12 @@ class Bridge {
       s.dropped_failed += e->dropped_failed.get();
       s.skipped_echo += skipped;
       s.queued += q.queue_depth + e->backlog.approx_size();
+      if (e->js) {
+        s.js_acked += e->js->acked.load(std::memory_order_relaxed);
+        s.js_retried += e->js->retried.load(std::memory_order_relaxed);
+        s.js_failed += e->js->failed.load(std::memory_order_relaxed);
+        s.js_in_flight += e->js->in_flight.load(std::memory_order_relaxed);
+      }
     }
     for (const auto& i : imports_) {
       s.received += i->received.get();
@@ -274,6 +307,16 @@ class Bridge {
       s.echoes += i->echoes.get();
       s.lost += i->lost.get();
       s.seeded += i->seeded.get();
+      if (i->js) {
+        const JsIn& j = *i->js;
+        s.js_acked_in += j.acked_in.load(std::memory_order_relaxed);
+        s.js_nacked += j.nacked.load(std::memory_order_relaxed);
+        s.js_dead_lettered += j.dead_lettered.load(std::memory_order_relaxed);
+        s.js_duplicates += j.duplicates.load(std::memory_order_relaxed);
+        s.js_not_queued += j.not_queued.load(std::memory_order_relaxed);
+        s.js_ack_failed += j.ack_failed.load(std::memory_order_relaxed);
+        s.js_pending_acks += j.pending_size.load(std::memory_order_relaxed);
+      }
       std::int64_t dropped = 0;
       if (natsSubscription_GetDropped(i->sub, &dropped) == NATS_OK && dropped > 0) {
         s.dropped_slow += static_cast<std::uint64_t>(dropped);
@@ -286,7 +329,60 @@ class Bridge {
     return s;
   }
 
+  /// AckMode::manual: acknowledges `m`, a message a JetStream import of this bridge published
+  /// (it carries the bridge's `Herald-Ack` header), once the application is done with it. The
+  /// first ack() or nak() of a message settles it; True when it was pending here (false: not a
+  /// manual-ack JetStream import of this bridge, or already settled; the server redelivers a
+  /// message settled neither way after ack_wait). Thread-safe; does not block on the network.
+  bool ack(const Message<T>& m) { return settle(m, true); }
+  /// AckMode::manual: gives `m` back for redelivery after the rule's nak backoff, or to the
+  /// dead-letter subject once it was delivered max_deliver times. Same return value as ack().
+  bool nak(const Message<T>& m) { return settle(m, false); }
+
  private:
+  struct Export;
+
+  /// The JetStream side of an export (ExportRule::jetstream). Every message handed to JetStream
+  /// is in flight until acknowledged: held by the NATS client (its async publish list, with a
+  /// deadline of ack_timeout) or by `retry`, never both, never neither.
+  struct JsOut {
+    JsOut(Bridge& b, Export& e, const JetStreamExport& o, std::size_t index)
+        : options(o),
+          what("herald::nats: the export of '" + e.pattern.str() + "'"),
+          id_prefix(b.id_hex_ + "-" + std::to_string(index) + "-"),
+          ctx(nullptr, &jsCtx_Destroy) {
+      jsOptions jo;
+      jsOptions_Init(&jo);
+      // The acknowledgement callback runs on the client's thread for the context's replies.
+      jo.PublishAsync.AckHandler = &Bridge::on_publish_ack;
+      jo.PublishAsync.AckHandlerClosure = &e;
+      jsCtx* raw = nullptr;
+      detail::check(natsConnection_JetStream(&raw, b.conn_->get(), &jo), what.c_str());
+      ctx.reset(raw);
+      detail::ensure_stream(raw, o.stream, e.prefix + e.pattern.str(), what);
+    }
+    JsOut(const JsOut&) = delete;
+    JsOut& operator=(const JsOut&) = delete;
+    ~JsOut() {
+      for (natsMsg* m : retry)
+        natsMsg_Destroy(m);
+    }
+
+    const JetStreamExport options;
+    const std::string what;
+    const std::string id_prefix;  // Nats-Msg-Id: "<bridge id>-<export index>-" + sequence
+    detail::JsCtxPtr ctx;
+    std::atomic<std::size_t> in_flight{0};
+    // `room`: the strand waits for in_flight < max; `drained`: flush and shutdown wait for 0.
+    // Two event counts, so that each has waiters of one condition (see parking.hpp's notify).
+    herald::detail::EventCount room, drained, wake;
+    std::mutex retry_mutex;
+    std::deque<natsMsg*> retry;  // under retry_mutex: messages to resend, oldest first
+    std::atomic<std::size_t> retry_size{0};
+    std::atomic<std::uint64_t> acked{0}, retried{0}, failed{0};
+    std::mutex handler_mutex;  // held by the acknowledgement callback while it touches this
+  };
+
   struct Export {
     Export(Bridge& b, const ExportRule& rule, std::size_t index)
         : bridge(b),
@@ -297,17 +393,26 @@ class Bridge {
           block_timeout(rule.queue.block_timeout),
           backlog(rule.queue.capacity),
           subject(prefix),
+          js(rule.jetstream ? std::make_unique<JsOut>(b, *this, *rule.jetstream, index) : nullptr),
           sub(b.broker_.subscribe(
               rule.pattern, [this](const Message<T>& m) { bridge.export_one(*this, m); },
               inline_executor, rule.queue)),
-          thread([this](std::stop_token stop) { bridge.run_backlog(*this, stop); }) {}
+          thread([this](std::stop_token stop) {
+            if (js) {
+              bridge.run_js_retries(*this, stop);
+            } else {
+              bridge.run_backlog(*this, stop);
+            }
+          }) {}
     Export(const Export&) = delete;
     Export& operator=(const Export&) = delete;
     /// Ends the subscription (a handler waiting for room in the backlog gives up), then the
-    /// thread (the jthread's destructor).
+    /// thread (the jthread's destructor). JetStream: waits for the outstanding acknowledgements
+    /// first (at most drain_timeout), and counts what is left as failed.
     ~Export() {
       stopping.request_stop();
       sub.unsubscribe();
+      if (js) bridge.drain_js(*this);
     }
 
     /// One message dealt with for good (sent, dropped, skipped): what flush() waits for.
@@ -341,18 +446,91 @@ class Bridge {
     std::string scratch;  // the codec's
     std::unordered_map<std::string, std::uint64_t, herald::detail::TopicHash, std::equal_to<>>
         sequences;               // track_loss: the next sequence number of each subject
+    std::unique_ptr<JsOut> js;   // JetStream mode; made before the subscription can call it
+    std::string msg_id;          // the strand's Nats-Msg-Id buffer
     HandlerSubscription<T> sub;  // after what its handler touches
     std::jthread thread;         // last: starts once everything above exists, stops first
   };
 
   enum class Gate : std::uint8_t { open, seeding, closed };
 
+  /// The JetStream side of an import (ImportRule::jetstream): a pull subscription bound to the
+  /// durable consumer, the thread that fetches from it, and (AckMode::manual) the messages
+  /// waiting for the application's ack() or nak().
+  struct JsIn {
+    JsIn(Bridge& b, const JetStreamImport& o, const std::string& filter, std::size_t index)
+        : options(o),
+          what("herald::nats: the import of '" + filter + "'"),
+          ack_prefix(b.id_hex_ + "." + std::to_string(index) + "."),
+          ctx(nullptr, &jsCtx_Destroy) {
+      jsCtx* raw = nullptr;
+      detail::check(natsConnection_JetStream(&raw, b.conn_->get(), nullptr), what.c_str());
+      ctx.reset(raw);
+      detail::ensure_stream(raw, o.stream, filter, what);
+      detail::ensure_consumer(raw, o, filter, what);
+      if (o.dedup_window > 0) seen.emplace(o.dedup_window);  // before anything needs undoing
+      // Bound to the consumer made above: the client did not create it, so unsubscribing never
+      // deletes it (a durable outlives the bridge).
+      jsSubOptions so;
+      jsSubOptions_Init(&so);
+      so.Stream = o.stream.name.c_str();
+      so.Consumer = o.durable.c_str();
+      jsErrCode jerr{};
+      detail::js_check(
+          js_PullSubscribe(&sub, raw, filter.c_str(), o.durable.c_str(), nullptr, &so, &jerr), jerr,
+          what + ": cannot bind to consumer '" + o.durable + "'");
+    }
+    JsIn(const JsIn&) = delete;
+    JsIn& operator=(const JsIn&) = delete;
+    ~JsIn() { stop(); }
+
+    /// Ends the fetching thread (unsubscribing wakes a fetch in progress) and frees what is left.
+    /// Messages still awaiting a manual ack are left to the server, which redelivers them.
+    void stop() noexcept {
+      thread.request_stop();
+      if (sub) natsSubscription_Unsubscribe(sub);
+      if (thread.joinable()) thread.join();
+      if (sub) natsSubscription_Destroy(sub);
+      sub = nullptr;
+      const std::lock_guard lock(pending_mutex);
+      for (auto& [seq, p] : pending)
+        natsMsg_Destroy(p.msg);
+      pending.clear();
+      pending_size.store(0, std::memory_order_relaxed);
+    }
+
+    struct Pending {
+      natsMsg* msg;
+      std::string key;  // the dedup key
+      std::uint64_t deliveries;
+    };
+
+    const JetStreamImport options;
+    const std::string what;
+    const std::string ack_prefix;  // Herald-Ack: "<bridge id>.<import index>." + stream sequence
+    detail::JsCtxPtr ctx;
+    natsSubscription* sub = nullptr;
+    // The keys of the messages delivered lately (dedup_window); the fetching thread and ack().
+    std::optional<DedupWindow<std::string>> seen;
+    std::atomic<std::uint64_t> acked_in{0}, nacked{0}, dead_lettered{0}, duplicates{0},
+        not_queued{0}, ack_failed{0};
+    std::mutex pending_mutex;
+    std::unordered_map<std::uint64_t, Pending> pending;  // by stream sequence (AckMode::manual)
+    std::atomic<std::size_t> pending_size{0};
+    std::jthread thread;  // last: stopped first
+  };
+
   struct Import {
-    Import(Bridge& b, const ImportRule& rule)
+    Import(Bridge& b, const ImportRule& rule, std::size_t index)
         : bridge(b),
           prefix_size(detail::prefix_with_dot(rule.prefix).size()),
           subject(detail::prefix_with_dot(rule.prefix) + rule.pattern),
           gate(rule.seed_from_stream.empty() ? Gate::open : Gate::seeding) {
+      if (rule.jetstream) {
+        complete.store(true);  // no core subscription: nothing to wait for
+        js = std::make_unique<JsIn>(b, *rule.jetstream, subject, index);
+        return;
+      }
       natsStatus s = NATS_OK;
       if (rule.queue_group.empty()) {
         s = natsConnection_Subscribe(&sub, b.conn_->get(), subject.c_str(), &Bridge::on_message,
@@ -383,8 +561,13 @@ class Bridge {
       gate.notify_all();
     }
 
+    void start_fetching() {
+      js->thread = std::jthread([this](std::stop_token stop) { bridge.run_fetch(*this, stop); });
+    }
+
     /// Unsubscribes and waits until no callback runs or will run, then frees the subscription.
     void end() noexcept {
+      if (js) js->stop();
       if (gate.load(std::memory_order_acquire) == Gate::seeding) set_gate(Gate::closed);
       if (!sub) return;
       natsSubscription_Unsubscribe(sub);
@@ -422,6 +605,7 @@ class Bridge {
     // Callback thread only (one Publisher per thread, as Publisher requires).
     std::unordered_map<std::string, Publisher<T>, herald::detail::TopicHash, std::equal_to<>>
         publishers;
+    std::unique_ptr<JsIn> js;  // JetStream mode (then `sub` stays null)
   };
 
   static std::string hex(std::uint64_t v) {
@@ -455,6 +639,7 @@ class Bridge {
                                     "' cannot use Overflow::disconnect (it would end the export "
                                     "for good); use drop_incoming, drop_oldest or block");
       }
+      if (r.jetstream) detail::validate("the export of '" + r.pattern + "'", *r.jetstream);
     }
     for (const ImportRule& r : options_.imports) {
       validate_pattern(r.pattern);
@@ -474,6 +659,16 @@ class Bridge {
         throw std::invalid_argument("herald::nats: queue group '" + r.queue_group +
                                     "' contains whitespace");
       }
+      if (r.jetstream) {
+        const std::string rule = "the import of '" + r.pattern + "'";
+        detail::validate(rule, *r.jetstream);
+        if (!r.queue_group.empty() || !r.seed_from_stream.empty()) {
+          throw std::invalid_argument(
+              "herald::nats: " + rule +
+              ": a JetStream import takes no queue_group or seed_from_stream (bridges using the "
+              "same durable consumer share its messages)");
+        }
+      }
     }
   }
 
@@ -487,6 +682,11 @@ class Bridge {
     try {
       if (m.origin() == id_) {
         e.skipped.add();
+        e.finished();
+        return;
+      }
+      if (e.js) {
+        export_js(e, m);
         e.finished();
         return;
       }
@@ -677,6 +877,518 @@ class Bridge {
     return s;
   }
 
+  // ----- JetStream export -----
+
+  /// The strand's JetStream path: prepares the message, takes a slot of max_in_flight (the
+  /// rule's overflow policy when there is none), and hands it to the client's asynchronous
+  /// publish with its Nats-Msg-Id. A message the client refuses now waits for the retry thread.
+  void export_js(Export& e, const Message<T>& m) {
+    JsOut& j = *e.js;
+    const auto payload = prepare(e, m, e.subject, e.scratch);
+    if (!payload) return;
+    e.msg_id.assign(j.id_prefix);
+    e.msg_id += std::to_string(m.sequence());
+    if (!take_slot(e)) {
+      e.backlog_refused.add();  // refused by the in-flight bound: dropped_overflow
+      return;
+    }
+    natsMsg* msg = nullptr;
+    natsStatus s = natsMsg_Create(&msg, e.subject.c_str(), nullptr, payload->data(),
+                                  static_cast<int>(payload->size()));
+    if (s == NATS_OK && !m.headers().empty()) {
+      s = detail::add_headers(msg, m.headers());
+      natsMsgHeader_Delete(msg, detail::kAckHeader);  // an import's ack token stays here
+    }
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, detail::kMsgIdHeader, e.msg_id.c_str());
+    if (s != NATS_OK) {
+      natsMsg_Destroy(msg);
+      e.dropped_failed.add();
+      report_(
+          ErrorKind::publish_failed, e.subject,
+          std::string("herald::nats: cannot build the JetStream message: ") + natsStatus_GetText(s),
+          s);
+      release_slots(j, 1);
+      return;
+    }
+    e.sent.add();
+    if (publish_js(j, msg) != NATS_OK) to_retry(j, msg);
+  }
+
+  /// One slot of max_in_flight for the strand (the only taker, so check-then-add is exact),
+  /// waiting for one under Overflow::block. False: refused.
+  bool take_slot(Export& e) {
+    JsOut& j = *e.js;
+    const std::size_t max = j.options.max_in_flight;
+    const auto has_room = [&] { return j.in_flight.load(std::memory_order_seq_cst) < max; };
+    if (!has_room()) {
+      if (e.overflow != Overflow::block) return false;
+      const auto deadline = e.block_timeout == std::chrono::nanoseconds::max()
+                                ? herald::detail::Deadline::forever()
+                                : herald::detail::Deadline::after(e.block_timeout);
+      if (herald::detail::wait_until(j.room, has_room, deadline, e.stopping.get_token()) !=
+          herald::detail::WaitStatus::done) {
+        return false;
+      }
+    }
+    j.in_flight.fetch_add(1, std::memory_order_seq_cst);
+    return true;
+  }
+
+  void release_slots(JsOut& j, std::size_t n) noexcept {
+    if (j.in_flight.fetch_sub(n, std::memory_order_seq_cst) == n) j.drained.notify_all();
+    j.room.notify_all();
+  }
+
+  /// Hands `msg` to the client's asynchronous publish; on NATS_OK the client owns it.
+  natsStatus publish_js(JsOut& j, natsMsg*& msg) noexcept {
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = j.options.ack_timeout.count();  // the client reports a timeout after this
+    return js_PublishMsgAsync(j.ctx.get(), &msg, &po);
+  }
+
+  void to_retry(JsOut& j, natsMsg* msg) noexcept {
+    {
+      const std::lock_guard lock(j.retry_mutex);
+      try {
+        j.retry.push_back(msg);
+      } catch (...) {  // no memory for the list: give the message up rather than lose track
+        natsMsg_Destroy(msg);
+        j.failed.fetch_add(1, std::memory_order_relaxed);
+        release_slots(j, 1);
+        return;
+      }
+      j.retry_size.fetch_add(1, std::memory_order_seq_cst);
+    }
+    j.wake.notify_all();
+  }
+
+  /// The client's acknowledgement callback (its thread for the context's replies): an ack ends
+  /// a message's flight; an error worth retrying sends it to the retry thread; any other error
+  /// gives it up (js_failed, reported).
+  static void on_publish_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* self) {
+    auto& e = *static_cast<Export*>(self);
+    Bridge& b = e.bridge;
+    JsOut& j = *e.js;
+    const std::lock_guard lock(j.handler_mutex);  // see drain_js
+    if (pa != nullptr || pae == nullptr) {
+      natsMsg_Destroy(msg);
+      j.acked.fetch_add(1, std::memory_order_relaxed);
+      b.release_slots(j, 1);
+      return;
+    }
+    if (detail::retryable(pae->Err, pae->ErrCode)) {
+      b.to_retry(j, msg);
+      return;
+    }
+    try {
+      b.report_(ErrorKind::jetstream_failed, natsMsg_GetSubject(msg),
+                j.what + ": stream '" + j.options.stream.name + "' refused a message: " +
+                    (pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err)) +
+                    (pae->ErrCode ? " (JetStream error " + std::to_string(int(pae->ErrCode)) + ")"
+                                  : std::string()),
+                pae->Err);
+    } catch (...) {
+    }
+    natsMsg_Destroy(msg);
+    j.failed.fetch_add(1, std::memory_order_relaxed);
+    b.release_slots(j, 1);
+  }
+
+  /// Moves what the client still awaits acknowledgements for into the retry list (after a
+  /// reconnection: the server that should have answered may be gone). Resending one that did
+  /// arrive costs a duplicate the stream drops by its Nats-Msg-Id.
+  void reclaim(JsOut& j) noexcept {
+    natsMsgList pending{};
+    if (js_PublishAsyncGetPendingList(&pending, j.ctx.get()) != NATS_OK) return;
+    for (int i = 0; i < pending.Count; ++i) {
+      natsMsg* m = pending.Msgs[i];
+      pending.Msgs[i] = nullptr;
+      if (m) to_retry(j, m);
+    }
+    natsMsgList_Destroy(&pending);
+  }
+
+  /// The export's thread in JetStream mode: resends what failed or timed out, and after each
+  /// reconnection what was awaiting an acknowledgement, pausing between rounds that see no ack.
+  void run_js_retries(Export& e, std::stop_token stop) {
+    JsOut& j = *e.js;
+    std::uint64_t reconnects = conn_->reconnects();
+    std::uint64_t acked = j.acked.load(std::memory_order_relaxed);
+    std::chrono::milliseconds pause = j.options.retry_backoff;
+    std::vector<natsMsg*> batch;
+    while (!stop.stop_requested()) {
+      // The reconnect count is polled (the connection's callbacks know no exports).
+      herald::detail::wait_until(
+          j.wake,
+          [&] {
+            return j.retry_size.load(std::memory_order_seq_cst) > 0 ||
+                   conn_->reconnects() != reconnects;
+          },
+          herald::detail::Deadline::after(std::chrono::milliseconds(50)), stop);
+      if (stop.stop_requested()) break;
+      if (const std::uint64_t r = conn_->reconnects(); r != reconnects) {
+        reconnects = r;
+        reclaim(j);
+      }
+      if (j.retry_size.load(std::memory_order_seq_cst) == 0) continue;
+      if (!conn_->wait_connected(stop)) break;
+      {
+        const std::lock_guard lock(j.retry_mutex);
+        batch.assign(j.retry.begin(), j.retry.end());
+        j.retry.clear();
+        j.retry_size.store(0, std::memory_order_seq_cst);
+      }
+      std::size_t i = 0;
+      for (; i < batch.size(); ++i) {
+        if (publish_js(j, batch[i]) != NATS_OK) break;  // the link went down: later
+        j.retried.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (i < batch.size()) {
+        const std::lock_guard lock(j.retry_mutex);
+        j.retry.insert(j.retry.begin(), batch.begin() + static_cast<std::ptrdiff_t>(i),
+                       batch.end());
+        j.retry_size.fetch_add(batch.size() - i, std::memory_order_seq_cst);
+      }
+      batch.clear();
+      // A server that answers nothing but errors (JetStream starting up, a stream not there
+      // yet) is not hammered: the pause doubles while no acknowledgement arrives.
+      const std::uint64_t now_acked = j.acked.load(std::memory_order_relaxed);
+      if (now_acked != acked) {
+        acked = now_acked;
+        pause = j.options.retry_backoff;
+      } else {
+        pause = std::min(pause * 2, j.options.retry_backoff * 32);
+      }
+      conn_->pause(stop, pause);
+    }
+    nats_ReleaseThreadMemory();
+  }
+
+  /// Shutdown of a JetStream export (the subscription has ended): waits up to drain_timeout for
+  /// the acknowledgements, stops the retry thread, then gives up what is left (js_failed,
+  /// reported once) and waits until the client's callback no longer touches the export.
+  void drain_js(Export& e) noexcept {
+    JsOut& j = *e.js;
+    herald::detail::wait_until(
+        j.drained, [&] { return j.in_flight.load(std::memory_order_seq_cst) == 0; },
+        herald::detail::Deadline::after(j.options.drain_timeout));
+    e.thread.request_stop();
+    if (e.thread.joinable()) e.thread.join();
+    std::uint64_t given_up = 0;
+    // A callback may be between taking a message from the client's list and settling it:
+    // loop until every slot came back (bounded, in case something was lost track of).
+    const auto limit = herald::detail::Deadline::after(std::chrono::seconds(5));
+    while (j.in_flight.load(std::memory_order_seq_cst) != 0 && !limit.passed()) {
+      natsMsgList pending{};
+      std::size_t n = 0;
+      if (js_PublishAsyncGetPendingList(&pending, j.ctx.get()) == NATS_OK) {
+        n += static_cast<std::size_t>(pending.Count);
+        natsMsgList_Destroy(&pending);
+      }
+      {
+        const std::lock_guard lock(j.retry_mutex);
+        n += j.retry.size();
+        for (natsMsg* m : j.retry)
+          natsMsg_Destroy(m);
+        j.retry.clear();
+        j.retry_size.store(0, std::memory_order_seq_cst);
+      }
+      if (n > 0) {
+        given_up += n;
+        j.failed.fetch_add(n, std::memory_order_relaxed);
+        release_slots(j, n);
+      }
+      herald::detail::wait_until(
+          j.drained, [&] { return j.in_flight.load(std::memory_order_seq_cst) == 0; },
+          herald::detail::Deadline::after(std::chrono::milliseconds(5)));
+    }
+    { const std::lock_guard lock(j.handler_mutex); }  // the last callback has left
+    if (given_up > 0) {
+      try {
+        report_(ErrorKind::jetstream_failed, e.prefix + e.pattern.str(),
+                j.what + ": " + std::to_string(given_up) +
+                    " message(s) not acknowledged by stream '" + j.options.stream.name +
+                    "' within drain_timeout (" + std::to_string(j.options.drain_timeout.count()) +
+                    " ms) when the bridge was destroyed; counted in js_failed");
+      } catch (...) {
+      }
+    }
+  }
+
+  // ----- JetStream import -----
+
+  /// The import's thread in JetStream mode: fetches batches from the durable consumer (a request
+  /// that returns as soon as messages are there, or after fetch_wait) and imports them. Errors
+  /// (the link down, the server restarting) are waited out.
+  void run_fetch(Import& imp, std::stop_token stop) {
+    JsIn& j = *imp.js;
+    while (!stop.stop_requested()) {
+      jsFetchRequest req;
+      jsFetchRequest_Init(&req);
+      req.Batch = j.options.fetch_batch;
+      req.Expires =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(j.options.fetch_wait).count();
+      req.NoWait = true;  // with Expires: return as soon as some messages came
+      natsMsgList list{};
+      const auto t0 = std::chrono::steady_clock::now();
+      const natsStatus s = natsSubscription_FetchRequest(&list, j.sub, &req);
+      if (s == NATS_OK) {
+        for (int i = 0; i < list.Count; ++i) {
+          natsMsg* m = list.Msgs[i];
+          list.Msgs[i] = nullptr;
+          try {
+            import_js(imp, m);
+          } catch (...) {  // an allocation failure: the server redelivers after ack_wait
+          }
+        }
+        natsMsgList_Destroy(&list);
+        continue;
+      }
+      if (stop.stop_requested()) break;
+      if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
+        // A request the server ended at once (another still pending): do not spin.
+        if (std::chrono::steady_clock::now() - t0 < j.options.fetch_wait / 4) {
+          conn_->pause(stop, std::chrono::milliseconds(5));
+        }
+        continue;
+      }
+      if (!conn_->wait_connected(stop)) break;
+      conn_->pause(stop, std::chrono::milliseconds(50));
+    }
+    nats_ReleaseThreadMemory();
+  }
+
+  /// One delivery from the consumer (owned here): suppressed when seen lately, else published
+  /// into the broker and acknowledged (AckMode::queued) once every matching subscriber queued
+  /// it, kept for the application's ack (manual), or nak'ed / dead-lettered when it was not.
+  void import_js(Import& imp, natsMsg* msg) {
+    JsIn& j = *imp.js;
+    std::unique_ptr<natsMsg, void (*)(natsMsg*)> owner(msg, &natsMsg_Destroy);
+    std::uint64_t deliveries = 1;
+    std::uint64_t sseq = 0;
+    if (jsMsgMetaData* meta = nullptr; natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+      deliveries = meta->NumDelivered > 0 ? static_cast<std::uint64_t>(meta->NumDelivered) : 1;
+      sseq = meta->Sequence.Stream;
+      jsMsgMetaData_Destroy(meta);
+    }
+    const char* reply = natsMsg_GetReply(msg);
+    const char* id = nullptr;
+    std::string key;
+    if (natsMsgHeader_Get(msg, detail::kMsgIdHeader, &id) == NATS_OK && id && *id) {
+      key = id;
+    } else {
+      key = j.options.stream.name + ":" + std::to_string(sseq);
+    }
+    // This bridge's own export coming back: not imported (as core NATS's no-echo).
+    if (key.size() > id_hex_.size() && key.compare(0, id_hex_.size(), id_hex_) == 0 &&
+        key[id_hex_.size()] == '-') {
+      imp.received.add();
+      imp.echoes.add();
+      if (respond(j, reply, "+ACK", msg)) j.acked_in.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (j.seen && j.seen->contains(key)) {
+      imp.received.add();
+      j.duplicates.fetch_add(1, std::memory_order_relaxed);
+      if (respond(j, reply, "+ACK", msg)) j.acked_in.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const bool manual = j.options.ack == AckMode::manual;
+    std::string token;
+    if (manual) {
+      token = j.ack_prefix + std::to_string(sseq);
+      const std::lock_guard lock(j.pending_mutex);
+      if (auto it = j.pending.find(sseq); it != j.pending.end()) {
+        // Redelivered (ack_wait passed) while the application still holds it: the newer
+        // delivery is the one to acknowledge; not published twice.
+        imp.received.add();
+        j.duplicates.fetch_add(1, std::memory_order_relaxed);
+        natsMsg_Destroy(it->second.msg);
+        it->second.msg = owner.get();
+        it->second.deliveries = deliveries;
+        (void)owner.release();
+        return;
+      }
+      // Registered before publishing: an inline handler may ack it inside publish.
+      j.pending.emplace(sseq, typename JsIn::Pending{msg, key, deliveries});
+      j.pending_size.fetch_add(1, std::memory_order_relaxed);
+    }
+    const Outcome out = import_one(imp, msg, false, manual ? &token : nullptr);
+    if (manual) {
+      // Taken back unless the application settled it already (then ack()/nak() freed it).
+      const std::lock_guard lock(j.pending_mutex);
+      auto it = j.pending.find(sseq);
+      const bool still = it != j.pending.end() && it->second.msg == msg;
+      if (out == Outcome::imported || !still) {
+        (void)owner.release();
+        return;
+      }
+      j.pending.erase(it);
+      j.pending_size.fetch_sub(1, std::memory_order_relaxed);
+    }
+    switch (out) {
+      case Outcome::imported:
+        if (j.seen) j.seen->insert(key);
+        if (respond(j, reply, "+ACK", msg)) j.acked_in.fetch_add(1, std::memory_order_relaxed);
+        return;
+      case Outcome::not_queued:
+      case Outcome::failed:
+        give_back(imp, msg, deliveries, sseq,
+                  out == Outcome::not_queued ? "a matching subscriber did not queue it"
+                                             : "the broker refused it (closed, or publish threw)");
+        return;
+      case Outcome::rejected:
+        dead_letter(imp, msg, deliveries, sseq, "its subject is not a valid herald topic");
+        return;
+      case Outcome::undecodable:
+        dead_letter(imp, msg, deliveries, sseq, "its payload or headers cannot be decoded");
+        return;
+    }
+  }
+
+  /// A delivery that failed: nak'ed for redelivery after the backoff, or dead-lettered once it
+  /// was delivered max_deliver times.
+  void give_back(Import& imp, natsMsg* msg, std::uint64_t deliveries, std::uint64_t sseq,
+                 std::string_view why) {
+    JsIn& j = *imp.js;
+    if (deliveries >= static_cast<std::uint64_t>(j.options.max_deliver)) {
+      dead_letter(imp, msg, deliveries, sseq,
+                  std::string(why) + " (delivery " + std::to_string(deliveries) + ", max_deliver " +
+                      std::to_string(j.options.max_deliver) + ")");
+      return;
+    }
+    const auto delay = detail::nak_delay(j.options, deliveries);
+    const std::string body =
+        "-NAK {\"delay\":" +
+        std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(delay).count()) + "}";
+    if (respond(j, natsMsg_GetReply(msg), body, msg)) {
+      j.nacked.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  /// Republishes `msg` to the dead-letter subject with headers saying why (when there is one),
+  /// then terminates it. A dead-letter subject that cannot be reached now means a nak instead.
+  void dead_letter(Import& imp, natsMsg* msg, std::uint64_t deliveries, std::uint64_t sseq,
+                   std::string_view why) {
+    JsIn& j = *imp.js;
+    const std::string subject = natsMsg_GetSubject(msg);
+    const std::string& dls = j.options.dead_letter_subject;
+    if (!dls.empty()) {
+      natsMsg* dl = nullptr;
+      natsStatus s = natsMsg_Create(&dl, dls.c_str(), nullptr, natsMsg_GetData(msg),
+                                    natsMsg_GetDataLength(msg));
+      const std::unique_ptr<natsMsg, void (*)(natsMsg*)> dl_owner(dl, &natsMsg_Destroy);
+      if (s == NATS_OK) {
+        Headers h;
+        try {
+          detail::read_headers(
+              msg, h, [](std::string_view name) { return name == detail::kAckHeader; }, true);
+        } catch (...) {  // unreadable headers: the dead letter goes without them
+        }
+        s = detail::add_headers(dl, h);
+      }
+      const auto set = [&](const char* name, const std::string& value) {
+        if (s == NATS_OK) s = natsMsgHeader_Set(dl, name, value.c_str());
+      };
+      set("Herald-Dead-Reason", std::string(why));
+      set("Herald-Dead-Subject", subject);
+      set("Herald-Dead-Stream", j.options.stream.name);
+      set("Herald-Dead-Sequence", std::to_string(sseq));
+      set("Herald-Dead-Deliveries", std::to_string(deliveries));
+      if (s == NATS_OK) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 5000;
+        jsErrCode jerr{};
+        jsPubAck* pa = nullptr;
+        s = js_PublishMsg(&pa, j.ctx.get(), dl, &po, &jerr);
+        jsPubAck_Destroy(pa);
+      }
+      // No responders: no stream keeps that subject; its core subscribers got it.
+      if (s != NATS_OK && s != NATS_NO_RESPONDERS) {
+        report_(ErrorKind::ack_failed, subject,
+                j.what + ": cannot publish to the dead-letter subject '" + dls +
+                    "': " + natsStatus_GetText(s) + "; nak'ed instead",
+                s);
+        const auto delay = detail::nak_delay(j.options, deliveries);
+        const std::string body =
+            "-NAK {\"delay\":" +
+            std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(delay).count()) +
+            "}";
+        if (respond(j, natsMsg_GetReply(msg), body, msg)) {
+          j.nacked.fetch_add(1, std::memory_order_relaxed);
+        }
+        return;
+      }
+    }
+    if (respond(j, natsMsg_GetReply(msg), "+TERM", msg)) {
+      j.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+    }
+    report_(ErrorKind::dead_lettered, subject,
+            j.what + ": message " + std::to_string(sseq) + " of stream '" + j.options.stream.name +
+                "' terminated after " + std::to_string(deliveries) + " deliveries" +
+                (dls.empty() ? std::string() : " and sent to '" + dls + "'") + ": " +
+                std::string(why));
+  }
+
+  /// Sends an acknowledgement (`+ACK`, `-NAK {...}`, `+TERM`) to a delivery's reply subject.
+  /// False (js_ack_failed, reported) when the client could not take it; the server then
+  /// redelivers the message after ack_wait.
+  bool respond(JsIn& j, const char* reply, std::string_view body, natsMsg* msg) {
+    natsStatus s = NATS_ILLEGAL_STATE;
+    if (reply && *reply) {
+      s = natsConnection_Publish(conn_->get(), reply, body.data(), static_cast<int>(body.size()));
+    }
+    if (s == NATS_OK) return true;
+    j.ack_failed.fetch_add(1, std::memory_order_relaxed);
+    report_(ErrorKind::ack_failed, natsMsg_GetSubject(msg),
+            j.what + ": cannot send '" + std::string(body) + "': " + natsStatus_GetText(s), s);
+    return false;
+  }
+
+  /// ack() and nak(): finds the pending delivery named by the message's Herald-Ack header.
+  bool settle(const Message<T>& m, bool positive) {
+    const auto token = m.headers().get(detail::kAckHeader);
+    if (!token) return false;
+    const std::string_view t = *token;
+    if (t.size() <= id_hex_.size() + 1 || t.compare(0, id_hex_.size(), id_hex_) != 0 ||
+        t[id_hex_.size()] != '.') {
+      return false;
+    }
+    const std::string_view rest = t.substr(id_hex_.size() + 1);
+    const std::size_t dot = rest.find('.');
+    if (dot == std::string_view::npos) return false;
+    std::size_t index = 0;
+    std::uint64_t sseq = 0;
+    if (std::from_chars(rest.data(), rest.data() + dot, index).ec != std::errc{} ||
+        std::from_chars(rest.data() + dot + 1, rest.data() + rest.size(), sseq).ec != std::errc{}) {
+      return false;
+    }
+    if (index >= imports_.size() || !imports_[index]->js) return false;
+    Import& imp = *imports_[index];
+    JsIn& j = *imp.js;
+    typename JsIn::Pending p{};
+    {
+      const std::lock_guard lock(j.pending_mutex);
+      auto it = j.pending.find(sseq);
+      if (it == j.pending.end()) return false;
+      p = std::move(it->second);
+      j.pending.erase(it);
+      j.pending_size.fetch_sub(1, std::memory_order_relaxed);
+    }
+    const std::unique_ptr<natsMsg, void (*)(natsMsg*)> owner(p.msg, &natsMsg_Destroy);
+    if (positive) {
+      if (j.seen) j.seen->insert(p.key);
+      if (respond(j, natsMsg_GetReply(p.msg), "+ACK", p.msg)) {
+        j.acked_in.fetch_add(1, std::memory_order_relaxed);
+      }
+    } else {
+      give_back(imp, p.msg, p.deliveries, sseq, "the application nak'ed it");
+    }
+    return true;
+  }
+
   // ----- import -----
 
   static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
@@ -729,7 +1441,7 @@ class Bridge {
         detail::check(natsMsg_GetMetaData(&meta, msg), what.c_str());
         last = meta->NumPending == 0;  // the consumer's last message, as the server counted
         jsMsgMetaData_Destroy(meta);
-        if (import_one(imp, msg, /*seed=*/true)) imp.seeded.add();
+        if (import_one(imp, msg, /*seed=*/true) == Outcome::imported) imp.seeded.add();
       }
     } catch (...) {
       imp.set_gate(Gate::closed);
@@ -745,9 +1457,19 @@ class Bridge {
         s);
   }
 
-  // `seed`: a message read from a stream by seed(), published retained. True when it entered
-  // the broker.
-  bool import_one(Import& imp, natsMsg* msg, bool seed = false) {
+  /// What became of one message from NATS.
+  enum class Outcome : std::uint8_t {
+    imported,     ///< published into the broker (JetStream: every matching subscriber queued it)
+    not_queued,   ///< JetStream: published, but a matching subscriber did not queue it
+    failed,       ///< the broker is closed or publish threw
+    rejected,     ///< not a valid herald topic (or a skipped track_loss echo)
+    undecodable,  ///< the codec or the headers refused it
+  };
+
+  // `seed`: a message read from a stream by seed(), published retained. `ack_token`: the
+  // Herald-Ack header to add (AckMode::manual).
+  Outcome import_one(Import& imp, natsMsg* msg, bool seed = false,
+                     const std::string* ack_token = nullptr) {
     imp.received.add();
     const std::string_view subject = natsMsg_GetSubject(msg);
     // Another client may send a NUL in a subject; the C client's string stops there, and the
@@ -757,9 +1479,11 @@ class Bridge {
       report_(ErrorKind::invalid_topic, subject,
               "herald::nats: subject '" + std::string(subject) +
                   "...' was cut short by a NUL byte (NATS cannot carry it intact)");
-      return false;
+      return Outcome::rejected;
     }
-    if (!seed && options_.track_loss && !check_sequence(imp, msg, subject)) return false;
+    if (!seed && !imp.js && options_.track_loss && !check_sequence(imp, msg, subject)) {
+      return Outcome::rejected;
+    }
     const std::string_view topic = subject.substr(std::min(imp.prefix_size, subject.size()));
     // The server matched the subject against our subscription, but it does not validate what
     // publishers send (e.g. "a..b"): herald's rules apply before anything enters the broker.
@@ -767,7 +1491,7 @@ class Bridge {
       imp.rejected.add();
       report_(ErrorKind::invalid_topic, subject,
               "herald::nats: subject '" + std::string(subject) + "' is not a valid herald topic");
-      return false;
+      return Outcome::rejected;
     }
     const std::string_view data(natsMsg_GetData(msg),
                                 static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
@@ -778,10 +1502,11 @@ class Bridge {
       imp.dropped_decode.add();
       report_(ErrorKind::decode_failed, subject,
               "herald::nats: decode: " + herald::detail::exception_text(std::current_exception()));
-      return false;
+      return Outcome::undecodable;
     }
     Headers headers;
-    if (!take_headers(imp, msg, subject, headers)) return false;
+    if (!take_headers(imp, msg, subject, headers)) return Outcome::undecodable;
+    if (ack_token) headers.add(detail::kAckHeader, *ack_token);
     // Count before publishing: an export thread may skip the message before publish returns.
     for (const auto& e : exports_) {
       if (e->pattern.matches(topic)) e->imported_here.fetch_add(1, std::memory_order_relaxed);
@@ -794,8 +1519,14 @@ class Bridge {
               : publisher.publish(std::move(*value),
                                   {.headers = std::move(headers), .retain = seed});
       if (!r.closed) {
+        // JetStream promises more than "offered": a subscriber that refused it (full, or its
+        // block_timeout passed) has not got it, so the message goes back to the stream.
+        if (imp.js && r.dropped > 0) {
+          imp.js->not_queued.fetch_add(1, std::memory_order_relaxed);
+          return Outcome::not_queued;
+        }
         imp.imported.add();
-        return true;
+        return Outcome::imported;
       }
       report_(ErrorKind::import_failed, subject, "herald::nats: the broker is closed");
     } catch (...) {
@@ -806,7 +1537,7 @@ class Bridge {
     for (const auto& e : exports_) {
       if (e->pattern.matches(topic)) e->imported_here.fetch_sub(1, std::memory_order_relaxed);
     }
-    return false;
+    return Outcome::failed;
   }
 
   /// Moves the NATS headers of `msg` into `out`, but for the bridge's own Herald-Seq and the
@@ -815,7 +1546,11 @@ class Bridge {
   bool take_headers(Import& imp, natsMsg* msg, std::string_view subject, Headers& out) {
     try {
       detail::read_headers(
-          msg, out, [](std::string_view name) { return name == detail::kSeqHeader; }, false);
+          msg, out,
+          [](std::string_view name) {
+            return name == detail::kSeqHeader || name == detail::kAckHeader;
+          },
+          false);
       return true;
     } catch (...) {
       imp.dropped_decode.add();

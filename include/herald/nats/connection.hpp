@@ -64,6 +64,11 @@ enum class ErrorKind : std::uint8_t {
   decode_failed,      ///< import: the codec threw
   import_failed,      ///< import: publishing into the broker threw, or the broker is closed
   connection,         ///< asynchronous error from the NATS client (e.g. slow consumer)
+  jetstream_failed,   ///< JetStream export: the stream refused a message for good, or it was
+                      ///< still unacknowledged when the bridge was destroyed
+  ack_failed,         ///< JetStream import: an ack, nak or term could not be sent
+  dead_lettered,      ///< JetStream import: a message was terminated (max_deliver reached, or it
+                      ///< can never be imported) and sent to the dead-letter subject
 };
 
 /// One failure, with a message that names the subject and the reason.
