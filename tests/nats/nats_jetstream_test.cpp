@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "jetstream_support.hpp"
 #include "nats_server.hpp"
 #include "test_support.hpp"
 
@@ -49,30 +50,11 @@ using herald::nats::ErrorKind;
 using herald::nats::JetStreamExport;
 using herald::nats::JetStreamImport;
 using herald_test::eventually;
+using herald_test::JetStreamServer;
+using herald_test::JsClient;
 using herald_test::NatsServer;
 
 namespace {
-
-/// A temporary directory for the server's JetStream files, removed at the end.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "herald-js-XXXXXX").string();
-    if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-/// A nats-server with JetStream on, storing in its own temporary directory (kept across its
-/// restarts: NatsServer::stop is a SIGKILL, start runs it again on the same port and directory).
-struct JetStreamServer {
-  TempDir dir;
-  NatsServer server{{"-js", "-sd", dir.path.string()}};
-};
 
 /// Collects what on_error reports.
 struct Errors {
@@ -87,47 +69,6 @@ struct Errors {
   std::vector<BridgeError> snapshot() {
     std::lock_guard lock(mutex);
     return seen;
-  }
-};
-
-/// A plain libnats connection with a JetStream context: the "other side".
-struct JsClient {
-  natsConnection* nc = nullptr;
-  jsCtx* js = nullptr;
-  explicit JsClient(const std::string& url) {
-    REQUIRE(natsConnection_ConnectTo(&nc, url.c_str()) == NATS_OK);
-    REQUIRE(natsConnection_JetStream(&js, nc, nullptr) == NATS_OK);
-  }
-  ~JsClient() {
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-  }
-  void add_stream(const char* name, const char* subject) {
-    jsStreamConfig cfg;
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = name;
-    const char* subjects[] = {subject};
-    cfg.Subjects = subjects;
-    cfg.SubjectsLen = 1;
-    cfg.Storage = js_FileStorage;
-    jsStreamInfo* si = nullptr;
-    jsErrCode jerr{};
-    REQUIRE(js_AddStream(&si, js, &cfg, nullptr, &jerr) == NATS_OK);
-    jsStreamInfo_Destroy(si);
-  }
-  void publish(const std::string& subject, std::uint64_t v) {
-    jsPubAck* ack = nullptr;
-    jsErrCode jerr{};
-    REQUIRE(js_Publish(&ack, js, subject.c_str(), &v, sizeof v, nullptr, &jerr) == NATS_OK);
-    jsPubAck_Destroy(ack);
-  }
-  std::uint64_t stream_messages(const char* name) {
-    jsStreamInfo* si = nullptr;
-    jsErrCode jerr{};
-    if (js_GetStreamInfo(&si, js, name, nullptr, &jerr) != NATS_OK) return 0;
-    const std::uint64_t n = si->State.Msgs;
-    jsStreamInfo_Destroy(si);
-    return n;
   }
 };
 
@@ -314,7 +255,7 @@ TEST_CASE(
   in.max_deliver = 1000;
   Bridge<std::uint64_t> bridge(
       broker, {.url = js.server.url(), .imports = {{.pattern = "tasks.>", .jetstream = in}}});
-  other.publish("tasks.remote", 42);
+  other.publish<std::uint64_t>("tasks.remote", 42);
   REQUIRE(eventually([&] { return bridge.stats().js_nacked >= 2; }));
   CHECK(bridge.stats().imported == 0);
   // Room again: the next redelivery is queued and acknowledged.
@@ -353,7 +294,7 @@ TEST_CASE("after max_deliver a message goes to the dead-letter subject with why,
   Bridge<std::uint64_t> bridge(broker, {.url = js.server.url(),
                                         .imports = {{.pattern = "jobs.>", .jetstream = in}},
                                         .on_error = errors.sink()});
-  other.publish("jobs.x", 7);
+  other.publish<std::uint64_t>("jobs.x", 7);
   REQUIRE(eventually([&] { return bridge.stats().js_dead_lettered == 1; }, 30s));
   auto s = bridge.stats();
   CHECK(s.js_nacked == 2);
@@ -429,7 +370,7 @@ TEST_CASE("manual acks: the application acks or naks each message once its handl
   Bridge<std::uint64_t> bridge(
       broker, {.url = js.server.url(), .imports = {{.pattern = "mail.>", .jetstream = in}}});
   for (std::uint64_t v = 1; v <= 5; ++v)
-    other.publish("mail.out", v);
+    other.publish<std::uint64_t>("mail.out", v);
   std::vector<std::uint64_t> got;
   bool naked_once = false;
   while (got.size() < 5) {
@@ -708,7 +649,7 @@ TEST_CASE("a bridge importing the stream it exports to does not import its own m
   JsClient other(js.server.url());
   for (std::uint64_t v = 1; v <= 3; ++v)
     broker.publish("loop.local", v);
-  other.publish("loop.remote", 100);
+  other.publish<std::uint64_t>("loop.remote", 100);
   REQUIRE(bridge.flush(10s));
   REQUIRE(eventually([&] { return bridge.stats().received == 4; }));
   std::vector<std::uint64_t> got;
@@ -736,7 +677,7 @@ TEST_CASE(
   in.ack_wait = 300ms;
   Bridge<std::uint64_t> bridge(
       broker, {.url = js.server.url(), .imports = {{.pattern = "slow.>", .jetstream = in}}});
-  other.publish("slow.job", 5);
+  other.publish<std::uint64_t>("slow.job", 5);
   auto m = sub.receive_for(10s);
   REQUIRE(m);
   // Held past ack_wait: the server redelivers, the bridge keeps the newer delivery.

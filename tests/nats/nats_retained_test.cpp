@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "jetstream_support.hpp"
 #include "nats_server.hpp"
 #include "test_support.hpp"
 
@@ -28,63 +29,11 @@ using herald::Replay;
 using herald::nats::Bridge;
 using herald::nats::ImportRule;
 using herald_test::eventually;
+using herald_test::JetStreamServer;
+using herald_test::JsClient;
 using herald_test::NatsServer;
 
 namespace {
-
-/// A temporary directory for the server's JetStream files, removed at the end.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "herald-js-XXXXXX").string();
-    if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-/// A nats-server with JetStream on, storing in its own temporary directory.
-struct JetStreamServer {
-  TempDir dir;
-  NatsServer server{{"-js", "-sd", dir.path.string()}};
-};
-
-/// A plain libnats connection with a JetStream context, for the "other side".
-struct JsClient {
-  natsConnection* nc = nullptr;
-  jsCtx* js = nullptr;
-  explicit JsClient(const std::string& url) {
-    REQUIRE(natsConnection_ConnectTo(&nc, url.c_str()) == NATS_OK);
-    REQUIRE(natsConnection_JetStream(&js, nc, nullptr) == NATS_OK);
-  }
-  ~JsClient() {
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-  }
-  void add_stream(const char* name, const char* subject) {
-    jsStreamConfig cfg;
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = name;
-    const char* subjects[] = {subject};
-    cfg.Subjects = subjects;
-    cfg.SubjectsLen = 1;
-    cfg.Storage = js_FileStorage;
-    jsStreamInfo* si = nullptr;
-    jsErrCode jerr{};
-    REQUIRE(js_AddStream(&si, js, &cfg, nullptr, &jerr) == NATS_OK);
-    jsStreamInfo_Destroy(si);
-  }
-  /// Publishes `v` (TrivialCodec's bytes) to `subject`, acknowledged by the stream.
-  void publish(const std::string& subject, int v) {
-    jsPubAck* ack = nullptr;
-    jsErrCode jerr{};
-    REQUIRE(js_Publish(&ack, js, subject.c_str(), &v, sizeof v, nullptr, &jerr) == NATS_OK);
-    jsPubAck_Destroy(ack);
-  }
-};
 
 herald::nats::BridgeOptions seeding(const std::string& url, std::string stream) {
   return {.url = url,
@@ -99,11 +48,11 @@ TEST_CASE("a bridge seeds the retained messages from a stream's last message per
   JetStreamServer js;
   JsClient other(js.server.url());
   other.add_stream("PLANT", "plant.>");
-  other.publish("plant.t1", 1);
-  other.publish("plant.t1", 2);
-  other.publish("plant.t2", 10);
-  other.publish("plant.hall.t3", 20);
-  other.publish("plant.t2", 11);
+  other.publish<int>("plant.t1", 1);
+  other.publish<int>("plant.t1", 2);
+  other.publish<int>("plant.t2", 10);
+  other.publish<int>("plant.hall.t3", 20);
+  other.publish<int>("plant.t2", 11);
 
   Broker<int> broker;
   broker.retain(">", {.last = 1});  // live imports keep the retained state current
@@ -135,7 +84,7 @@ TEST_CASE("a bridge seeds the retained messages from a stream's last message per
   CHECK(replayed == std::vector<int>{2, 11, 20});
 
   // Live messages follow, and keep the retained value current.
-  other.publish("plant.t1", 3);
+  other.publish<int>("plant.t1", 3);
   REQUIRE(eventually([&] { return **broker.retained("t1") == 3; }));
   auto live = late.receive_for(5s);
   REQUIRE(live);
@@ -150,7 +99,7 @@ TEST_CASE("seeding from a stream without messages for the subjects returns at on
   JsClient other(js.server.url());
   other.add_stream("EMPTY", "plant.>");
   other.add_stream("ELSEWHERE", "elsewhere.>");
-  other.publish("elsewhere.x", 1);
+  other.publish<int>("elsewhere.x", 1);
   Broker<int> broker;
   const auto t0 = std::chrono::steady_clock::now();
   Bridge<int> bridge(broker, seeding(js.server.url(), "EMPTY"));
@@ -178,7 +127,7 @@ TEST_CASE("an update published while the bridge seeds is not lost", "[nats][reta
   JsClient other(js.server.url());
   other.add_stream("PLANT", "plant.>");
   for (int t = 0; t < 200; ++t)  // a seed of some size, so that the race has room
-    other.publish("plant.s" + std::to_string(t), t);
+    other.publish<int>("plant.s" + std::to_string(t), t);
   for (int round = 0; round < 5; ++round) {
     Broker<int> broker;
     broker.retain(">", {.last = 1});
@@ -186,7 +135,7 @@ TEST_CASE("an update published while the bridge seeds is not lost", "[nats][reta
     std::thread writer([&] {
       JsClient w(js.server.url());
       for (int v = round * 1000 + 1; v <= round * 1000 + 300; ++v) {
-        w.publish("plant.race", v);
+        w.publish<int>("plant.race", v);
         last = v;
       }
     });
