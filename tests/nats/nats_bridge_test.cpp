@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "bridge_errors.hpp"
 #include "catch.hpp"
 #include "nats_server.hpp"
 #include "test_support.hpp"
@@ -39,23 +40,9 @@ using herald::nats::ErrorKind;
 using herald_test::eventually;  // the tests' only way to wait for the network
 using herald_test::NatsServer;
 
-namespace {
+using Errors = herald_test::BridgeErrors;
 
-/// Collects what on_error reports, for the tests that check the error text.
-struct Errors {
-  std::mutex mutex;
-  std::vector<BridgeError> seen;
-  std::function<void(const BridgeError&)> sink() {
-    return [this](const BridgeError& e) {
-      std::lock_guard lock(mutex);
-      seen.push_back(e);
-    };
-  }
-  std::vector<BridgeError> snapshot() {
-    std::lock_guard lock(mutex);
-    return seen;
-  }
-};
+namespace {
 
 template <class T>
 std::vector<T> receive_n(herald::Subscription<T>& sub, std::size_t n,

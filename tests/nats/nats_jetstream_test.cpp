@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "bridge_errors.hpp"
 #include "catch.hpp"
 #include "jetstream_support.hpp"
 #include "nats_server.hpp"
@@ -54,23 +55,9 @@ using herald_test::JetStreamServer;
 using herald_test::JsClient;
 using herald_test::NatsServer;
 
-namespace {
+using Errors = herald_test::BridgeErrors;
 
-/// Collects what on_error reports.
-struct Errors {
-  std::mutex mutex;
-  std::vector<BridgeError> seen;
-  std::function<void(const BridgeError&)> sink() {
-    return [this](const BridgeError& e) {
-      std::lock_guard lock(mutex);
-      seen.push_back(e);
-    };
-  }
-  std::vector<BridgeError> snapshot() {
-    std::lock_guard lock(mutex);
-    return seen;
-  }
-};
+namespace {
 
 std::size_t message_count() {
   if (const char* env = std::getenv("HERALD_JS_MESSAGES")) return std::stoull(env);
