@@ -251,8 +251,8 @@ TEST_CASE("timers fire between tasks while every worker is busy", "[pool][timer]
 }
 
 TEST_CASE("idle workers stay parked while timers wait (no early wake-ups)", "[pool][timer]") {
+  Probe probe;  // before the pool: the pool's destructor destroys the pending tasks, which count
   WorkerPool pool{2, 64};
-  Probe probe;
   for (int i = 0; i < 1000; ++i)
     pool.schedule_after(std::chrono::seconds(60) + std::chrono::milliseconds(i),
                         CountingTask(probe));
