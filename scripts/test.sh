@@ -33,7 +33,7 @@ herald_step "format check (clang-format $(clang-format --version | grep -o '[0-9
 herald_step "release build + tests (g++)" cmake --workflow --preset release
 herald_step "example tour (on the release build)" env HERALD_TOUR_BUILD=build/release bash scripts/tour.sh
 herald_step "ThreadSanitizer build + tests (clang++)" cmake --workflow --preset tsan
-herald_step "AddressSanitizer+UBSan build + tests (g++)" cmake --workflow --preset asan
+herald_step "AddressSanitizer+UBSan build + tests (clang++)" cmake --workflow --preset asan
 herald_step "benchmark report, smoke size" bash bench/report.sh --smoke
 herald_step "fuzzing TopicIndex against brute force" fuzz
 echo
