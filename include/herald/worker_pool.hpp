@@ -786,6 +786,9 @@ class WorkerPool {
   /// into the future (the task counts as completed; the error handler is not called). After
   /// shutdown the task is rejected and the future is broken: get() throws std::future_error
   /// (std::future_errc::broken_promise); async itself does not throw for that.
+  /// ThreadSanitizer note: the worker drops its reference to a stored exception after get() may
+  /// have rethrown it; libstdc++ orders that with a reference count TSan does not see, so reading
+  /// the exception while the task is finishing can be reported as a race that is not one.
   /// Blocks: as submit(f). Throws: what constructing the task throws.
   template <detail::PoolCallable F, class R = std::invoke_result_t<std::decay_t<F>&>>
   std::future<R> async(F&& f) {
