@@ -522,23 +522,10 @@ TEST_CASE("during an outage each export queue applies its overflow policy, exact
 }
 
 TEST_CASE("invalid rules are refused with a clear error before anything is connected", "[nats]") {
-  // Nothing listens on port 1: reaching the network would throw NatsError instead.
-  const std::string nowhere = "nats://127.0.0.1:1";
+  // Nothing listens on the url construction_error sets: reaching the network throws NatsError.
   Broker<std::string> broker;
-  auto message_of = [&](herald::nats::BridgeOptions o) -> std::string {
-    o.url = nowhere;
-    try {
-      Bridge<std::string> bridge(broker, std::move(o));
-    } catch (const herald::InvalidTopic& e) {
-      return std::string("InvalidTopic: ") + e.what();
-    } catch (const std::length_error& e) {
-      return std::string("length_error: ") + e.what();
-    } catch (const std::invalid_argument& e) {
-      return std::string("invalid_argument: ") + e.what();
-    } catch (const herald::nats::NatsError& e) {
-      return std::string("NatsError: ") + e.what();
-    }
-    return "no error";
+  auto message_of = [&](herald::nats::BridgeOptions o) {
+    return herald_test::construction_error(broker, std::move(o));
   };
   using Catch::Matchers::Contains;
   using Catch::Matchers::StartsWith;
@@ -566,20 +553,30 @@ TEST_CASE("invalid rules are refused with a clear error before anything is conne
   CHECK(broker.stats().subscriptions == 0);  // nothing was left behind
 }
 
-TEST_CASE(
-    "oversized subjects and payloads are dropped at export with a clear error, and the "
-    "connection stays up",
-    "[nats]") {
+namespace {
+
+/// Two brokers over one server: `a` exports every topic under the prefix "p" and reports to
+/// `errors`, `b` imports them, and `at_b` receives what arrives in `b`.
+struct ExportedToB {
   NatsServer server;
   Errors errors;
   Broker<std::string> a;
   Broker<std::string> b;
-  Bridge<std::string> ab(a, {.url = server.url(),
-                             .exports = {{.pattern = ">", .prefix = "p"}},
-                             .on_error = errors.sink()});
-  Bridge<std::string> bb(b, {.url = server.url(), .imports = {{.pattern = ">", .prefix = "p"}}});
-  auto at_b = b.subscribe(">", {.capacity = 64});
+  Bridge<std::string> ab{a,
+                         {.url = server.url(),
+                          .exports = {{.pattern = ">", .prefix = "p"}},
+                          .on_error = errors.sink()}};
+  Bridge<std::string> bb{b, {.url = server.url(), .imports = {{.pattern = ">", .prefix = "p"}}}};
+  herald::Subscription<std::string> at_b = b.subscribe(">", {.capacity = 64});
+};
 
+}  // namespace
+
+TEST_CASE_METHOD(
+    ExportedToB,
+    "oversized subjects and payloads are dropped at export with a clear error, and the "
+    "connection stays up",
+    "[nats]") {
   // A topic herald accepts, but whose NATS subject is longer than the server's protocol line.
   const std::string long_topic = "long." + std::string(4200, 't');
   a.publish(long_topic, "x");
@@ -623,20 +620,12 @@ TEST_CASE(
   natsConnection_Destroy(raw);
 }
 
-TEST_CASE(
+TEST_CASE_METHOD(
+    ExportedToB,
     "a topic NATS cannot carry intact (a NUL byte) is refused at export, counted and reported, "
     "and nothing goes out under a shorter subject",
     "[nats]") {
   using namespace std::string_literals;
-  NatsServer server;
-  Errors errors;
-  Broker<std::string> a;
-  Broker<std::string> b;
-  Bridge<std::string> ab(a, {.url = server.url(),
-                             .exports = {{.pattern = ">", .prefix = "p"}},
-                             .on_error = errors.sink()});
-  Bridge<std::string> bb(b, {.url = server.url(), .imports = {{.pattern = ">", .prefix = "p"}}});
-  auto at_b = b.subscribe(">", {.capacity = 64});
 
   // Everything that reaches the server under p.>, read with the C client itself.
   natsConnection* raw = nullptr;
@@ -706,16 +695,8 @@ TEST_CASE("rules whose subjects NATS cannot carry are refused before anything is
   using Catch::Matchers::Contains;
   Broker<std::string> broker;
   // No server: the rules are checked before connecting.
-  const auto message_of = [&](herald::nats::BridgeOptions o) -> std::string {
-    o.url = "nats://127.0.0.1:1";
-    try {
-      Bridge<std::string> bridge(broker, std::move(o));
-    } catch (const std::invalid_argument& e) {
-      return e.what();
-    } catch (const std::exception& e) {
-      return std::string("other: ") + e.what();
-    }
-    return "no exception";
+  const auto message_of = [&](herald::nats::BridgeOptions o) {
+    return herald_test::construction_error(broker, std::move(o));
   };
   CHECK_THAT(message_of({.exports = {{.pattern = "a\0b.>"s}}}),
              Contains("export pattern 'a\\x00b.>' holds a NUL byte at offset 1"));
