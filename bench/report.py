@@ -231,6 +231,24 @@ def is_herald(contender):
     return contender.startswith("herald")
 
 
+# Peers that do a different kind of work than herald's first row, and the word that names it:
+# such a peer is compared with the herald row of the same kind (raw JetStream publishing with
+# herald's JetStream export, not with its core-NATS bridge).
+SAME_WORK_KEYS = ("JetStream",)
+
+
+def reference_for(peer, rows):
+    """The herald row `peer` is compared with, from the rows of one table cell, or None."""
+    heralds = [m for m in rows if is_herald(m.contender)]
+    for key in SAME_WORK_KEYS:
+        if key in peer.contender:
+            same = [m for m in heralds if key in m.contender]
+            if same:
+                return same[0]
+    return next((m for m in heralds if not any(k in m.contender for k in SAME_WORK_KEYS)),
+                heralds[0] if heralds else None)
+
+
 def grouped(measures):
     """{(suite, workload): {x: [measures in order]}}, in first-seen order."""
     out = collections.OrderedDict()
@@ -248,9 +266,9 @@ def workload_table(workload, by_x):
              ("| " + ("x | " if has_x else "") + "contender | median | min - max | runs | herald vs it |"),
              ("|" + ("---:|" if has_x else "") + "---|---:|---:|---:|---:|")]
     for x, rows in by_x.items():
-        herald = next((m for m in rows if is_herald(m.contender)), None)
         for m in rows:
-            ratio = advantage(herald, m) if herald and not is_herald(m.contender) else None
+            herald = None if is_herald(m.contender) else reference_for(m, rows)
+            ratio = advantage(herald, m) if herald else None
             cells = ([x] if has_x else []) + [
                 f"**{m.contender}**" if is_herald(m.contender) else m.contender,
                 fmt_num(m.median), f"{fmt_num(m.min)} - {fmt_num(m.max)}", str(m.samples),
@@ -282,11 +300,11 @@ def matrix(measures, suite, workload, title):
         for x, ms in by_x.items():
             col = x if workload else w
             columns.append(col)
-            herald = next((m for m in ms if is_herald(m.contender)), None)
             for m in ms:
                 if m.contender not in rows:
                     rows.append(m.contender)
-                ratio = advantage(herald, m) if herald and not is_herald(m.contender) else None
+                herald = None if is_herald(m.contender) else reference_for(m, ms)
+                ratio = advantage(herald, m) if herald else None
                 cell[(m.contender, col)] = fmt_num(m.median) + (f" ({ratio:.2f}x)" if ratio else "")
     if not columns:
         return []
@@ -345,8 +363,7 @@ def panel_data(measures, suite, workload):
         if s != suite or (workload and w != workload) or w in CHART_SKIP:
             continue
         for x, rows in by_x.items():
-            herald = next((m for m in rows if is_herald(m.contender)), None)
-            if herald is None:
+            if not any(is_herald(m.contender) for m in rows):
                 continue
             label = x if workload else w
             if label not in clusters:
@@ -356,7 +373,7 @@ def panel_data(measures, suite, workload):
                     continue
                 if m.contender not in peers:
                     peers.append(m.contender)
-                ratio[(label, m.contender)] = advantage(herald, m)
+                ratio[(label, m.contender)] = advantage(reference_for(m, rows), m)
     if all(c.isdigit() for c in clusters):
         clusters.sort(key=int)  # Google Benchmark's interleaving shuffles the order
     return clusters, peers, ratio
@@ -436,6 +453,26 @@ def publish(out, root):
     print(f"report: published to {docs} and README.md")
 
 
+def yardstick_goals(measures):
+    """Goals that compare two suites of the same run: what one broker delivery costs beyond
+    the queue hop it contains (DESIGN.md: a 1-subscriber Publisher fan-out >= 0.33x herald's own
+    BoundedQueue 1P1C). Not interleaved within one process like the other ratios: the two
+    suites run one after the other."""
+    def median(suite, workload, x, contender):
+        return next((m.median for m in measures if (m.suite, m.workload, m.x, m.contender) ==
+                     (suite, workload, x, contender)), None)
+    queue = median("queue", "1P1C", "", "herald::BoundedQueue")
+    out = []
+    for contender in ("herald Publisher", "herald publish"):
+        broker = median("broker", "fan-out, lossless", "1", contender)
+        if queue and broker:
+            r = broker / queue
+            out.append(Goal("broker", f"fan-out 1 lossless deliveries/s, {contender} / herald "
+                            "BoundedQueue 1P1C items/s (bench_queue, same run)",
+                            r, ">= 0.33x", "met" if r >= 0.33 else "MISSED"))
+    return out
+
+
 def main():
     args = sys.argv[1:]
     if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--publish"):
@@ -460,6 +497,7 @@ def main():
         if not any(m.suite == suite and m.contender.startswith(prefix) for m in measures):
             raise SystemExit(f"report: no '{prefix}' rows in {suite}: the Go peer did not run")
 
+    goals += yardstick_goals(measures)
     png = write_chart(measures, out, smoke)
     missed = [g for g in goals if g.verdict == "MISSED"]
     judged = [g for g in goals if g.verdict != "info"]
