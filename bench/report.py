@@ -237,16 +237,16 @@ def is_herald(contender):
 SAME_WORK_KEYS = ("JetStream",)
 
 
+def work_kind(contender):
+    return next((k for k in SAME_WORK_KEYS if k in contender), None)
+
+
 def reference_for(peer, rows):
-    """The herald row `peer` is compared with, from the rows of one table cell, or None."""
+    """The herald row `peer` is compared with, from the rows of one table cell, or None: the
+    first doing the same kind of work, else the first."""
     heralds = [m for m in rows if is_herald(m.contender)]
-    for key in SAME_WORK_KEYS:
-        if key in peer.contender:
-            same = [m for m in heralds if key in m.contender]
-            if same:
-                return same[0]
-    return next((m for m in heralds if not any(k in m.contender for k in SAME_WORK_KEYS)),
-                heralds[0] if heralds else None)
+    same = [m for m in heralds if work_kind(m.contender) == work_kind(peer.contender)]
+    return (same or heralds or [None])[0]
 
 
 def grouped(measures):
