@@ -346,6 +346,35 @@ TEST_CASE("an idle worker takes over plain tasks queued behind a busy one", "[wo
   gate.open();
 }
 
+TEST_CASE("a task queued while workers park and wake always finds a worker", "[worker_pool]") {
+  // Each round gives a fresh two-worker pool two tasks that block until both run, while its
+  // workers are starting, spinning, parking or being woken: if a wake-up is ever lost (a worker
+  // left parked with a task in its own queue while the other one is stuck), the round never
+  // completes. Found by a CI hang under TSan: a worker that left park() by itself, having seen
+  // both tasks queued, was no longer counted as searching, so after taking one it did not hand
+  // the other on to the parked worker (the submitter had left that wake-up to it).
+  constexpr int rounds = 300;
+  int stuck = 0;
+  for (int round = 0; round < rounds && stuck == 0; ++round) {
+    Gate gate;
+    WorkerPool pool(2, 2);
+    OpenOnExit open_on_exit{gate};
+    // Vary how far the workers got before the first submission: none, spinning, or parked.
+    for (int i = 0; i < (round % 3) * 200; ++i)
+      std::this_thread::yield();
+    auto running = std::make_shared<std::atomic<int>>(0);
+    for (int t = 0; t < 2; ++t) {
+      REQUIRE(pool.submit([running, &gate] {
+        running->fetch_add(1);
+        gate.wait();
+      }));
+    }
+    if (!herald_test::eventually([&] { return running->load() == 2; }, std::chrono::seconds(10)))
+      ++stuck;
+  }
+  CHECK(stuck == 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Keyed submission
 

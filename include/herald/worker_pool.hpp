@@ -105,10 +105,11 @@ struct PoolWorker {
 
   static constexpr std::uint32_t awake = 0;
   static constexpr std::uint32_t parked = 1;
-  // Written by the worker when it parks and by whoever wakes it (CAS parked -> awake, so exactly
-  // one waker pays for the notify and fixes the idle count).
+  static constexpr std::uint32_t waking = 2;  // a waker won it and is fixing the counts
+  // Written by the worker when it parks and by whoever wakes it (CAS parked -> waking, so exactly
+  // one waker pays for the notify and fixes the counts, then waking -> awake).
   alignas(cache_line_size) std::atomic<std::uint32_t> state{awake};
-  // What the parked worker sleeps on, waiting for `state` to leave `parked`.
+  // What the parked worker sleeps on, waiting for `state` to become `awake`.
   EventCount wakeup;
   // Written only by this worker (plain load + store, no locked instruction), read by stats().
   alignas(cache_line_size) std::atomic<std::uint64_t> completed{0};
@@ -348,7 +349,7 @@ class PoolCore {
                                       ? SpinPolicy{}
                                       : SpinPolicy{.pauses = SpinPolicy{}.pauses, .yields = 0};
         if (!spin(found, Deadline::forever(), {}, policy) || !t) {
-          if (!stopping() && !timer_due()) searching = park(index);
+          if (!stopping() && !timer_due()) park(index);  // counted as searching again after
           continue;  // a timer that came due while spinning fires at the top of the loop
         }
       }
@@ -380,13 +381,18 @@ class PoolCore {
   /// Wakes `w` if it is parked and counts it as searching on its behalf (so that submitters do
   /// not wake a second worker for the next task before this one is even running); true if this
   /// call woke it.
+  /// The worker must not see itself awake before it is counted: it would run, and its
+  /// stop_searching() could take its unit off the count before we add it, find the count was not
+  /// 1, and skip the hand-on to a parked worker that a submitter, seeing our unit, left asleep.
+  /// Hence `waking` while we count; the worker waits for `awake` (take_back, park).
   bool wake(PoolWorker& w) noexcept {
     std::uint32_t expected = PoolWorker::parked;
     if (w.state.load(std::memory_order_relaxed) != PoolWorker::parked ||
-        !w.state.compare_exchange_strong(expected, PoolWorker::awake, std::memory_order_seq_cst))
+        !w.state.compare_exchange_strong(expected, PoolWorker::waking, std::memory_order_seq_cst))
       return false;
     searching_->fetch_add(1, std::memory_order_seq_cst);
     idle_->fetch_sub(1, std::memory_order_seq_cst);
+    w.state.store(PoolWorker::awake, std::memory_order_seq_cst);
     w.wakeup.notify_one();
     return true;
   }
@@ -422,9 +428,9 @@ class PoolCore {
       wake_one(index + 1 == workers_.size() ? 0 : index + 1);
   }
 
-  /// Parks the calling worker (which is searching) until a waker picks it. Returns whether the
-  /// worker is counted as searching afterwards (true when a waker counted it).
-  bool park(std::size_t index) noexcept {
+  /// Parks the calling worker (which is searching) until a waker picks it, or until it takes
+  /// itself back (work, a due timer, shutdown). Either way it is counted as searching after.
+  void park(std::size_t index) noexcept {
     PoolWorker& me = *workers_[index];
     // Count first, then publish the state: a waker that wins the CAS on `state` always finds the
     // count already incremented, so the count never wraps below zero.
@@ -451,14 +457,15 @@ class PoolCore {
     }
     if (has_work(index) || stopping_.load(std::memory_order_seq_cst) || deadline.passed()) {
       if (keeper) keeper_->store(-1, std::memory_order_seq_cst);
-      return take_back(me);
+      take_back(me);
+      return;
     }
-    // The search has just spun (run()), so park without spinning again. A waker changes `state`
-    // with a seq_cst CAS, then notifies: the event-count protocol's pairing.
+    // The search has just spun (run()), so park without spinning again. A waker sets `state` to
+    // awake with a seq_cst store, then notifies: the event-count protocol's pairing.
     wait_until(
-        me.wakeup, [&] { return me.state.load(std::memory_order_seq_cst) != PoolWorker::parked; },
+        me.wakeup, [&] { return me.state.load(std::memory_order_seq_cst) == PoolWorker::awake; },
         deadline, {}, SpinPolicy{.pauses = 0, .yields = 0});
-    if (!keeper) return true;
+    if (!keeper) return;
     keeper_->store(-1, std::memory_order_seq_cst);
     const bool woken = take_back(me);  // else the deadline came
     // Woken for work while timers wait: hand the seat to a parked worker, so that a long task
@@ -467,15 +474,24 @@ class PoolCore {
     if (woken && timers_.next_due() != TimerQueue::none &&
         idle_->load(std::memory_order_seq_cst) != 0)
       wake_one(index + 1 == workers_.size() ? 0 : index + 1);
-    return woken;
   }
 
   /// A parking worker takes itself back (it has work, or a timer is due), unless a waker already
-  /// did and counted it as searching. Returns whether it is counted as searching.
+  /// did. Either way it is counted as searching afterwards. Returns whether a waker did.
+  /// Counting itself matters: a submitter that saw this worker searching left the wake-up to it,
+  /// and the work it saw may be more than it can run. As a searcher, once it finds a task its
+  /// stop_searching() hands what is left on to a parked worker.
   bool take_back(PoolWorker& me) noexcept {
-    if (me.state.exchange(PoolWorker::awake, std::memory_order_seq_cst) == PoolWorker::parked) {
+    std::uint32_t s = PoolWorker::parked;
+    if (me.state.compare_exchange_strong(s, PoolWorker::awake, std::memory_order_seq_cst)) {
+      searching_->fetch_add(1, std::memory_order_seq_cst);  // before idle: no needless wake-up
       idle_->fetch_sub(1, std::memory_order_seq_cst);
       return false;
+    }
+    // A waker won: wait out its two counter updates (see wake()) before running anything.
+    while (s != PoolWorker::awake) {
+      std::this_thread::yield();
+      s = me.state.load(std::memory_order_seq_cst);
     }
     return true;
   }
