@@ -853,10 +853,11 @@ TEST_CASE("a flood of normal tasks cannot starve the low lane either", "[worker_
 
 TEST_CASE("a low task runs while several workers are flooded with high ones",
           "[worker_pool][priority]") {
-  WorkerPool pool(2, 64, {.max_bypass = 8});
   std::atomic<bool> low_ran{false};
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> high_ran{0};
+  // After what its tasks touch: the pool's destructor runs the high tasks still queued.
+  WorkerPool pool(2, 64, {.max_bypass = 8});
   // Two submitters keep the high lane non-empty until the low task has run (or 10 s passed).
   std::vector<std::jthread> flooders;
   for (int f = 0; f < 2; ++f) {
