@@ -12,8 +12,12 @@
 // plain and keyed work pays nothing for priorities.
 // Workers look for work, spin briefly (detail::spin, the one spin policy), then park on their
 // own event count (detail/parking.hpp, the one waiting protocol); a submitter only pays for a
-// wake-up (one syscall) when some worker is actually parked. The pool's state lives in a shared
-// PoolCore that every worker co-owns, so a task may destroy the pool that runs it.
+// wake-up (one syscall) when some worker is actually parked, and none is searching: a worker
+// counts as searching from when it runs dry until it finds a task (also when it takes itself
+// back from parking, or a waker picked it), and the last searcher to find one wakes a parked
+// worker if work is left: no plain task stays queued while a worker that could run it sleeps.
+// The pool's state lives in a shared PoolCore that every worker co-owns, so a task may destroy
+// the pool that runs it.
 // WorkerPool is an Executor (executor.hpp): handler subscriptions can run on it.
 #pragma once
 
