@@ -57,7 +57,9 @@ struct TopicStats {
 
 /// Counters of one subscription's queue. Exact identities, for every policy:
 /// `offered == delivered + dropped` and
-/// `delivered == received + evicted + expired + queue_depth`.
+/// `delivered == received + evicted + expired + queue_depth`, in a snapshot taken once the
+/// publishes that reached it have returned. Each counter is its own atomic: a snapshot taken while
+/// a publish is offering to it (even just after unsubscribe) may be off by that offer.
 struct SubscriptionStats {
   std::uint64_t offered = 0;          ///< messages published to a matching topic while it was open
   std::uint64_t delivered = 0;        ///< accepted into its queue
