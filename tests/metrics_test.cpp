@@ -77,6 +77,17 @@ bool has_line(const std::string& text, const std::string& line) {
   return false;
 }
 
+/// The lines of `expected` that are not whole lines of `text` (checked as `== {}`, so a failure
+/// prints them all).
+std::vector<std::string> missing_lines(const std::string& text,
+                                       std::initializer_list<std::string> expected) {
+  std::vector<std::string> missing;
+  for (const std::string& line : expected) {
+    if (!has_line(text, line)) missing.push_back(line);
+  }
+  return missing;
+}
+
 struct FakeBridge {
   herald::BridgeStats s;
   herald::BridgeStats stats() const { return s; }
@@ -152,49 +163,52 @@ TEST_CASE("an exposition reports a broker, its subscriptions, handlers, topics, 
   INFO(text);
 
   const std::string b = "broker=\"orders\",service=\"checkout\"";
-  CHECK(has_line(text, "# TYPE herald_broker_published_total counter"));
-  CHECK(has_line(text, "herald_broker_published_total{" + b + "} 9"));
-  CHECK(has_line(text, "herald_broker_no_subscriber_total{" + b + "} 2"));
-  CHECK(has_line(text, "herald_broker_subscriptions{" + b + "} 3"));
+  CHECK(missing_lines(text, {"# TYPE herald_broker_published_total counter",
+                             "herald_broker_published_total{" + b + "} 9",
+                             "herald_broker_no_subscriber_total{" + b + "} 2",
+                             "herald_broker_subscriptions{" + b + "} 3"}) ==
+        std::vector<std::string>{});
   const std::string p =
       b + ",subscription=\"1\",pattern=\"orders.*\",queue_group=\"\",kind=\"pull\"";
-  CHECK(has_line(text, "herald_subscription_info{" + p + ",policy=\"drop_incoming\"} 1"));
-  CHECK(has_line(text, "herald_subscription_capacity{" + p + "} 4"));
-  CHECK(has_line(text, "herald_subscription_delivered_total{" + p + "} 4"));
-  CHECK(has_line(text, "herald_subscription_received_total{" + p + "} 3"));
-  CHECK(has_line(text, "herald_subscription_queue_depth{" + p + "} 1"));
-  CHECK(has_line(text, "herald_subscription_dropped_total{" + p + ",reason=\"full\"} 3"));
-  CHECK(has_line(text, "herald_subscription_dropped_total{" + p + ",reason=\"timeout\"} 0"));
+  CHECK(missing_lines(text, {"herald_subscription_info{" + p + ",policy=\"drop_incoming\"} 1",
+                             "herald_subscription_capacity{" + p + "} 4",
+                             "herald_subscription_delivered_total{" + p + "} 4",
+                             "herald_subscription_received_total{" + p + "} 3",
+                             "herald_subscription_queue_depth{" + p + "} 1",
+                             "herald_subscription_dropped_total{" + p + ",reason=\"full\"} 3",
+                             "herald_subscription_dropped_total{" + p +
+                                 ",reason=\"timeout\"} 0"}) == std::vector<std::string>{});
   const std::string g =
       b + ",subscription=\"2\",pattern=\"orders.>\",queue_group=\"workers\",kind=\"pull\"";
   CHECK(has_line(text, "herald_subscription_delivered_total{" + g + "} 7"));
   const std::string h =
       b + ",subscription=\"3\",pattern=\"orders.eu\",queue_group=\"\",kind=\"handler\"";
-  CHECK(has_line(text, "herald_handler_invocations_total{" + h + "} 8"));
-  CHECK(has_line(text, "herald_handler_errors_total{" + h + "} 2"));
-  CHECK(has_line(text, "herald_handler_retries_total{" + h + "} 1"));
-  CHECK(has_line(text, "herald_handler_duration_seconds_count{" + h + "} 8"));
-  CHECK(has_line(text, "herald_handler_duration_seconds_bucket{" + h + ",le=\"+Inf\"} 8"));
+  CHECK(missing_lines(text, {"herald_handler_invocations_total{" + h + "} 8",
+                             "herald_handler_errors_total{" + h + "} 2",
+                             "herald_handler_retries_total{" + h + "} 1",
+                             "herald_handler_duration_seconds_count{" + h + "} 8",
+                             "herald_handler_duration_seconds_bucket{" + h + ",le=\"+Inf\"} 8"}) ==
+        std::vector<std::string>{});
   CHECK(text.find("herald_handler_duration_seconds_bucket{" + h + ",le=\"1.024e-06\"}") !=
         std::string::npos);
   CHECK(text.find("herald_handler_duration_seconds_bucket{" + h + ",le=\"17.179869184\"} 8") !=
         std::string::npos);
   CHECK(text.find("herald_handler_invocations_total{" + p) == std::string::npos);  // pull: none
-  CHECK(has_line(text, "herald_topic_published_total{" + b + ",topic_pattern=\"orders.>\"} 7"));
-  CHECK(has_line(text, "herald_topic_dropped_total{" + b + ",topic_pattern=\"orders.>\"} 3"));
-  CHECK(has_line(text, "herald_topic_published_total{" + b + ",topic_pattern=\"audit.*\"} 1"));
-  CHECK(has_line(text, "herald_pool_threads{pool=\"handlers\"} 2"));
-  CHECK(has_line(text, "herald_bridge_sent_total{bridge=\"nats\"} 4"));
-  CHECK(
-      has_line(text, "herald_bridge_export_dropped_total{bridge=\"nats\",reason=\"overflow\"} 1"));
-  CHECK(has_line(text, "herald_bridge_connected{bridge=\"nats\"} 1"));
-  CHECK(has_line(text, "herald_bridge_js_acked_total{bridge=\"nats\"} 7"));
-  CHECK(has_line(text, "herald_bridge_js_retried_total{bridge=\"nats\"} 2"));
-  CHECK(has_line(text, "herald_bridge_js_failed_total{bridge=\"nats\"} 0"));
-  CHECK(has_line(text, "herald_bridge_js_in_flight{bridge=\"nats\"} 3"));
-  CHECK(has_line(text, "herald_bridge_js_duplicates_total{bridge=\"nats\"} 5"));
-  CHECK(has_line(text, "herald_bridge_js_dead_lettered_total{bridge=\"nats\"} 1"));
-  CHECK(has_line(text, "# TYPE herald_bridge_js_pending_acks gauge"));
+  CHECK(missing_lines(
+            text, {"herald_topic_published_total{" + b + ",topic_pattern=\"orders.>\"} 7",
+                   "herald_topic_dropped_total{" + b + ",topic_pattern=\"orders.>\"} 3",
+                   "herald_topic_published_total{" + b + ",topic_pattern=\"audit.*\"} 1",
+                   "herald_pool_threads{pool=\"handlers\"} 2",
+                   "herald_bridge_sent_total{bridge=\"nats\"} 4",
+                   "herald_bridge_export_dropped_total{bridge=\"nats\",reason=\"overflow\"} 1",
+                   "herald_bridge_connected{bridge=\"nats\"} 1",
+                   "herald_bridge_js_acked_total{bridge=\"nats\"} 7",
+                   "herald_bridge_js_retried_total{bridge=\"nats\"} 2",
+                   "herald_bridge_js_failed_total{bridge=\"nats\"} 0",
+                   "herald_bridge_js_in_flight{bridge=\"nats\"} 3",
+                   "herald_bridge_js_duplicates_total{bridge=\"nats\"} 5",
+                   "herald_bridge_js_dead_lettered_total{bridge=\"nats\"} 1",
+                   "# TYPE herald_bridge_js_pending_acks gauge"}) == std::vector<std::string>{});
   check_with_promtool(text);
 
   // The same through a stream.
@@ -230,11 +244,12 @@ TEST_CASE(
   const std::string d =
       "broker=\"b\",subscription=\"2\",pattern=\"dedup\",queue_group=\"\","
       "kind=\"handler\"";
-  CHECK(has_line(text, "herald_handler_breaker_refused_total{" + g + "} 3"));
-  CHECK(has_line(text, "herald_handler_breaker_dead_letters_total{" + g + "} 3"));
-  CHECK(has_line(text, "herald_handler_deduplicated_total{" + g + "} 0"));
-  CHECK(has_line(text, "herald_handler_deduplicated_total{" + d + "} 2"));
-  CHECK(has_line(text, "herald_handler_breaker_refused_total{" + d + "} 0"));
+  CHECK(missing_lines(text, {"herald_handler_breaker_refused_total{" + g + "} 3",
+                             "herald_handler_breaker_dead_letters_total{" + g + "} 3",
+                             "herald_handler_deduplicated_total{" + g + "} 0",
+                             "herald_handler_deduplicated_total{" + d + "} 2",
+                             "herald_handler_breaker_refused_total{" + d + "} 0"}) ==
+        std::vector<std::string>{});
   check_with_promtool(text);
 }
 
@@ -249,11 +264,12 @@ TEST_CASE("OpenMetrics names counter families without _total, declares units and
   metrics.add_broker("b", broker);
   const std::string text = metrics.exposition(ExpositionFormat::openmetrics);
   INFO(text);
-  CHECK(has_line(text, "# TYPE herald_broker_published counter"));
-  CHECK(has_line(text, "herald_broker_published_total{broker=\"b\"} 1"));
-  CHECK(has_line(text, "# TYPE herald_subscription info"));
-  CHECK(has_line(text, "# TYPE herald_handler_duration_seconds histogram"));
-  CHECK(has_line(text, "# UNIT herald_handler_duration_seconds seconds"));
+  CHECK(missing_lines(text, {"# TYPE herald_broker_published counter",
+                             "herald_broker_published_total{broker=\"b\"} 1",
+                             "# TYPE herald_subscription info",
+                             "# TYPE herald_handler_duration_seconds histogram",
+                             "# UNIT herald_handler_duration_seconds seconds"}) ==
+        std::vector<std::string>{});
   CHECK(text.size() >= 6);
   CHECK(text.substr(text.size() - 6) == "# EOF\n");
   CHECK(herald::negotiate_format("application/openmetrics-text;version=1.0.0,text/plain;q=0.5") ==
@@ -325,12 +341,13 @@ TEST_CASE("retained messages, replays and evictions are exported per broker") {
   metrics.add_broker("b", broker);
   const std::string text = metrics.exposition();
   INFO(text);
-  CHECK(has_line(text, "# TYPE herald_broker_retained_topics gauge"));
-  CHECK(has_line(text, "herald_broker_retained_topics{broker=\"b\"} 2"));
-  CHECK(has_line(text, "herald_broker_retained_messages{broker=\"b\"} 2"));
-  CHECK(has_line(text, "herald_broker_retained_evicted_total{broker=\"b\"} 1"));
-  CHECK(has_line(text, "herald_broker_retained_expired_total{broker=\"b\"} 0"));
-  CHECK(has_line(text, "herald_broker_replayed_total{broker=\"b\"} 2"));
+  CHECK(missing_lines(text, {"# TYPE herald_broker_retained_topics gauge",
+                             "herald_broker_retained_topics{broker=\"b\"} 2",
+                             "herald_broker_retained_messages{broker=\"b\"} 2",
+                             "herald_broker_retained_evicted_total{broker=\"b\"} 1",
+                             "herald_broker_retained_expired_total{broker=\"b\"} 0",
+                             "herald_broker_replayed_total{broker=\"b\"} 2"}) ==
+        std::vector<std::string>{});
   CHECK(text.find("herald_broker_retained_bytes{broker=\"b\"} ") != std::string::npos);
   check_with_promtool(text);
 }
