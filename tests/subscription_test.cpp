@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <latch>
 #include <mutex>
 #include <optional>
@@ -728,11 +729,78 @@ TEST_CASE("unsubscribe cuts short a strand waiting for an open breaker, and is q
   h.unsubscribe();  // returns although the cooldown has an hour to go
   CHECK(calls == 0);
   const auto s = h.stats();
-  CHECK(s.received == 1);     // the waiting message was taken, and left unhandled
-  CHECK(s.queue_depth == 1);  // the next one stayed queued
+  CHECK(s.received == 1);           // the waiting message was taken, and left unhandled
+  CHECK(s.queue_depth == 1);        // the next one stayed queued
+  CHECK(s.retries_cancelled == 0);  // it was waiting for the breaker, not for a retry
   // The pool's worker is free again.
   auto done = pool.async([] { return 7; });
   CHECK(done.get() == 7);
+}
+
+TEST_CASE(
+    "WhenOpen::wait holds no worker: while the breaker is open the pool's one thread serves other "
+    "work, and the whole subscription waits, whatever its ordering",
+    "[handler][breaker]") {
+  const auto ordering =
+      GENERATE(herald::Ordering::strict, herald::Ordering::per_key, herald::Ordering::none);
+  CAPTURE(ordering);
+  ManualTime time;  // the breaker's clock; the timers run on the real one
+  auto breaker = std::make_shared<herald::CircuitBreaker>(herald::CircuitBreakerOptions{
+      .consecutive_failures = 1, .cooldown = 1s, .clock = time.clock()});
+  breaker->trip();
+  time.now_ns = std::chrono::nanoseconds(1s - 20ms).count();  // retry_after(): 20 ms, every time
+  herald::WorkerPool pool(1, 256);
+  Broker<int> broker;
+  std::mutex mutex;
+  std::vector<int> served;
+  auto guarded = broker.subscribe(
+      "g",
+      [&](const Message<int>& m) {
+        const std::lock_guard lock(mutex);
+        served.push_back(*m);
+      },
+      pool, {},
+      herald::HandlerOptions<int>{
+          .ordering = ordering,
+          .key = [](const Message<int>& m) { return static_cast<std::uint64_t>(*m); },
+          .breaker = breaker});
+  std::atomic<int> others{0};
+  auto other = broker.subscribe(
+      "o", [&](const Message<int>&) { ++others; }, pool);
+  for (int i = 1; i <= 3; ++i)
+    REQUIRE(broker.publish("g", i).delivered == 1);
+  // Refused, then asked again after the 20 ms the breaker said: the wait is a timer.
+  REQUIRE(eventually([&] { return guarded.stats().breaker_refused >= 2; }));
+  for (int i = 0; i < 100; ++i)
+    REQUIRE(broker.publish("o", i).delivered == 1);
+  CHECK(eventually([&] { return others.load() == 100; }));  // the worker is not held
+  auto answer = pool.async([] { return 7; });
+  REQUIRE(answer.wait_for(10s) == std::future_status::ready);
+  CHECK(answer.get() == 7);
+  {
+    const auto s = guarded.stats();
+    CHECK(s.received == 1);     // the refused message, waiting
+    CHECK(s.queue_depth == 2);  // nothing went ahead of it, under any ordering
+    CHECK(s.invocations == 0);
+    const std::lock_guard lock(mutex);
+    CHECK(served.empty());
+  }
+  time.now_ns = std::chrono::nanoseconds(2s).count();  // the cooldown is over: 1 is the probe
+  REQUIRE(eventually([&] {
+    const std::lock_guard lock(mutex);
+    return served.size() == 3;
+  }));
+  {
+    const std::lock_guard lock(mutex);
+    CHECK(served == std::vector<int>{1, 2, 3});
+  }
+  REQUIRE(guarded.wait_idle(10s));
+  const auto s = guarded.stats();
+  CHECK(s.invocations == 3);
+  CHECK(s.retries == 0);  // waiting for the breaker is not a retry
+  CHECK(s.retries_pending == 0);
+  CHECK(s.retries_cancelled == 0);
+  CHECK(breaker->state() == herald::CircuitState::closed);
 }
 
 TEST_CASE("dedup skips messages whose key was handled within the window, and counts them",

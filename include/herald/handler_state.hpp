@@ -8,8 +8,10 @@
 // fires, the message joins `ready_` and the strand runs it before anything else. What later
 // messages do meanwhile is HandlerOptions::ordering: strict keeps the strand held (nothing else
 // of this subscription runs; the timer resumes it), per_key holds the later messages of the
-// same key aside, none lets them go ahead. Only HandlerOptions::sleep (a test hook) makes a
-// retry wait on the strand's thread, as all retries did before timers existed.
+// same key aside, none lets them go ahead. A message the circuit breaker refuses under
+// WhenOpen::wait waits on a timer the same way, and holds the strand whatever the ordering: the
+// whole subscription waits for the breaker. Only HandlerOptions::sleep (a test hook) makes
+// these waits happen on the strand's thread, as they all did before timers existed.
 #pragma once
 
 #include <herald/dedup_window.hpp>
@@ -337,7 +339,14 @@ class HandlerState final : public SubscriptionState<T>,
       return this->queue().approx_size() != 0 && !stalled_flag_.load(std::memory_order_seq_cst);
     }
     if (ready_count_.load(std::memory_order_seq_cst) != 0) return true;
-    return this->queue().approx_size() != 0 && !held_back();
+    return this->queue().approx_size() != 0 && !held_back() && !waiting_for_breaker();
+  }
+
+  // A message waits on a timer for the breaker (WhenOpen::wait): no queued message is taken
+  // meanwhile, whatever the ordering (strict holds the strand anyway). Retries that come due
+  // still run (and ask the breaker too).
+  bool waiting_for_breaker() const noexcept {
+    return breaker_waits_.load(std::memory_order_seq_cst) != 0;
   }
 
   // Retries and messages held aside (per_key) are bounded by the queue's capacity: past that,
@@ -385,7 +394,7 @@ class HandlerState final : public SubscriptionState<T>,
         }
         continue;
       }
-      if (timed_retries_ && held_back()) break;
+      if (timed_retries_ && (held_back() || waiting_for_breaker())) break;
       if (hopts_.rate && this->queue().approx_size() != 0 && !token()) {
         b.suspended = true;  // a timer resumes the strand when the next token is due
         break;
@@ -677,13 +686,15 @@ class HandlerState final : public SubscriptionState<T>,
 
   // --- timed retries -------------------------------------------------------------------------
 
-  // A failed message waiting for its next attempt.
+  // A failed message waiting for its next attempt, or (breaker_wait) a message waiting to ask
+  // the breaker again for the attempt it was refused.
   struct Retry {
     Message<T> message;
     std::uint32_t attempts = 0;           // made so far
     std::chrono::nanoseconds previous{};  // the last backoff: decorrelated jitter's state
     std::optional<std::uint64_t> dedup_key;
     std::uint64_t order_key = 0;  // Ordering::per_key
+    bool breaker_wait = false;    // not a retry: counted in breaker_waits_, not as a retry
   };
 
   // The timer's task: hands the retry back to the strand when it fires; destroyed unrun
@@ -698,7 +709,7 @@ class HandlerState final : public SubscriptionState<T>,
     }
     RetryTimer& operator=(RetryTimer&&) = delete;
     ~RetryTimer() {
-      if (retry_ && self_) self_->retry_dropped();
+      if (retry_ && self_) self_->retry_dropped(retry_->breaker_wait);
     }
     void operator()() {
       Retry r = std::move(*retry_);
@@ -769,20 +780,35 @@ class HandlerState final : public SubscriptionState<T>,
 
   // One attempt now. True when the message is done with (handled, skipped as a duplicate,
   // refused by the breaker, dead-lettered, or given up by an unsubscribe); false when it
-  // failed with attempts left and now waits on a timer (moved out of `r`).
+  // failed with attempts left, or the breaker refused it under WhenOpen::wait, and it now waits
+  // on a timer (moved out of `r`).
   bool attempt(Retry& r) noexcept {
-    if (r.attempts == 0 && handled_) {
-      r.dedup_key = dedup_key(r.message);
-      if (r.dedup_key && seen(*r.dedup_key)) {
-        deduplicated_.add();
-        return true;
+    // Back from waiting for the breaker: the key was checked and the retry counted before.
+    if (!std::exchange(r.breaker_wait, false)) {
+      if (r.attempts == 0 && handled_) {
+        r.dedup_key = dedup_key(r.message);
+        if (r.dedup_key && seen(*r.dedup_key)) {
+          deduplicated_.add();
+          return true;
+        }
       }
+      if (r.attempts > 0) retries_.add();
     }
-    if (r.attempts > 0) retries_.add();
     std::exception_ptr error;
-    if (hopts_.breaker && !admitted(r.message, r.attempts, error)) return true;
+    if (hopts_.breaker) {
+      std::chrono::nanoseconds wait{};
+      switch (admit(r.message, r.attempts, error, wait)) {
+        case Admission::called:
+          break;
+        case Admission::given_up:
+          return true;
+        case Admission::wait:
+          return !wait_for_breaker(std::move(r), wait);
+      }
+    } else {
+      error = call(r.message);
+    }
     ++r.attempts;
-    if (!hopts_.breaker) error = call(r.message);
     if (!error) {
       if (r.dedup_key) remember(*r.dedup_key);
       return true;
@@ -797,6 +823,31 @@ class HandlerState final : public SubscriptionState<T>,
       return !schedule_retry(std::move(r));
     }
     dead_letter(r.message, error, r.attempts);
+    return true;
+  }
+
+  // The breaker refused `r` under WhenOpen::wait: it asks again after `wait`, on a timer, like a
+  // retry (strict holds the strand), and no queued message is taken meanwhile (see
+  // waiting_for_breaker). Under per_key its key is held too, so that release_held keeps the
+  // followers behind it. False when it could not (no memory to hold the key): then it was
+  // dead-lettered instead.
+  bool wait_for_breaker(Retry&& r, std::chrono::nanoseconds wait) noexcept {
+    if (hopts_.ordering == Ordering::per_key) {
+      try {
+        held_.try_emplace(r.order_key);
+      } catch (...) {
+        dead_letter(r.message, std::current_exception(), r.attempts);
+        return false;
+      }
+    }
+    r.breaker_wait = true;
+    breaker_waits_.fetch_add(1, std::memory_order_seq_cst);
+    try {
+      executor_.schedule_at(std::chrono::steady_clock::now() + wait,
+                            Task(RetryTimer(this->shared_from_this(), std::move(r))),
+                            retry_stop_.get_token(), this->shared_from_this());
+    } catch (...) {  // the RetryTimer, if it was made, stranded the subscription (retry_dropped)
+    }
     return true;
   }
 
@@ -827,23 +878,35 @@ class HandlerState final : public SubscriptionState<T>,
   // On the executor, when a retry's backoff has passed: hand it to the strand. Strict: the
   // strand is held for this retry, so run it here; otherwise take the strand if it is free.
   void retry_due(Retry&& r) noexcept {
-    retries_pending_.fetch_sub(1, std::memory_order_relaxed);
+    // A wait for the breaker is not a retry (see wait_for_breaker).
+    const bool retry = !r.breaker_wait;
+    const bool strict = hopts_.ordering == Ordering::strict;
+    if (retry) retries_pending_.fetch_sub(1, std::memory_order_relaxed);
     {
       // Under the lock: quiesce()'s drop_ready() either sees this retry or happens first.
       const std::lock_guard lock(ready_mutex_);
       if (cancelled()) {
-        retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+        if (retry) {
+          retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          breaker_waits_.fetch_sub(1, std::memory_order_seq_cst);
+        }
         return;
       }
+      bool queued = true;
       try {
         ready_.push_back(std::move(r));
       } catch (...) {
-        retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
-        if (hopts_.ordering != Ordering::strict) return;
+        queued = false;
+        if (retry) retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
       }
-      ready_count_.fetch_add(1, std::memory_order_seq_cst);
+      // Before the strand is looked at (seq_cst): a strand that let go sees this one ready, or
+      // (a lost message) the queue no longer held back by it.
+      if (queued || strict) ready_count_.fetch_add(1, std::memory_order_seq_cst);
+      if (!retry) breaker_waits_.fetch_sub(1, std::memory_order_seq_cst);
+      if (!queued && !strict) return;
     }
-    if (hopts_.ordering != Ordering::strict) {
+    if (!strict) {
       if (scheduled_.load(std::memory_order_seq_cst)) return;
       if (scheduled_.exchange(true, std::memory_order_seq_cst)) return;
     }
@@ -853,9 +916,13 @@ class HandlerState final : public SubscriptionState<T>,
   // A retry's timer was destroyed unrun. After an unsubscribe that is the cancellation;
   // otherwise the executor shut down (or refused), so nothing will run the message again: the
   // subscription is stranded, as when the executor refuses the strand (post()).
-  void retry_dropped() noexcept {
-    retries_pending_.fetch_sub(1, std::memory_order_relaxed);
-    retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+  void retry_dropped(bool breaker_wait) noexcept {
+    if (breaker_wait) {
+      breaker_waits_.fetch_sub(1, std::memory_order_seq_cst);
+    } else {
+      retries_pending_.fetch_sub(1, std::memory_order_relaxed);
+      retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+    }
     if (cancelled()) return;
     stranded_.store(true, std::memory_order_seq_cst);
     this->close_and_leave(CloseReason::executor_stopped);
@@ -875,7 +942,9 @@ class HandlerState final : public SubscriptionState<T>,
   // Unsubscribed: the retries that came due and were not run yet are cancelled.
   void drop_ready() noexcept {
     const std::lock_guard lock(ready_mutex_);
-    retries_cancelled_.fetch_add(ready_.size(), std::memory_order_relaxed);
+    for (const Retry& r : ready_) {
+      if (!r.breaker_wait) retries_cancelled_.fetch_add(1, std::memory_order_relaxed);
+    }
     ready_.clear();
     ready_count_.store(0, std::memory_order_seq_cst);
   }
@@ -940,38 +1009,54 @@ class HandlerState final : public SubscriptionState<T>,
     }
   }
 
+  // What the breaker said before an attempt (see admit).
+  enum class Admission : std::uint8_t {
+    called,    ///< the call was made (its outcome is in `error`)
+    given_up,  ///< refused under WhenOpen::dead_letter: done with, unhandled
+    wait,      ///< refused under WhenOpen::wait: ask again after `wait`
+  };
+
   // The breaker's turn before an attempt: asks it for a permit and, when granted, makes the call
-  // (its outcome goes to the breaker and to `error`). When refused: WhenOpen::wait waits (the
-  // time the breaker says, or breaker_recheck) and asks again, until granted or unsubscribed;
-  // WhenOpen::dead_letter gives the message up. False: the message is done with, unhandled.
-  bool admitted(const Message<T>& m, std::uint32_t attempt, std::exception_ptr& error) noexcept {
+  // (its outcome goes to the breaker and to `error`). When refused: WhenOpen::dead_letter gives
+  // the message up; WhenOpen::wait sets `wait` to the time the breaker says (or breaker_recheck).
+  Admission admit(const Message<T>& m, std::uint32_t attempt, std::exception_ptr& error,
+                  std::chrono::nanoseconds& wait) noexcept {
     bool called = false;
     auto attempt_call = [&] {
       called = true;
       error = call(m);
       return !error;
     };
+    BreakerRef::Outcome outcome;
+    try {
+      outcome = hopts_.breaker.guard(attempt_call);
+    } catch (...) {  // a breaker that throws: make the call unguarded rather than lose it
+      if (!called) error = call(m);
+      return Admission::called;
+    }
+    if (outcome != BreakerRef::Outcome::refused) return Admission::called;
+    breaker_refused_.add();
+    if (hopts_.when_open == WhenOpen::dead_letter) {
+      breaker_dead_lettered_.add();
+      dead_letter(m, nullptr, attempt);
+      return Admission::given_up;
+    }
+    wait = hopts_.breaker_recheck;
+    try {
+      const auto after = hopts_.breaker.retry_after();
+      if (after > std::chrono::nanoseconds::zero()) wait = after;
+    } catch (...) {
+    }
+    return Admission::wait;
+  }
+
+  // handle()'s way (HandlerOptions::sleep): waits on this thread and asks again, until the call
+  // is made (true) or the message is given up or unsubscribed (false).
+  bool admitted(const Message<T>& m, std::uint32_t attempt, std::exception_ptr& error) noexcept {
     for (;;) {
-      BreakerRef::Outcome outcome;
-      try {
-        outcome = hopts_.breaker.guard(attempt_call);
-      } catch (...) {  // a breaker that throws: make the call unguarded rather than lose it
-        if (!called) error = call(m);
-        return true;
-      }
-      if (outcome != BreakerRef::Outcome::refused) return true;
-      breaker_refused_.add();
-      if (hopts_.when_open == WhenOpen::dead_letter) {
-        breaker_dead_lettered_.add();
-        dead_letter(m, nullptr, attempt);
-        return false;
-      }
-      std::chrono::nanoseconds wait = hopts_.breaker_recheck;
-      try {
-        const auto after = hopts_.breaker.retry_after();
-        if (after > std::chrono::nanoseconds::zero()) wait = after;
-      } catch (...) {
-      }
+      std::chrono::nanoseconds wait{};
+      const Admission a = admit(m, attempt, error, wait);
+      if (a != Admission::wait) return a == Admission::called;
       pause(wait);
       if (cancelled()) return false;
       mark_ = std::chrono::steady_clock::now();  // the wait is not handler time
@@ -1089,6 +1174,7 @@ class HandlerState final : public SubscriptionState<T>,
   std::unordered_map<std::uint64_t, std::deque<Message<T>>> held_;
   std::atomic<std::size_t> held_count_{0};
   std::atomic<std::uint64_t> retries_pending_{0};
+  std::atomic<std::uint32_t> breaker_waits_{0};  // messages on a timer for the breaker
   std::atomic<std::uint64_t> retries_cancelled_{0};
   std::atomic<std::uint64_t> rate_limited_{0};
   std::stop_source retry_stop_;  // quiesce() cancels every retry timer through it

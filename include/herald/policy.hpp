@@ -234,8 +234,9 @@ class DeadLetterSink {
 
 /// What a handler subscription does with a message its circuit breaker refuses.
 enum class WhenOpen : std::uint8_t {
-  /// Hold it (and the queue behind it, under the subscription's overflow policy) until the
-  /// breaker lets a call through. The strand waits on its worker thread, as retry backoff does.
+  /// Hold it (and the queue behind it, under the subscription's overflow policy, whatever the
+  /// ordering) until the breaker lets a call through. It waits on a timer of the executor, as
+  /// retry backoff does: no thread is held (HandlerOptions::sleep, a test hook, waits in place).
   wait,
   /// Give it up at once: to the dead-letter sink if there is one, counted in
   /// breaker_dead_lettered either way; the next message asks the breaker again.
