@@ -828,35 +828,25 @@ class HandlerState final : public SubscriptionState<T>,
 
   // The breaker refused `r` under WhenOpen::wait: it asks again after `wait`, on a timer, like a
   // retry (strict holds the strand), and no queued message is taken meanwhile (see
-  // waiting_for_breaker). Under per_key its key is held too, so that release_held keeps the
-  // followers behind it. False when it could not (no memory to hold the key): then it was
-  // dead-lettered instead.
+  // waiting_for_breaker). False as wait_on_timer.
   bool wait_for_breaker(Retry&& r, std::chrono::nanoseconds wait) noexcept {
-    if (hopts_.ordering == Ordering::per_key) {
-      try {
-        held_.try_emplace(r.order_key);
-      } catch (...) {
-        dead_letter(r.message, std::current_exception(), r.attempts);
-        return false;
-      }
-    }
     r.breaker_wait = true;
-    breaker_waits_.fetch_add(1, std::memory_order_seq_cst);
-    try {
-      executor_.schedule_at(std::chrono::steady_clock::now() + wait,
-                            Task(RetryTimer(this->shared_from_this(), std::move(r))),
-                            retry_stop_.get_token(), this->shared_from_this());
-    } catch (...) {  // the RetryTimer, if it was made, stranded the subscription (retry_dropped)
-    }
-    return true;
+    return wait_on_timer(std::move(r), wait);
   }
 
-  // Puts `r` on a timer for its backoff. False when it could not (no memory to hold its key
-  // aside): then it was dead-lettered instead. A timer the executor refuses is destroyed unrun,
-  // which RetryTimer counts (retry_dropped).
+  // Puts `r` on a timer for its backoff. False as wait_on_timer.
   bool schedule_retry(Retry&& r) noexcept {
     const std::chrono::nanoseconds delay = backoff_.next_after(r.previous);
     r.previous = delay;
+    return wait_on_timer(std::move(r), delay);
+  }
+
+  // Puts `r` on a timer that hands it back to the strand after `delay` (retry_due), counted as
+  // a pending retry or a breaker wait. Under per_key its key is held, so that the key's later
+  // messages wait behind it. False when it could not (no memory to hold the key): then it was
+  // dead-lettered instead. A timer the executor refuses is destroyed unrun, which RetryTimer
+  // counts (retry_dropped).
+  bool wait_on_timer(Retry&& r, std::chrono::nanoseconds delay) noexcept {
     if (hopts_.ordering == Ordering::per_key) {
       try {
         held_.try_emplace(r.order_key);
@@ -865,12 +855,16 @@ class HandlerState final : public SubscriptionState<T>,
         return false;
       }
     }
-    retries_pending_.fetch_add(1, std::memory_order_relaxed);
+    if (r.breaker_wait) {
+      breaker_waits_.fetch_add(1, std::memory_order_seq_cst);
+    } else {
+      retries_pending_.fetch_add(1, std::memory_order_relaxed);
+    }
     try {
       executor_.schedule_at(std::chrono::steady_clock::now() + delay,
                             Task(RetryTimer(this->shared_from_this(), std::move(r))),
                             retry_stop_.get_token(), this->shared_from_this());
-    } catch (...) {  // the RetryTimer, if it was made, counted the retry as dropped
+    } catch (...) {  // the RetryTimer, if it was made, counted itself dropped (retry_dropped)
     }
     return true;
   }
