@@ -262,6 +262,39 @@ TEST_CASE("unsubscribe cancels pending retries and counts them; nothing runs aft
   CHECK_FALSE(called_after.load());
 }
 
+TEST_CASE("retries whose timers fire at once race unsubscribe: nothing runs after it returns",
+          "[handler][retry][quiesce][stress]") {
+  // A microsecond's backoff: each retry's timer can fire on the other worker while the strand
+  // run that set it is still finishing, so two runs of one strand overlap for a moment (see
+  // HandlerState::enter_handler). unsubscribe() must wait for the second one.
+  const Ordering ordering = GENERATE(Ordering::strict, Ordering::none);
+  INFO("ordering " << herald::to_string(ordering));
+  const int rounds = herald_test::scaled(100);
+  herald::WorkerPool pool{2, 256};
+  Broker<int> broker;
+  int late = 0;
+  for (int round = 0; round < rounds; ++round) {
+    std::atomic<bool> after{false};
+    std::atomic<int> called_after{0};
+    auto h = broker.subscribe(
+        "t",
+        [&](const Message<int>&) {
+          std::this_thread::sleep_for(20us);  // a call that takes a while
+          if (after.load()) ++called_after;   // still running after unsubscribe returned
+          throw std::runtime_error("always");
+        },
+        pool, {}, retrying(1'000'000, 1us, ordering));
+    broker.publish("t", 1);
+    broker.publish("t", 2);
+    REQUIRE(eventually([&] { return h.stats().invocations >= 20; }));
+    h.unsubscribe();
+    after = true;
+    std::this_thread::sleep_for(200us);  // a handler still running would show itself
+    late += called_after.load();
+  }
+  CHECK(late == 0);
+}
+
 TEST_CASE(
     "a pool shut down with a retry pending: the retry is counted as cancelled and the "
     "subscription closes with executor_stopped",

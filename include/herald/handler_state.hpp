@@ -28,6 +28,7 @@
 #include <herald/stats.hpp>
 #include <herald/subscription_state.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -223,7 +224,9 @@ class HandlerState final : public SubscriptionState<T>,
     c.retries_pending = retries_pending_.load(std::memory_order_relaxed);
     c.retries_cancelled = retries_cancelled_.load(std::memory_order_relaxed);
     c.rate_limited = rate_limited_.load(std::memory_order_relaxed);
-    c.in_flight = in_handler_.load(std::memory_order_relaxed);
+    // Two runs overlap only while one finishes after handing its strand to a timer (see
+    // enter_handler): one strand.
+    c.in_flight = std::min<std::uint32_t>(in_handler_.load(std::memory_order_relaxed), 1);
     c.handler_time_total = std::chrono::nanoseconds(time_total_.get());
     c.handler_time_max = std::chrono::nanoseconds(time_max_.get());
     for (const auto& lane : lanes_) {
@@ -379,7 +382,7 @@ class HandlerState final : public SubscriptionState<T>,
     // Not batch_handler_ itself: release() empties it, and a drain task posted before an
     // unsubscribe may still run (it finds the subscription cancelled).
     if (batch_mode_) return run_batches(budget);
-    in_handler_.store(1, std::memory_order_seq_cst);
+    enter_handler();
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
     Batch b{0, false};
@@ -465,7 +468,7 @@ class HandlerState final : public SubscriptionState<T>,
   }
 
   Batch run_batches(std::size_t budget) noexcept {
-    in_handler_.store(1, std::memory_order_seq_cst);
+    enter_handler();
     const RunningHandler frame{this, running_handlers};
     running_handlers = &frame;
     Batch b{0, false};
@@ -591,7 +594,7 @@ class HandlerState final : public SubscriptionState<T>,
 
   // The dispatcher's batch: hands up to `budget` queued messages to their lanes, in order.
   Batch dispatch(std::size_t budget) noexcept {
-    in_handler_.store(1, std::memory_order_seq_cst);
+    enter_handler();
     Batch b{0, false};
     if (stalled_) {
       if (!lanes_[stalled_lane_]->try_offer(std::move(*stalled_))) {
@@ -1116,8 +1119,13 @@ class HandlerState final : public SubscriptionState<T>,
   // Every message that evicted another was delivered, and an eviction needs a full queue, whose
   // messages the strand will still handle: so the last change a wait_idle() needs is always a
   // batch's end, which wakes it.
+  // A count, not a flag: a run that suspended for a strict retry (or a breaker wait, or a rate
+  // token) has handed its timer over before its own leave_handler(); the timer may already have
+  // started the next run on another thread, and clearing a flag here would hide that run from
+  // quiesce(). The locked add costs what the seq_cst store it replaces did (an xchg on x86).
+  void enter_handler() noexcept { in_handler_.fetch_add(1, std::memory_order_seq_cst); }
   void leave_handler() noexcept {
-    in_handler_.store(0, std::memory_order_seq_cst);
+    in_handler_.fetch_sub(1, std::memory_order_seq_cst);
     quiet_.notify_all();  // a load, no syscall, unless quiesce() is parked
   }
 
