@@ -9,8 +9,9 @@
 // messages do meanwhile is HandlerOptions::ordering: strict keeps the strand held (nothing else
 // of this subscription runs; the timer resumes it), per_key holds the later messages of the
 // same key aside, none lets them go ahead. A message the circuit breaker refuses under
-// WhenOpen::wait waits on a timer the same way, and holds the strand whatever the ordering: the
-// whole subscription waits for the breaker. Only HandlerOptions::sleep (a test hook) makes
+// WhenOpen::wait waits on a timer the same way, and whatever the ordering the whole
+// subscription waits for the breaker (strict holds the strand; the others take no queued
+// message meanwhile, see held_back). Only HandlerOptions::sleep (a test hook) makes
 // these waits happen on the strand's thread, as they all did before timers existed.
 #pragma once
 
@@ -342,19 +343,16 @@ class HandlerState final : public SubscriptionState<T>,
       return this->queue().approx_size() != 0 && !stalled_flag_.load(std::memory_order_seq_cst);
     }
     if (ready_count_.load(std::memory_order_seq_cst) != 0) return true;
-    return this->queue().approx_size() != 0 && !held_back() && !waiting_for_breaker();
+    return this->queue().approx_size() != 0 && !held_back();
   }
 
-  // A message waits on a timer for the breaker (WhenOpen::wait): no queued message is taken
-  // meanwhile, whatever the ordering (strict holds the strand anyway). Retries that come due
-  // still run (and ask the breaker too).
-  bool waiting_for_breaker() const noexcept {
-    return breaker_waits_.load(std::memory_order_seq_cst) != 0;
-  }
-
-  // Retries and messages held aside (per_key) are bounded by the queue's capacity: past that,
-  // the queue stops being drained and its overflow policy applies.
+  // Whether the queue must not be drained now. While a message waits on a timer for the breaker
+  // (WhenOpen::wait) no queued message is taken, whatever the ordering (strict holds the strand
+  // anyway); retries that come due still run, and ask the breaker too. Retries and messages held
+  // aside (per_key) are bounded by the queue's capacity: past that, the queue stops being
+  // drained and its overflow policy applies.
   bool held_back() noexcept {
+    if (breaker_waits_.load(std::memory_order_seq_cst) != 0) return true;
     return retries_pending_.load(std::memory_order_relaxed) +
                held_count_.load(std::memory_order_relaxed) >=
            this->queue().capacity();
@@ -397,7 +395,7 @@ class HandlerState final : public SubscriptionState<T>,
         }
         continue;
       }
-      if (timed_retries_ && (held_back() || waiting_for_breaker())) break;
+      if (timed_retries_ && held_back()) break;
       if (hopts_.rate && this->queue().approx_size() != 0 && !token()) {
         b.suspended = true;  // a timer resumes the strand when the next token is due
         break;
@@ -831,7 +829,7 @@ class HandlerState final : public SubscriptionState<T>,
 
   // The breaker refused `r` under WhenOpen::wait: it asks again after `wait`, on a timer, like a
   // retry (strict holds the strand), and no queued message is taken meanwhile (see
-  // waiting_for_breaker). False as wait_on_timer.
+  // held_back). False as wait_on_timer.
   bool wait_for_breaker(Retry&& r, std::chrono::nanoseconds wait) noexcept {
     r.breaker_wait = true;
     return wait_on_timer(std::move(r), wait);
@@ -1119,15 +1117,16 @@ class HandlerState final : public SubscriptionState<T>,
   // Every message that evicted another was delivered, and an eviction needs a full queue, whose
   // messages the strand will still handle: so the last change a wait_idle() needs is always a
   // batch's end, which wakes it.
-  // A count, not a flag: a run that suspended for a strict retry (or a breaker wait, or a rate
-  // token) has handed its timer over before its own leave_handler(); the timer may already have
-  // started the next run on another thread, and clearing a flag here would hide that run from
-  // quiesce(). The locked add costs what the seq_cst store it replaces did (an xchg on x86).
-  void enter_handler() noexcept { in_handler_.fetch_add(1, std::memory_order_seq_cst); }
   void leave_handler() noexcept {
     in_handler_.fetch_sub(1, std::memory_order_seq_cst);
     quiet_.notify_all();  // a load, no syscall, unless quiesce() is parked
   }
+
+  // A count, not a flag: a run that suspended for a strict retry (or a breaker wait, or a rate
+  // token) has handed its timer over before its own leave_handler(); the timer may already have
+  // started the next run on another thread, and clearing a flag there would hide that run from
+  // quiesce(). The locked add costs what the seq_cst store it replaces did (an xchg on x86).
+  void enter_handler() noexcept { in_handler_.fetch_add(1, std::memory_order_seq_cst); }
 
   // Backoff between retries, and waits for the breaker: the sleep hook, or the clock, cut short
   // by an unsubscribe.
