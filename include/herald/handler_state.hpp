@@ -109,7 +109,9 @@ class HandlerState final : public SubscriptionState<T>,
         executor_(std::move(executor)),
         hopts_(validated(std::move(handler_options))),
         backoff_(hopts_.retry.initial_backoff, hopts_.retry.max_backoff, std::random_device{}()),
-        timed_retries_(!hopts_.sleep) {
+        timed_retries_(!hopts_.sleep),
+        plain_first_attempt_(!hopts_.dedup.key && !hopts_.breaker &&
+                             hopts_.ordering != Ordering::per_key) {
     if (hopts_.dedup.key) {
       // The strand is its only user: one shard, whose lock is never contended.
       handled_ = std::make_unique<DedupWindow<std::uint64_t>>(
@@ -726,6 +728,17 @@ class HandlerState final : public SubscriptionState<T>,
   // A message fresh from the queue: held aside if its key waits for a retry (per_key), else
   // its first attempt. False when it now waits for a retry.
   bool first_attempt(Message<T>&& m) noexcept {
+    if (plain_first_attempt_) {  // nothing to check before the call, and success needs no Retry
+      std::exception_ptr error = call(m);
+      if (!error) {
+        done();
+        return true;
+      }
+      Retry r{std::move(m), 1, backoff_.initial(), std::nullopt, 0};
+      if (!after_failure(r, std::move(error))) return false;
+      done();
+      return true;
+    }
     Retry r{std::move(m), 0, backoff_.initial(), std::nullopt, 0};
     if (hopts_.ordering == Ordering::per_key) {
       r.order_key = order_key(r.message);
@@ -814,6 +827,12 @@ class HandlerState final : public SubscriptionState<T>,
       if (r.dedup_key) remember(*r.dedup_key);
       return true;
     }
+    return after_failure(r, std::move(error));
+  }
+
+  // Attempt r.attempts of `r` failed with `error`: counted and reported, then retried later or
+  // dead-lettered. True when the message is done with, as attempt.
+  bool after_failure(Retry& r, std::exception_ptr error) noexcept {
     failures_.add();
     report_error(r.message, error);
     if (r.attempts < hopts_.retry.max_attempts) {
@@ -1163,6 +1182,9 @@ class HandlerState final : public SubscriptionState<T>,
   HandlerOptions<T> hopts_;
   DecorrelatedJitter backoff_;  // used by the strand only
   const bool timed_retries_;    // retries wait on timers (no HandlerOptions::sleep hook)
+  // A first attempt is just a call: no dedup key to look up, no breaker to ask, no per_key
+  // order to keep. Most subscriptions; their messages skip building a Retry unless they fail.
+  const bool plain_first_attempt_;
   std::unique_ptr<DedupWindow<std::uint64_t>> handled_;  // dedup: keys handled, strand only
   std::chrono::steady_clock::time_point mark_;  // strand only: where the next timing starts
 
