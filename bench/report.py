@@ -154,6 +154,7 @@ def nats(path):
         "raw_libnats_copying": "raw libnats, copying at each end",
         "bridge/inline_handler": "herald bridge, inline handler",
         "bridge/pull_subscriber": "herald bridge, pull subscriber",
+        "raw_libnats_headers": "raw libnats, 2 headers (read at the receiver)",
         "bridge/inline_handler_headers": "herald bridge, inline handler, 2 headers",
         # At least once through JetStream: acknowledged by the stream, 1024 in flight.
         "raw_libnats_js_async": "raw libnats JetStream async publish",

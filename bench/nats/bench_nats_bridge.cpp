@@ -12,6 +12,9 @@
 //   bridge/pull_subscriber ... -> publish_from -> subscription queue -> consumer thread (counts)
 //   bridge/inline_handler_headers  as bridge/inline_handler, each message with two headers
 //                          (a trace id and a reply subject) carried as NATS headers
+//   raw_libnats_headers    its peer: natsMsg_Create + natsMsgHeader_Add x2 + PublishMsg, and
+//                          the receiver reads every header name and value into strings (what
+//                          any receiver that uses them does, and what the bridge does)
 //
 // At least once, through JetStream (publish until the stream acknowledged each message; the
 // server runs with -js, file storage in a temporary directory; no consumer):
@@ -43,6 +46,8 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "nats_server.hpp"
 
@@ -198,6 +203,80 @@ void BM_raw_libnats(benchmark::State& state) {
   natsConnection_Destroy(sub);
 }
 
+// The two headers every message of the *_headers variants carries.
+const std::vector<std::pair<std::string, std::string>>& bench_headers() {
+  static const std::vector<std::pair<std::string, std::string>> h{
+      {"Trace-Id", "4bf92f3577b34da6a3ce929d0e0e4736"}, {"Reply-To", "orders.replies.42"}};
+  return h;
+}
+
+void BM_raw_libnats_headers(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  natsConnection* pub = connect_raw();
+  natsConnection* sub = connect_raw();
+  if (!pub || !sub) {
+    state.SkipWithError("cannot connect to nats-server");
+    return;
+  }
+  struct Received {
+    std::atomic<std::uint64_t> count{0};
+    std::atomic<std::uint64_t> wrong{0};  // messages that did not carry both headers
+  } received;
+  natsSubscription* s = nullptr;
+  natsConnection_Subscribe(
+      &s, sub, "raw.>",
+      [](natsConnection*, natsSubscription*, natsMsg* m, void* closure) {
+        auto& r = *static_cast<Received*>(closure);
+        const std::string value(natsMsg_GetData(m),
+                                static_cast<std::size_t>(natsMsg_GetDataLength(m)));
+        benchmark::DoNotOptimize(value.data());
+        std::vector<std::pair<std::string, std::string>> headers;
+        const char** keys = nullptr;
+        int count = 0;
+        if (natsMsgHeader_Keys(m, &keys, &count) == NATS_OK) {
+          for (int k = 0; k < count; ++k) {
+            const char** values = nullptr;
+            int n = 0;
+            if (natsMsgHeader_Values(m, keys[k], &values, &n) != NATS_OK) continue;
+            for (int v = 0; v < n; ++v)
+              headers.emplace_back(keys[k], values[v]);
+            std::free(static_cast<void*>(values));
+          }
+          std::free(static_cast<void*>(keys));
+        }
+        if (headers.size() != bench_headers().size()) r.wrong.fetch_add(1);
+        r.count.fetch_add(1, std::memory_order_release);
+        natsMsg_Destroy(m);
+      },
+      &received);
+  natsConnection_Flush(sub);
+
+  const std::string payload(size, 'x');
+  std::uint64_t published = 0;
+  const CpuPerMessage cpu;
+  for (auto _ : state) {
+    for (std::uint64_t i = 0; i < batch(); ++i) {
+      wait_for_window(published, received.count);
+      const std::string value = payload;
+      natsMsg* msg = nullptr;
+      natsMsg_Create(&msg, "raw.data", nullptr, value.data(), static_cast<int>(size));
+      for (const auto& [name, v] : bench_headers())
+        natsMsgHeader_Add(msg, name.c_str(), v.c_str());
+      natsConnection_PublishMsg(pub, msg);
+      natsMsg_Destroy(msg);
+      ++published;
+    }
+    wait_for_all(published, received.count);
+  }
+  if (received.wrong.load() != 0) state.SkipWithError("raw libnats: a message lost its headers");
+  state.SetItemsProcessed(static_cast<std::int64_t>(published));
+  cpu.report(state, published);
+  natsSubscription_Unsubscribe(s);
+  natsSubscription_Destroy(s);
+  natsConnection_Destroy(pub);
+  natsConnection_Destroy(sub);
+}
+
 template <bool Pull, bool WithHeaders = false>
 void BM_bridge(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
@@ -245,8 +324,9 @@ void BM_bridge(benchmark::State& state) {
 
   auto publisher = local.publisher("bridge.data");
   const std::string payload(size, 'x');
-  const herald::Headers headers{{"Trace-Id", "4bf92f3577b34da6a3ce929d0e0e4736"},
-                                {"Reply-To", "orders.replies.42"}};
+  herald::Headers headers;
+  for (const auto& [name, value] : bench_headers())
+    headers.add(name, value);
   std::uint64_t published = 0;
   const CpuPerMessage cpu;
   for (auto _ : state) {
@@ -406,6 +486,7 @@ BENCHMARK_TEMPLATE(BM_raw_libnats, false)->Name("raw_libnats")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_raw_libnats, true)->Name("raw_libnats_copying")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_bridge, false)->Name("bridge/inline_handler")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_bridge, true)->Name("bridge/pull_subscriber")->Apply(sizes);
+BENCHMARK(BM_raw_libnats_headers)->Name("raw_libnats_headers")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_bridge, false, true)->Name("bridge/inline_handler_headers")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_raw_js_async, false)->Name("raw_libnats_js_async")->Apply(sizes);
 BENCHMARK_TEMPLATE(BM_raw_js_async, true)->Name("raw_libnats_js_async_msgid")->Apply(sizes);
