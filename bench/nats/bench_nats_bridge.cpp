@@ -149,10 +149,12 @@ natsConnection* connect_raw() {
   return nc;
 }
 
-/// Raw libnats. With `Copying`, each end also makes the copy an application makes to own the
-/// value (a std::string built before publishing and from the received bytes), as herald does.
-template <bool Copying>
-void BM_raw_libnats(benchmark::State& state) {
+/// What every raw libnats variant shares: two connections, a subscription to "raw.>" whose
+/// callback `on_message(closure)` counts into `received`, batches sent by `send(pub, payload)`
+/// within the flow-control window, and the counters reported.
+template <class Send>
+void run_raw(benchmark::State& state, natsMsgHandler on_message, void* closure,
+             const std::atomic<std::uint64_t>& received, Send&& send) {
   const auto size = static_cast<std::size_t>(state.range(0));
   natsConnection* pub = connect_raw();
   natsConnection* sub = connect_raw();
@@ -160,22 +162,8 @@ void BM_raw_libnats(benchmark::State& state) {
     state.SkipWithError("cannot connect to nats-server");
     return;
   }
-  std::atomic<std::uint64_t> received{0};
   natsSubscription* s = nullptr;
-  natsConnection_Subscribe(
-      &s, sub, "raw.>",
-      [](natsConnection*, natsSubscription*, natsMsg* m, void* counter) {
-        if constexpr (Copying) {
-          const std::string value(natsMsg_GetData(m),
-                                  static_cast<std::size_t>(natsMsg_GetDataLength(m)));
-          benchmark::DoNotOptimize(value.data());
-        } else {
-          benchmark::DoNotOptimize(natsMsg_GetDataLength(m));
-        }
-        static_cast<std::atomic<std::uint64_t>*>(counter)->fetch_add(1, std::memory_order_release);
-        natsMsg_Destroy(m);
-      },
-      &received);
+  natsConnection_Subscribe(&s, sub, "raw.>", on_message, closure);
   natsConnection_Flush(sub);
 
   const std::string payload(size, 'x');
@@ -184,13 +172,7 @@ void BM_raw_libnats(benchmark::State& state) {
   for (auto _ : state) {
     for (std::uint64_t i = 0; i < batch(); ++i) {
       wait_for_window(published, received);
-      if constexpr (Copying) {
-        const std::string value = payload;
-        benchmark::DoNotOptimize(value.data());
-        natsConnection_Publish(pub, "raw.data", value.data(), static_cast<int>(size));
-      } else {
-        natsConnection_Publish(pub, "raw.data", payload.data(), static_cast<int>(size));
-      }
+      send(pub, payload);
       ++published;
     }
     wait_for_all(published, received);
@@ -203,6 +185,37 @@ void BM_raw_libnats(benchmark::State& state) {
   natsConnection_Destroy(sub);
 }
 
+/// Raw libnats. With `Copying`, each end also makes the copy an application makes to own the
+/// value (a std::string built before publishing and from the received bytes), as herald does.
+template <bool Copying>
+void BM_raw_libnats(benchmark::State& state) {
+  std::atomic<std::uint64_t> received{0};
+  run_raw(
+      state,
+      [](natsConnection*, natsSubscription*, natsMsg* m, void* counter) {
+        if constexpr (Copying) {
+          const std::string value(natsMsg_GetData(m),
+                                  static_cast<std::size_t>(natsMsg_GetDataLength(m)));
+          benchmark::DoNotOptimize(value.data());
+        } else {
+          benchmark::DoNotOptimize(natsMsg_GetDataLength(m));
+        }
+        static_cast<std::atomic<std::uint64_t>*>(counter)->fetch_add(1, std::memory_order_release);
+        natsMsg_Destroy(m);
+      },
+      &received, received,
+      [](natsConnection* pub, const std::string& payload) {
+        const int size = static_cast<int>(payload.size());
+        if constexpr (Copying) {
+          const std::string value = payload;
+          benchmark::DoNotOptimize(value.data());
+          natsConnection_Publish(pub, "raw.data", value.data(), size);
+        } else {
+          natsConnection_Publish(pub, "raw.data", payload.data(), size);
+        }
+      });
+}
+
 // The two headers every message of the *_headers variants carries.
 const std::vector<std::pair<std::string, std::string>>& bench_headers() {
   static const std::vector<std::pair<std::string, std::string>> h{
@@ -210,21 +223,14 @@ const std::vector<std::pair<std::string, std::string>>& bench_headers() {
   return h;
 }
 
+/// Raw libnats with two headers per message, copied at each end like raw_libnats_copying.
 void BM_raw_libnats_headers(benchmark::State& state) {
-  const auto size = static_cast<std::size_t>(state.range(0));
-  natsConnection* pub = connect_raw();
-  natsConnection* sub = connect_raw();
-  if (!pub || !sub) {
-    state.SkipWithError("cannot connect to nats-server");
-    return;
-  }
   struct Received {
     std::atomic<std::uint64_t> count{0};
     std::atomic<std::uint64_t> wrong{0};  // messages that did not carry both headers
   } received;
-  natsSubscription* s = nullptr;
-  natsConnection_Subscribe(
-      &s, sub, "raw.>",
+  run_raw(
+      state,
       [](natsConnection*, natsSubscription*, natsMsg* m, void* closure) {
         auto& r = *static_cast<Received*>(closure);
         const std::string value(natsMsg_GetData(m),
@@ -248,33 +254,17 @@ void BM_raw_libnats_headers(benchmark::State& state) {
         r.count.fetch_add(1, std::memory_order_release);
         natsMsg_Destroy(m);
       },
-      &received);
-  natsConnection_Flush(sub);
-
-  const std::string payload(size, 'x');
-  std::uint64_t published = 0;
-  const CpuPerMessage cpu;
-  for (auto _ : state) {
-    for (std::uint64_t i = 0; i < batch(); ++i) {
-      wait_for_window(published, received.count);
-      const std::string value = payload;
-      natsMsg* msg = nullptr;
-      natsMsg_Create(&msg, "raw.data", nullptr, value.data(), static_cast<int>(size));
-      for (const auto& [name, v] : bench_headers())
-        natsMsgHeader_Add(msg, name.c_str(), v.c_str());
-      natsConnection_PublishMsg(pub, msg);
-      natsMsg_Destroy(msg);
-      ++published;
-    }
-    wait_for_all(published, received.count);
-  }
+      &received, received.count,
+      [](natsConnection* pub, const std::string& payload) {
+        const std::string value = payload;
+        natsMsg* msg = nullptr;
+        natsMsg_Create(&msg, "raw.data", nullptr, value.data(), static_cast<int>(value.size()));
+        for (const auto& [name, v] : bench_headers())
+          natsMsgHeader_Add(msg, name.c_str(), v.c_str());
+        natsConnection_PublishMsg(pub, msg);
+        natsMsg_Destroy(msg);
+      });
   if (received.wrong.load() != 0) state.SkipWithError("raw libnats: a message lost its headers");
-  state.SetItemsProcessed(static_cast<std::int64_t>(published));
-  cpu.report(state, published);
-  natsSubscription_Unsubscribe(s);
-  natsSubscription_Destroy(s);
-  natsConnection_Destroy(pub);
-  natsConnection_Destroy(sub);
 }
 
 template <bool Pull, bool WithHeaders = false>
