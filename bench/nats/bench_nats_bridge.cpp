@@ -159,6 +159,9 @@ void run_raw(benchmark::State& state, natsMsgHandler on_message, void* closure,
   natsConnection* pub = connect_raw();
   natsConnection* sub = connect_raw();
   if (!pub || !sub) {
+    for (natsConnection* nc : {pub, sub}) {  // the one that did connect, if any
+      if (nc) natsConnection_Destroy(nc);
+    }
     state.SkipWithError("cannot connect to nats-server");
     return;
   }

@@ -729,13 +729,10 @@ class HandlerState final : public SubscriptionState<T>,
   // its first attempt. False when it now waits for a retry.
   bool first_attempt(Message<T>&& m) noexcept {
     if (plain_first_attempt_) {  // nothing to check before the call, and success needs no Retry
-      std::exception_ptr error = call(m);
-      if (!error) {
-        done();
-        return true;
+      if (std::exception_ptr error = call(m)) {
+        Retry r{std::move(m), 1, backoff_.initial(), std::nullopt, 0};
+        if (!after_failure(r, std::move(error))) return false;
       }
-      Retry r{std::move(m), 1, backoff_.initial(), std::nullopt, 0};
-      if (!after_failure(r, std::move(error))) return false;
       done();
       return true;
     }
