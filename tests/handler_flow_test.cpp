@@ -460,7 +460,10 @@ TEST_CASE("decorrelated jitter draws uniformly from [initial, min(max, 3 x previ
           "[backoff][retry]") {
   using herald::detail::DecorrelatedJitter;
   using ns = std::chrono::nanoseconds;
-  const std::uint64_t seed = herald_test::seed("jitter distribution");
+  // A fixed seed (HERALD_SEED still overrides it): at a 0.001 level with a fresh seed each run,
+  // this test failed one CI run in a few hundred by chance (seed 2418073014: chi-square 51.9;
+  // 2 of 3000 seeds exceed 43.82, as the level says), with the generator unchanged.
+  const std::uint64_t seed = herald_test::seed("jitter distribution", 20261130);
   INFO("seed " << seed);
   // 20 bins, 19 degrees of freedom: P(chi2 > 43.82) = 0.001.
   constexpr double critical = 43.82;

@@ -18,6 +18,7 @@
 #include <iostream>
 #include <latch>
 #include <memory>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -109,13 +110,15 @@ struct Item {
   std::uint64_t seq = 0;  // 1-based per publisher
 };
 
-/// The seed of a randomized test: HERALD_SEED when set (to replay), otherwise random. Printed.
-inline std::uint64_t seed(const char* test) {
+/// The seed of a randomized test: HERALD_SEED when set (to replay), else `fixed` when given (a
+/// statistical test at a fixed level would otherwise fail by chance now and then), else random.
+/// Printed.
+inline std::uint64_t seed(const char* test, std::optional<std::uint64_t> fixed = std::nullopt) {
   std::uint64_t s = 0;
   if (const char* env = std::getenv("HERALD_SEED")) {
     s = std::stoull(env);
   } else {
-    s = std::random_device{}();
+    s = fixed ? *fixed : std::uint64_t{std::random_device{}()};
   }
   std::cout << test << ": seed " << s << " (replay with HERALD_SEED=" << s << ")\n";
   return s;
